@@ -1,0 +1,379 @@
+//! Counter core (SPEC §6.2): given the counter's state, an operation and `now`, the new state,
+//! the event to broadcast and the history row to store. The adapter runs it inside one
+//! synchronous SQLite turn, so concurrent mutations are serialized and never lost.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::frame::Reject;
+use crate::time::{iso8601, Millis};
+use crate::MAX_SAFE_INTEGER;
+
+/// The persisted state of one counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterState {
+    pub name: String,
+    pub value: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub operation_count: i64,
+    /// Sequence of the last operation (0 before the first).
+    pub seq: i64,
+}
+
+impl CounterState {
+    pub fn new(name: &str, now: Millis) -> Self {
+        Self { name: name.to_owned(), value: 0, created_at: now, updated_at: now, operation_count: 0, seq: 0 }
+    }
+
+    pub fn metadata(&self) -> Metadata {
+        Metadata {
+            name: self.name.clone(),
+            value: self.value,
+            created_at: iso8601(self.created_at),
+            updated_at: iso8601(self.updated_at),
+            operation_count: self.operation_count,
+        }
+    }
+
+    /// `GET /api/counter/:name`
+    pub fn view(&self) -> Value {
+        serde_json::json!({"value": self.value, "metadata": self.metadata()})
+    }
+
+    /// The `snapshot` frame sent on connect.
+    pub fn snapshot_frame(&self) -> String {
+        serde_json::json!({"type": "snapshot", "value": self.value, "metadata": self.metadata(), "seq": self.seq})
+            .to_string()
+    }
+
+    /// Apply `op` at `now`: the next state and the operation record, or why not (state unchanged).
+    pub fn apply(&self, op: CounterOp, now: Millis) -> Result<(CounterState, Operation), CounterError> {
+        let value = match op {
+            CounterOp::Increment(n) => self.value.checked_add(n),
+            CounterOp::Decrement(n) => self.value.checked_sub(n),
+            CounterOp::SetValue(v) => Some(v),
+            CounterOp::Reset => Some(0),
+        }
+        .filter(|v| v.abs() <= MAX_SAFE_INTEGER)
+        .ok_or(CounterError::Overflow)?;
+        let next = CounterState {
+            value,
+            updated_at: now,
+            operation_count: self.operation_count + 1,
+            seq: self.seq + 1,
+            ..self.clone()
+        };
+        let operation = Operation {
+            seq: next.seq,
+            kind: op.kind(),
+            amount: op.amount(),
+            value,
+            previous_value: self.value,
+            timestamp: now,
+        };
+        Ok((next, operation))
+    }
+
+    /// The event broadcast for `op`, with the metadata as of that operation.
+    pub fn event(&self, op: &Operation) -> Value {
+        serde_json::json!({
+            "type": op.kind.as_str(),
+            "value": op.value,
+            "previousValue": op.previous_value,
+            "metadata": Metadata {
+                name: self.name.clone(),
+                value: op.value,
+                created_at: iso8601(self.created_at),
+                updated_at: iso8601(op.timestamp),
+                operation_count: op.seq,
+            },
+            "timestamp": iso8601(op.timestamp),
+            "seq": op.seq,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    pub value: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub operation_count: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Increment,
+    Decrement,
+    SetValue,
+    Reset,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 4] = [OpKind::Increment, OpKind::Decrement, OpKind::SetValue, OpKind::Reset];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Increment => "increment",
+            OpKind::Decrement => "decrement",
+            OpKind::SetValue => "setValue",
+            OpKind::Reset => "reset",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A mutation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterOp {
+    Increment(i64),
+    Decrement(i64),
+    SetValue(i64),
+    Reset,
+}
+
+impl CounterOp {
+    pub fn kind(self) -> OpKind {
+        match self {
+            CounterOp::Increment(_) => OpKind::Increment,
+            CounterOp::Decrement(_) => OpKind::Decrement,
+            CounterOp::SetValue(_) => OpKind::SetValue,
+            CounterOp::Reset => OpKind::Reset,
+        }
+    }
+    fn amount(self) -> Option<i64> {
+        match self {
+            CounterOp::Increment(n) | CounterOp::Decrement(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the operation history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub seq: i64,
+    pub kind: OpKind,
+    pub amount: Option<i64>,
+    pub value: i64,
+    pub previous_value: i64,
+    pub timestamp: Millis,
+}
+
+impl Operation {
+    /// The history entry `{seq,type,amount?,value,previousValue,timestamp}`.
+    pub fn history_entry(&self) -> Value {
+        let mut v = serde_json::json!({
+            "seq": self.seq,
+            "type": self.kind.as_str(),
+            "value": self.value,
+            "previousValue": self.previous_value,
+            "timestamp": iso8601(self.timestamp),
+        });
+        if let (Some(amount), Some(obj)) = (self.amount, v.as_object_mut()) {
+            obj.insert("amount".into(), amount.into());
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CounterError {
+    #[error("the result would leave the safe integer range ±(2^53-1)")]
+    Overflow,
+    #[error("{0} must be an integer within ±(2^53-1)")]
+    NotAnInteger(&'static str),
+    #[error("{0} must be a number")]
+    WrongType(&'static str),
+    #[error("body must be a JSON object")]
+    BadBody,
+}
+
+impl CounterError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CounterError::Overflow => "overflow",
+            CounterError::NotAnInteger(_) => "invalid_amount",
+            CounterError::WrongType(_) | CounterError::BadBody => "invalid_body",
+        }
+    }
+    /// HTTP: wrong types are 400, well-formed but invalid values 422.
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            CounterError::WrongType(_) | CounterError::BadBody => ApiError::bad_request(self.code(), self.to_string()),
+            _ => ApiError::unprocessable(self.code(), self.to_string()),
+        }
+    }
+    /// WebSocket: wrong types close 1007, invalid values answer in-band.
+    pub fn to_reject(&self) -> Reject {
+        match self {
+            CounterError::WrongType(_) | CounterError::BadBody => {
+                Reject::close(crate::error::close::INVALID_DATA, self.to_string())
+            }
+            _ => Reject::in_band(self.code(), self.to_string()),
+        }
+    }
+}
+
+/// Read an integer field: absent → `default`; a non-number → WrongType; a fraction or out of range → NotAnInteger.
+fn integer_field(obj: &serde_json::Map<String, Value>, field: &'static str, default: Option<i64>) -> Result<i64, CounterError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => default.ok_or(CounterError::WrongType(field)),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .filter(|v| v.abs() <= MAX_SAFE_INTEGER)
+            .ok_or(CounterError::NotAnInteger(field)),
+        Some(_) => Err(CounterError::WrongType(field)),
+    }
+}
+
+/// Parse an operation of `kind` from a JSON object (HTTP body or WS frame).
+pub fn parse_op(kind: OpKind, body: &Value) -> Result<CounterOp, CounterError> {
+    let empty = serde_json::Map::new();
+    let obj = match body {
+        Value::Object(o) => o,
+        Value::Null => &empty,
+        _ => return Err(CounterError::BadBody),
+    };
+    Ok(match kind {
+        OpKind::Increment => CounterOp::Increment(integer_field(obj, "amount", Some(1))?),
+        OpKind::Decrement => CounterOp::Decrement(integer_field(obj, "amount", Some(1))?),
+        OpKind::SetValue => CounterOp::SetValue(integer_field(obj, "value", None)?),
+        OpKind::Reset => CounterOp::Reset,
+    })
+}
+
+/// Parse `?ops=increment,reset` into the set of event types a socket receives.
+pub fn parse_ops_filter(raw: Option<&str>) -> Result<Vec<OpKind>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+        return Ok(OpKind::ALL.to_vec());
+    };
+    let mut kinds = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let kind = OpKind::parse(part).ok_or_else(|| {
+            ApiError::bad_request("invalid_ops", "ops must list increment, decrement, setValue or reset")
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// A WebSocket mutation frame's `type`.
+pub const WS_TYPES: [&str; 4] = ["increment", "decrement", "setValue", "reset"];
+
+/// The `ack` frame for a WebSocket mutation.
+pub fn ack_frame(id: Option<&str>, seq: i64) -> String {
+    serde_json::json!({"type": "ack", "id": id, "seq": seq}).to_string()
+}
+
+/// The client id of a WS mutation frame: absent, or a string (else 1007).
+pub fn client_id(frame: &Value) -> Result<Option<String>, Reject> {
+    match frame.get("id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            crate::frame::check_client_id(Some(s))?;
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(Reject::close(crate::error::close::INVALID_DATA, "id must be a string")),
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state() -> CounterState {
+        CounterState::new("c", 1_000)
+    }
+
+    #[test]
+    fn increments_and_sequences() {
+        let s = state();
+        let (s1, op1) = s.apply(CounterOp::Increment(5), 2_000).unwrap();
+        assert_eq!((s1.value, s1.seq, s1.operation_count, s1.updated_at), (5, 1, 1, 2_000));
+        assert_eq!((op1.previous_value, op1.value, op1.amount), (0, 5, Some(5)));
+        let (s2, op2) = s1.apply(CounterOp::Decrement(7), 3_000).unwrap();
+        assert_eq!((s2.value, op2.seq), (-2, 2));
+        let (s3, op3) = s2.apply(CounterOp::SetValue(40), 4_000).unwrap();
+        assert_eq!((s3.value, op3.amount), (40, None));
+        let (s4, _) = s3.apply(CounterOp::Reset, 5_000).unwrap();
+        assert_eq!((s4.value, s4.seq), (0, 4));
+    }
+
+    #[test]
+    fn overflow_is_rejected_and_state_unchanged() {
+        let s = CounterState { value: MAX_SAFE_INTEGER, ..state() };
+        assert_eq!(s.apply(CounterOp::Increment(1), 1), Err(CounterError::Overflow));
+        let s = CounterState { value: -MAX_SAFE_INTEGER, ..state() };
+        assert_eq!(s.apply(CounterOp::Decrement(1), 1), Err(CounterError::Overflow));
+        let s = CounterState { value: i64::MAX - 1, ..state() };
+        assert_eq!(s.apply(CounterOp::Increment(5), 1), Err(CounterError::Overflow));
+        assert!(state().apply(CounterOp::Increment(MAX_SAFE_INTEGER), 1).is_ok());
+    }
+
+    #[test]
+    fn parse_amounts() {
+        assert_eq!(parse_op(OpKind::Increment, &json!({})), Ok(CounterOp::Increment(1)));
+        assert_eq!(parse_op(OpKind::Increment, &Value::Null), Ok(CounterOp::Increment(1)));
+        assert_eq!(parse_op(OpKind::Decrement, &json!({"amount": 3})), Ok(CounterOp::Decrement(3)));
+        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": 1.5})), Err(CounterError::NotAnInteger("amount")));
+        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": 9007199254740992_i64})), Err(CounterError::NotAnInteger("amount")));
+        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": "3"})), Err(CounterError::WrongType("amount")));
+        assert_eq!(parse_op(OpKind::SetValue, &json!({})), Err(CounterError::WrongType("value")));
+        assert_eq!(parse_op(OpKind::SetValue, &json!({"value": -4})), Ok(CounterOp::SetValue(-4)));
+        assert_eq!(parse_op(OpKind::Reset, &json!({"anything": 1})), Ok(CounterOp::Reset));
+        assert_eq!(parse_op(OpKind::Reset, &json!([1])), Err(CounterError::BadBody));
+    }
+
+    #[test]
+    fn error_mapping() {
+        assert_eq!(CounterError::Overflow.to_api().status, 422);
+        assert_eq!(CounterError::NotAnInteger("amount").to_api().status, 422);
+        assert_eq!(CounterError::WrongType("amount").to_api().status, 400);
+        assert!(matches!(CounterError::Overflow.to_reject(), Reject::InBand { .. }));
+        assert!(matches!(CounterError::WrongType("x").to_reject(), Reject::Close { code: 1007, .. }));
+    }
+
+    #[test]
+    fn event_shape() {
+        let (s1, op) = state().apply(CounterOp::Increment(2), 2_000).unwrap();
+        let ev = s1.event(&op);
+        assert_eq!(
+            ev,
+            json!({
+                "type": "increment", "value": 2, "previousValue": 0,
+                "metadata": {"name": "c", "value": 2, "createdAt": "1970-01-01T00:00:01.000Z",
+                             "updatedAt": "1970-01-01T00:00:02.000Z", "operationCount": 1},
+                "timestamp": "1970-01-01T00:00:02.000Z", "seq": 1
+            })
+        );
+        assert_eq!(op.history_entry()["amount"], json!(2));
+        let (_, set) = s1.apply(CounterOp::SetValue(9), 3_000).unwrap();
+        assert!(set.history_entry().get("amount").is_none());
+    }
+
+    #[test]
+    fn ops_filter() {
+        assert_eq!(parse_ops_filter(None).unwrap().len(), 4);
+        assert_eq!(parse_ops_filter(Some("increment,reset,increment")).unwrap(), vec![OpKind::Increment, OpKind::Reset]);
+        assert_eq!(parse_ops_filter(Some("bogus")).map_err(|e| e.status), Err(400));
+    }
+
+    #[test]
+    fn client_ids() {
+        assert_eq!(client_id(&json!({"id": "a"})), Ok(Some("a".into())));
+        assert_eq!(client_id(&json!({})), Ok(None));
+        assert!(matches!(client_id(&json!({"id": 5})), Err(Reject::Close { code: 1007, .. })));
+        assert!(matches!(client_id(&json!({"id": ""})), Err(Reject::InBand { .. })));
+    }
+}

@@ -1,0 +1,29 @@
+//! # edge-realtime-core
+//!
+//! The pure half of edge-realtime: protocol cores that take `now` as an argument and never do
+//! I/O, so they run and are tested natively on a virtual clock. The Worker crate (repo root)
+//! executes what they decide against the Workers runtime.
+//!
+//! ## Layout
+//! - [`error`]: the HTTP error body and WebSocket close codes of SPEC §5.
+//! - [`names`]: name validation (SPEC §4).
+//! - [`auth`]: HS256 JWT verify/mint and token extraction (SPEC §3).
+//! - [`route`]: the entry Worker's routing table (SPEC §4).
+//! - [`frame`]: decoding client frames into protocol enums, mapping failures to close codes.
+//! - [`query`]: `limit` / cursor query parameters.
+//! - [`schedule`]: many named timers multiplexed onto one DO alarm.
+//! - [`time`]: milliseconds and ISO-8601.
+//! - [`counter`]: the Counter protocol (SPEC §6.2).
+
+pub mod auth;
+pub mod counter;
+pub mod error;
+pub mod frame;
+pub mod names;
+pub mod query;
+pub mod route;
+pub mod schedule;
+pub mod time;
+
+/// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.
+pub const MAX_SAFE_INTEGER: i64 = 9_007_199_254_740_991;

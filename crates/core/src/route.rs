@@ -1,0 +1,257 @@
+//! The entry Worker's routing table (SPEC §4), pure so it is tested natively.
+//!
+//! `resolve` turns method + path + query into an [`Endpoint`] or the exact [`ApiError`]
+//! (404 unknown path, 405 wrong method, 400 bad name). Auth and the `Upgrade` check run after
+//! it in the Worker, still before any Durable Object is touched.
+
+use crate::error::ApiError;
+use crate::names::is_valid_name;
+
+/// The Durable Object classes, with their binding names in wrangler.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DoClass {
+    UserSession,
+    Counter,
+    ChatRoom,
+    Waddle,
+    Channel,
+    RateLimiter,
+}
+
+impl DoClass {
+    pub fn binding(self) -> &'static str {
+        match self {
+            DoClass::UserSession => "USER_SESSION",
+            DoClass::Counter => "COUNTER",
+            DoClass::ChatRoom => "CHAT_ROOM",
+            DoClass::Waddle => "WADDLE",
+            DoClass::Channel => "CHANNEL",
+            DoClass::RateLimiter => "RATE_LIMITER",
+        }
+    }
+    /// Short stable name, used when one object registers in another (e.g. logout fan-out).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoClass::UserSession => "user_session",
+            DoClass::Counter => "counter",
+            DoClass::ChatRoom => "chat_room",
+            DoClass::Waddle => "waddle",
+            DoClass::Channel => "channel",
+            DoClass::RateLimiter => "rate_limiter",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::UserSession, Self::Counter, Self::ChatRoom, Self::Waddle, Self::Channel, Self::RateLimiter]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed.
+    Public,
+    /// Any valid token.
+    User,
+    /// A token with the `admin` role.
+    Admin,
+    /// The user named by `?userId=` (the object name) or an admin.
+    OwnUserOrAdmin,
+    /// Only the user named by `?userId=`.
+    OwnUser,
+}
+
+/// What a request resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    /// Forward to object `name` of `class` as internal operation `op`.
+    Object { class: DoClass, name: String, op: &'static str, websocket: bool, access: Access },
+    /// A RateLimiter API call; the object is named by the body's `key`.
+    RateLimit { op: &'static str },
+}
+
+impl Endpoint {
+    pub fn access(&self) -> Access {
+        match self {
+            Endpoint::Health => Access::Public,
+            Endpoint::Object { access, .. } => *access,
+            Endpoint::RateLimit { .. } => Access::Admin,
+        }
+    }
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Endpoint::Object { websocket: true, .. })
+    }
+}
+
+fn name(raw: &str, what: &str) -> Result<String, ApiError> {
+    if is_valid_name(raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::bad_request("invalid_name", format!("{what} must match ^[A-Za-z0-9_.-]{{1,64}}$")))
+    }
+}
+
+fn object(class: DoClass, name: String, op: &'static str, websocket: bool, access: Access) -> Endpoint {
+    Endpoint::Object { class, name, op, websocket, access }
+}
+
+/// Resolve a request. `query` looks up a query parameter.
+pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q str>) -> Result<Endpoint, ApiError> {
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    // (allowed method, endpoint builder) — path matching first, so a wrong method is a 405 not a 404.
+    let (allowed, build): (&str, Box<dyn FnOnce() -> Result<Endpoint, ApiError> + '_>) = match segments.as_slice() {
+        ["health"] => ("GET", Box::new(|| Ok(Endpoint::Health))),
+        ["__user-session"] => ("GET", Box::new(|| {
+            let user = name(query("userId").unwrap_or_default(), "userId")?;
+            name(query("deviceId").unwrap_or_default(), "deviceId")?;
+            Ok(object(DoClass::UserSession, user, "ws", true, Access::OwnUser))
+        })),
+        ["__user-session", op @ ("state" | "clear" | "notify")] => {
+            let (method, op, access): (&str, &'static str, Access) = match *op {
+                "state" => ("GET", "state", Access::OwnUserOrAdmin),
+                "clear" => ("POST", "clear", Access::Admin),
+                _ => ("POST", "notify", Access::Admin),
+            };
+            (method, Box::new(move || {
+                let user = name(query("userId").unwrap_or_default(), "userId")?;
+                Ok(object(DoClass::UserSession, user, op, false, access))
+            }))
+        }
+        ["ws", "counter", n] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "ws", true, Access::User)))),
+        ["api", "counter", n] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "get", false, Access::User)))),
+        ["api", "counter", n, "history"] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "history", false, Access::User)))),
+        ["api", "counter", n, op @ ("increment" | "decrement" | "set" | "reset")] => {
+            let op: &'static str = match *op {
+                "increment" => "increment",
+                "decrement" => "decrement",
+                "set" => "set",
+                _ => "reset",
+            };
+            ("POST", Box::new(move || Ok(object(DoClass::Counter, name(n, "counter name")?, op, false, Access::User))))
+        }
+        ["api", "chat"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "ws", true, Access::User)))),
+        ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "messages", false, Access::User)))),
+        ["api", "chat", room] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "ws", true, Access::User)))),
+        ["api", "chat", room, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "messages", false, Access::User)))),
+        ["ws", "waddle", id] => ("GET", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "ws", true, Access::User)))),
+        ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "presence", false, Access::User)))),
+        ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "broadcast", false, Access::Admin)))),
+        ["ws", "channel", id] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "ws", true, Access::User)))),
+        ["api", "channel", id, "message"] => ("POST", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "message", false, Access::User)))),
+        ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "messages", false, Access::User)))),
+        ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: "check/fixed-window" }))),
+        ["api", "ratelimit", "check", algo @ ("sliding-window" | "token-bucket" | "leaky-bucket" | "gcra")] => {
+            let op: &'static str = match *algo {
+                "sliding-window" => "check/sliding-window",
+                "token-bucket" => "check/token-bucket",
+                "leaky-bucket" => "check/leaky-bucket",
+                _ => "check/gcra",
+            };
+            ("POST", Box::new(move || Ok(Endpoint::RateLimit { op })))
+        }
+        _ => return Err(ApiError::not_found(format!("no route for {path}"))),
+    };
+    if method != allowed {
+        return Err(ApiError::method_not_allowed(format!("{path} accepts {allowed} only")));
+    }
+    build()
+}
+
+/// The method a 405 should advertise in `Allow`, parsed back from [`resolve`]'s message.
+pub fn allowed_method(err: &ApiError) -> Option<&str> {
+    (err.status == 405).then(|| err.message.rsplit(" accepts ").next().and_then(|m| m.split(' ').next())).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(method: &str, path: &str) -> Result<Endpoint, ApiError> {
+        resolve(method, path, |_| None)
+    }
+    fn status(res: Result<Endpoint, ApiError>) -> u16 {
+        res.map(|_| 200).unwrap_or_else(|e| e.status)
+    }
+
+    #[test]
+    fn health_and_unknown() {
+        assert_eq!(r("GET", "/health"), Ok(Endpoint::Health));
+        assert_eq!(status(r("GET", "/nope")), 404);
+        assert_eq!(status(r("GET", "/")), 404);
+        assert_eq!(status(r("GET", "/ws/counter/a/b")), 404);
+    }
+
+    #[test]
+    fn counter_routes() {
+        assert_eq!(
+            r("GET", "/ws/counter/c1"),
+            Ok(object(DoClass::Counter, "c1".into(), "ws", true, Access::User))
+        );
+        assert_eq!(
+            r("POST", "/api/counter/c1/increment"),
+            Ok(object(DoClass::Counter, "c1".into(), "increment", false, Access::User))
+        );
+        assert_eq!(status(r("GET", "/api/counter/c1/increment")), 405);
+        assert_eq!(status(r("POST", "/api/counter/c1")), 405);
+        assert_eq!(status(r("GET", "/api/counter/bad%20name")), 400);
+        assert_eq!(status(r("GET", &format!("/ws/counter/{}", "x".repeat(65)))), 400);
+        assert_eq!(status(r("GET", "/ws/counter/")), 400);
+    }
+
+    #[test]
+    fn chat_routes_reserve_messages() {
+        assert_eq!(r("GET", "/api/chat"), Ok(object(DoClass::ChatRoom, "global".into(), "ws", true, Access::User)));
+        assert_eq!(
+            r("GET", "/api/chat/messages"),
+            Ok(object(DoClass::ChatRoom, "global".into(), "messages", false, Access::User))
+        );
+        assert_eq!(r("GET", "/api/chat/lobby"), Ok(object(DoClass::ChatRoom, "lobby".into(), "ws", true, Access::User)));
+        assert_eq!(
+            r("GET", "/api/chat/lobby/messages"),
+            Ok(object(DoClass::ChatRoom, "lobby".into(), "messages", false, Access::User))
+        );
+    }
+
+    #[test]
+    fn user_session_names_come_from_the_query() {
+        let q = |k: &str| match k {
+            "userId" => Some("alice"),
+            "deviceId" => Some("phone"),
+            _ => None,
+        };
+        assert_eq!(
+            resolve("GET", "/__user-session", q),
+            Ok(object(DoClass::UserSession, "alice".into(), "ws", true, Access::OwnUser))
+        );
+        let no_device = |k: &str| if k == "userId" { Some("alice") } else { None };
+        assert_eq!(status(resolve("GET", "/__user-session", no_device)), 400);
+        assert_eq!(status(resolve("GET", "/__user-session", |_| None)), 400);
+        let bad_device = |k: &str| if k == "userId" { Some("alice") } else { Some("a b") };
+        assert_eq!(status(resolve("GET", "/__user-session", bad_device)), 400);
+        assert_eq!(status(resolve("GET", "/__user-session/clear", q)), 405);
+        assert!(matches!(resolve("POST", "/__user-session/clear", q), Ok(Endpoint::Object { access: Access::Admin, .. })));
+    }
+
+    #[test]
+    fn ratelimit_routes_are_admin() {
+        let e = r("POST", "/api/ratelimit/check/gcra").unwrap();
+        assert_eq!(e, Endpoint::RateLimit { op: "check/gcra" });
+        assert_eq!(e.access(), Access::Admin);
+        assert_eq!(status(r("POST", "/api/ratelimit/check/other")), 404);
+    }
+
+    #[test]
+    fn allow_header_value() {
+        let e = r("GET", "/api/counter/a/reset").unwrap_err();
+        assert_eq!(allowed_method(&e), Some("POST"));
+    }
+
+    #[test]
+    fn do_class_names_round_trip() {
+        for c in [DoClass::UserSession, DoClass::Counter, DoClass::ChatRoom, DoClass::Waddle, DoClass::Channel, DoClass::RateLimiter] {
+            assert_eq!(DoClass::parse(c.as_str()), Some(c));
+        }
+    }
+}
