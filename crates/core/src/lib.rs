@@ -11,6 +11,7 @@
 //! - [`route`]: the entry Worker's routing table (SPEC §4).
 //! - [`frame`]: decoding client frames into protocol enums, mapping failures to close codes.
 //! - [`query`]: `limit` / cursor query parameters.
+//! - [`replay`]: `?since=` recovery plans, pruning cutoffs and history pages.
 //! - [`schedule`]: many named timers multiplexed onto one DO alarm.
 //! - [`time`]: milliseconds and ISO-8601.
 //! - [`counter`]: the Counter protocol (SPEC §6.2).
@@ -21,6 +22,7 @@ pub mod error;
 pub mod frame;
 pub mod names;
 pub mod query;
+pub mod replay;
 pub mod route;
 pub mod schedule;
 pub mod time;
