@@ -193,6 +193,9 @@ pub enum CounterError {
     WrongType(&'static str),
     #[error("body must be a JSON object")]
     BadBody,
+    /// Storage failed (logged by the adapter); the client sees a masked internal error.
+    #[error("internal error")]
+    Storage,
 }
 
 impl CounterError {
@@ -201,12 +204,14 @@ impl CounterError {
             CounterError::Overflow => "overflow",
             CounterError::NotAnInteger(_) => "invalid_amount",
             CounterError::WrongType(_) | CounterError::BadBody => "invalid_body",
+            CounterError::Storage => "internal_error",
         }
     }
     /// HTTP: wrong types are 400, well-formed but invalid values 422.
     pub fn to_api(&self) -> ApiError {
         match self {
             CounterError::WrongType(_) | CounterError::BadBody => ApiError::bad_request(self.code(), self.to_string()),
+            CounterError::Storage => ApiError::internal(),
             _ => ApiError::unprocessable(self.code(), self.to_string()),
         }
     }
@@ -216,6 +221,7 @@ impl CounterError {
             CounterError::WrongType(_) | CounterError::BadBody => {
                 Reject::close(crate::error::close::INVALID_DATA, self.to_string())
             }
+            CounterError::Storage => Reject::close(crate::error::close::INTERNAL, "internal error"),
             _ => Reject::in_band(self.code(), self.to_string()),
         }
     }

@@ -1,0 +1,173 @@
+//! The entry Worker: route → `Upgrade` check → auth → forward to one Durable Object.
+//! Everything here is decided before any DO is touched (SPEC §3, §4).
+
+use worker::{Env, Headers, Method, Request, RequestInit, Response};
+
+use edge_realtime_core::auth::{self, Claims};
+use edge_realtime_core::error::ApiError;
+use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
+
+use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, OBJECT_NAME};
+use crate::kit::internal;
+
+/// `/health` version: crate version plus the git commit build.rs stamped.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("EDGE_REALTIME_GIT_SHA"));
+
+/// Handle one request from the outside world.
+pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
+    if req.method() == Method::Options {
+        return preflight();
+    }
+    match route(req, &env).await {
+        Ok(response) => Ok(response),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
+    let url = req.url().map_err(|_| ApiError::bad_request("invalid_url", "unparsable URL"))?;
+    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let lookup = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let endpoint = resolve(req.method().as_ref(), url.path(), lookup)?;
+
+    if endpoint == Endpoint::Health {
+        return json_response(200, &serde_json::json!({"status": "ok", "version": VERSION}))
+            .map_err(internal("health"));
+    }
+    if endpoint.is_websocket() && !is_websocket_upgrade(&req) {
+        return Err(ApiError::upgrade_required());
+    }
+    let claims = authenticate(&req, env, lookup("token"))?;
+    authorize(&endpoint, &claims)?;
+
+    let identity = Identity { user_id: claims.sub.clone(), user_name: claims.display_name().to_owned(), token_iat: claims.iat };
+    match endpoint {
+        Endpoint::Object { class, name, op, websocket, .. } => {
+            let body = if websocket { None } else { Some(read_body(&mut req).await?) };
+            forward(env, &req, class, &name, op, url.query(), &identity, body).await
+        }
+        Endpoint::RateLimit { op } => {
+            let bytes = read_body(&mut req).await?;
+            let key = ratelimit_key(&bytes)?;
+            forward(env, &req, DoClass::RateLimiter, &key, op, None, &identity, Some(bytes)).await
+        }
+        Endpoint::Health => Err(ApiError::internal()),
+    }
+}
+
+fn is_websocket_upgrade(req: &Request) -> bool {
+    req.headers().get("Upgrade").ok().flatten().is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Verify the request's token (header, subprotocol or `?token=`).
+fn authenticate(req: &Request, env: &Env, query_token: Option<&str>) -> Result<Claims, ApiError> {
+    let headers = req.headers();
+    let authorization = headers.get("Authorization").ok().flatten();
+    let protocol = headers.get("Sec-WebSocket-Protocol").ok().flatten();
+    let (token, _) = auth::extract_token(authorization.as_deref(), protocol.as_deref(), query_token)
+        .ok_or_else(|| ApiError::unauthorized(auth::AuthError::Missing.code(), auth::AuthError::Missing.to_string()))?;
+    let secret = auth_secret(env)?;
+    let now_secs = crate::kit::now() / 1000;
+    auth::verify(token, secret.as_bytes(), now_secs).map_err(|e| ApiError::unauthorized(e.code(), e.to_string()))
+}
+
+fn auth_secret(env: &Env) -> Result<String, ApiError> {
+    env.secret("AUTH_SECRET")
+        .or_else(|_| env.var("AUTH_SECRET"))
+        .map(|s| s.to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            worker::console_error!("AUTH_SECRET is not configured (wrangler secret put AUTH_SECRET, or .dev.vars locally)");
+            ApiError::internal()
+        })
+}
+
+/// Roles and "names a user" rules (SPEC §3).
+fn authorize(endpoint: &Endpoint, claims: &Claims) -> Result<(), ApiError> {
+    let named_user = match endpoint {
+        Endpoint::Object { class: DoClass::UserSession, name, .. } => Some(name.as_str()),
+        _ => None,
+    };
+    let own = named_user == Some(claims.sub.as_str());
+    match endpoint.access() {
+        Access::Public | Access::User => Ok(()),
+        Access::Admin if claims.is_admin() => Ok(()),
+        Access::Admin => Err(ApiError::forbidden("this route needs the admin role")),
+        Access::OwnUserOrAdmin if own || claims.is_admin() => Ok(()),
+        Access::OwnUser if own => Ok(()),
+        Access::OwnUserOrAdmin | Access::OwnUser => {
+            Err(ApiError::unauthorized("wrong_user", "userId must be the token's own user"))
+        }
+    }
+}
+
+async fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
+    let bytes = req.bytes().await.map_err(|_| ApiError::bad_request("invalid_body", "could not read the body"))?;
+    if bytes.len() > http::MAX_BODY_BYTES {
+        return Err(ApiError::payload_too_large("body is larger than 64 KiB"));
+    }
+    Ok(bytes)
+}
+
+/// The RateLimiter object is named by the body's `key` (validated again, fully, by the DO).
+fn ratelimit_key(body: &[u8]) -> Result<String, ApiError> {
+    let value = http::parse_json_body(body)?;
+    match value.get("key") {
+        Some(serde_json::Value::String(k)) if !k.is_empty() && k.chars().count() <= 256 => Ok(format!("api:{k}")),
+        Some(serde_json::Value::String(_)) => Err(ApiError::unprocessable("invalid_key", "key must be 1 to 256 characters")),
+        Some(_) => Err(ApiError::bad_request("invalid_key", "key must be a string")),
+        None => Err(ApiError::bad_request("missing_key", "key is required")),
+    }
+}
+
+/// Forward to object `name` of `class` as internal operation `op`, with identity headers
+/// the Worker set itself (every client `X-User-*` header is dropped).
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    env: &Env,
+    original: &Request,
+    class: DoClass,
+    name: &str,
+    op: &str,
+    query: Option<&str>,
+    identity: &Identity,
+    body: Option<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    let headers = Headers::new();
+    for (key, value) in original.headers().entries() {
+        let lower = key.to_ascii_lowercase();
+        if lower.starts_with("x-user-") || lower == "authorization" || lower == "x-object-name" {
+            continue;
+        }
+        let _ = headers.set(&key, &value);
+    }
+    identity.write(&headers).map_err(internal("identity headers"))?;
+    headers.set(OBJECT_NAME, &encode_header_text(name)).map_err(internal("object header"))?;
+
+    let url = match query {
+        Some(q) if !q.is_empty() => format!("https://do.internal/{op}?{q}"),
+        _ => format!("https://do.internal/{op}"),
+    };
+    let mut init = RequestInit::new();
+    init.with_method(original.method()).with_headers(headers);
+    if let Some(bytes) = body {
+        init.with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
+    }
+    let request = Request::new_with_init(&url, &init).map_err(internal("internal request"))?;
+    let stub = env
+        .durable_object(class.binding())
+        .and_then(|ns| ns.get_by_name(name))
+        .map_err(internal("durable object stub"))?;
+    stub.fetch_with_request(request).await.map_err(internal("durable object fetch"))
+}
+
+fn preflight() -> worker::Result<Response> {
+    let mut response = Response::empty()?.with_status(204);
+    let headers = response.headers_mut();
+    headers.set("Access-Control-Allow-Origin", "*")?;
+    headers.set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")?;
+    headers.set("Access-Control-Allow-Headers", "Authorization, Content-Type")?;
+    headers.set("Access-Control-Max-Age", "86400")?;
+    Ok(response)
+}

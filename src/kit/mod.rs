@@ -1,0 +1,222 @@
+//! The shared hibernation kit every Durable Object is built on (PartyServer-style base, as
+//! free functions): accept with tags + attachment, auto-response, broadcast, reciprocated
+//! close, frame decoding, the multiplexed alarm, SQL helpers, and error → response mapping.
+//! Each DO file then reads as its own protocol.
+
+pub mod http;
+pub mod runtime;
+pub mod sql;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{js_sys, Request, Response, State, WebSocket, WebSocketIncomingMessage, WebSocketPair};
+
+use edge_realtime_core::error::{clip_reason, ApiError};
+use edge_realtime_core::frame::{self, Reject};
+use edge_realtime_core::schedule::Schedule;
+use edge_realtime_core::time::Millis;
+
+pub use http::{error_response, json_response, read_json_body, Identity};
+
+/// workerd limits: at most 10 tags per socket, each at most 256 characters.
+const MAX_TAGS: usize = 10;
+const MAX_TAG_LEN: usize = 256;
+/// Attachments are kept well under the runtime's 2 KiB limit.
+const MAX_ATTACHMENT_BYTES: usize = 2048;
+
+/// Current time in ms (the only clock the adapters read; cores get it as an argument).
+pub fn now() -> Millis {
+    Millis::try_from(worker::Date::now().as_millis()).unwrap_or(0)
+}
+
+/// With var `DEBUG_WAKE=1` (the e2e suite sets it), log each constructor run, so tests can
+/// see that an object really was evicted and woken again.
+pub fn log_wake(env: &worker::Env, class: &str, name: &str) {
+    if env.var("DEBUG_WAKE").map(|v| v.to_string() == "1").unwrap_or(false) {
+        worker::console_log!("[edge-realtime] wake {class} {name}");
+    }
+}
+
+/// Answer `{"type":"ping"}` with `{"type":"pong"}` in the runtime, without waking the object.
+/// Called from every constructor (cheap, idempotent).
+pub fn install_auto_response(state: &State) {
+    match worker::worker_sys::WebSocketRequestResponsePair::new(r#"{"type":"ping"}"#, r#"{"type":"pong"}"#) {
+        Ok(pair) => {
+            if let Err(e) = state.as_raw().set_websocket_auto_response(&pair) {
+                worker::console_error!("setWebSocketAutoResponse failed: {e:?}");
+            }
+        }
+        Err(e) => worker::console_error!("WebSocketRequestResponsePair failed: {e:?}"),
+    }
+}
+
+/// Accept a hibernatable WebSocket with `tags` and `attachment`; returns the socket (to send
+/// the first frames on) and the 101 response. Tags and attachment size are checked first,
+/// because the runtime throws on bad ones.
+pub fn accept<A: Serialize>(
+    state: &State,
+    req: &Request,
+    tags: &[String],
+    attachment: &A,
+) -> Result<(WebSocket, Response), ApiError> {
+    if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.chars().count() > MAX_TAG_LEN) {
+        worker::console_error!("refusing to accept a socket with invalid tags {tags:?}");
+        return Err(ApiError::internal());
+    }
+    let encoded = serde_json::to_vec(attachment).map_err(|_| ApiError::internal())?;
+    if encoded.len() > MAX_ATTACHMENT_BYTES {
+        return Err(ApiError::bad_request("attachment_too_large", "connection metadata too large"));
+    }
+    let pair = WebSocketPair::new().map_err(internal("WebSocketPair"))?;
+    let server = pair.server;
+    let js_tags: js_sys::Array = tags.iter().map(|t| JsValue::from_str(t)).collect();
+    runtime::raw(state)
+        .accept_web_socket(server.as_ref(), js_tags)
+        .map_err(|e| internal("acceptWebSocket")(worker::Error::from(e)))?;
+    server.serialize_attachment(attachment).map_err(internal("serializeAttachment"))?;
+    let mut response = Response::from_websocket(pair.client).map_err(internal("101 response"))?;
+    if offered_bearer_protocol(req) {
+        // The client authenticated with `Sec-WebSocket-Protocol: bearer, <jwt>`: select `bearer`.
+        let _ = response.headers_mut().set("Sec-WebSocket-Protocol", "bearer");
+    }
+    Ok((server, response))
+}
+
+fn offered_bearer_protocol(req: &Request) -> bool {
+    req.headers()
+        .get("Sec-WebSocket-Protocol")
+        .ok()
+        .flatten()
+        .is_some_and(|p| p.split(',').any(|item| item.trim().eq_ignore_ascii_case("bearer")))
+}
+
+/// Log an internal runtime error and mask it as a 500.
+pub fn internal(what: &'static str) -> impl Fn(worker::Error) -> ApiError {
+    move |e| {
+        worker::console_error!("{what}: {e}");
+        ApiError::internal()
+    }
+}
+
+/// Every socket of this object (those with `tag` only, if given).
+pub fn sockets(state: &State, tag: Option<&str>) -> Vec<WebSocket> {
+    match runtime::raw(state).get_web_sockets(tag.map(str::to_owned)) {
+        Ok(array) => array
+            .iter()
+            .filter_map(|v| v.dyn_into::<worker::web_sys::WebSocket>().ok())
+            .map(WebSocket::from)
+            .collect(),
+        Err(e) => {
+            worker::console_error!("getWebSockets failed: {e:?}");
+            Vec::new()
+        }
+    }
+}
+
+/// The tags a socket was accepted with.
+pub fn tags(state: &State, ws: &WebSocket) -> Vec<String> {
+    runtime::raw(state)
+        .get_tags(ws.as_ref())
+        .map(|a| a.iter().filter_map(|v| v.as_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether two handles are the same socket.
+pub fn same_socket(a: &WebSocket, b: &WebSocket) -> bool {
+    js_sys::Object::is(a.as_ref(), b.as_ref())
+}
+
+/// Send a frame; a socket that is already closing just misses it.
+pub fn send(ws: &WebSocket, frame: &str) {
+    let _ = ws.send_with_str(frame);
+}
+
+/// Send `frame` to every socket (with `tag`, if given), except `except`.
+pub fn broadcast(state: &State, frame: &str, tag: Option<&str>, except: Option<&WebSocket>) {
+    for ws in sockets(state, tag) {
+        if except.is_some_and(|e| same_socket(e, &ws)) {
+            continue;
+        }
+        send(&ws, frame);
+    }
+}
+
+/// Close with `code` and a clipped reason; errors (already closed) are ignored.
+pub fn close(ws: &WebSocket, code: u16, reason: &str) {
+    let _ = ws.close(Some(code), Some(clip_reason(reason)));
+}
+
+/// Reciprocate a client's close (PartyServer's `closeQuietly`): codes the peer may not send
+/// back (1005 no status, 1006 abnormal, 1015 TLS) become 1000.
+pub fn reciprocate_close(ws: &WebSocket, code: usize, reason: &str) {
+    let code = match u16::try_from(code) {
+        Ok(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => c,
+        _ => 1000,
+    };
+    close(ws, code, reason);
+}
+
+/// Act on a rejected frame: close with its code, or answer in-band and keep the socket.
+pub fn reject(ws: &WebSocket, rejection: &Reject) {
+    match rejection {
+        Reject::Close { code, reason } => close(ws, *code, reason),
+        Reject::InBand { code, message } => send(ws, &Reject::error_frame(code, message)),
+    }
+}
+
+/// The text of a frame, or the 1007 rejection for binary frames.
+pub fn frame_text(message: WebSocketIncomingMessage) -> Result<String, Reject> {
+    match message {
+        WebSocketIncomingMessage::String(s) => Ok(s),
+        WebSocketIncomingMessage::Binary(_) => Err(frame::binary_rejected()),
+    }
+}
+
+/// A socket's attachment, if it has a readable one.
+pub fn attachment<A: DeserializeOwned>(ws: &WebSocket) -> Option<A> {
+    ws.deserialize_attachment::<A>().ok().flatten()
+}
+
+/// Replace a socket's attachment (e.g. a rate-limit window), logging failures.
+pub fn set_attachment<A: Serialize>(ws: &WebSocket, value: &A) {
+    if let Err(e) = ws.serialize_attachment(value) {
+        worker::console_error!("serializeAttachment failed: {e}");
+    }
+}
+
+/// Load the object's timer table (see [`edge_realtime_core::schedule`]).
+pub fn load_schedule(sql: &worker::SqlStorage) -> Schedule {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        name: String,
+        at: i64,
+    }
+    let rows: Vec<Row> = sql::rows(sql, "SELECT name, at FROM _schedule", vec![]).unwrap_or_default();
+    Schedule::from_entries(rows.into_iter().map(|r| (r.name, r.at)))
+}
+
+/// Persist the timer table and point the alarm at its earliest deadline.
+pub async fn save_schedule(state: &State, schedule: &Schedule) -> Result<(), ApiError> {
+    let sql = state.storage().sql();
+    sql::exec(&sql, "DELETE FROM _schedule", vec![])?;
+    for (name, at) in schedule.entries() {
+        sql::exec(&sql, "INSERT INTO _schedule (name, at) VALUES (?, ?)", vec![name.into(), sql::int(at)])?;
+    }
+    sync_alarm(state, schedule.next_deadline()).await
+}
+
+/// Point the single alarm at `deadline` (absolute ms) or clear it.
+pub async fn sync_alarm(state: &State, deadline: Option<Millis>) -> Result<(), ApiError> {
+    let storage = state.storage();
+    match deadline {
+        Some(at) => {
+            let date = js_sys::Date::new(&JsValue::from_f64(at as f64));
+            storage.set_alarm(worker::ScheduledTime::new(date)).await.map_err(internal("setAlarm"))
+        }
+        None => storage.delete_alarm().await.map_err(internal("deleteAlarm")),
+    }
+}
+
+/// Create the kit's own table (called by each DO's schema setup).
+pub const SCHEDULE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _schedule (name TEXT PRIMARY KEY, at INTEGER NOT NULL)";

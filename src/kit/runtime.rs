@@ -1,0 +1,33 @@
+//! Runtime methods workers-rs 0.8.7 does not bind (or binds with an internal `unwrap()`),
+//! declared over `state.as_raw()` so every call returns a `Result` instead of panicking.
+
+use wasm_bindgen::prelude::*;
+use worker::js_sys;
+
+#[wasm_bindgen]
+extern "C" {
+    /// The same JS object as `worker_sys::DurableObjectState`, seen through the methods we need.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    pub type RawState;
+
+    /// `ctx.abort()`: resets the object; every socket it holds is dropped at once.
+    #[wasm_bindgen(method, catch)]
+    pub fn abort(this: &RawState, reason: &str) -> Result<(), JsValue>;
+
+    #[wasm_bindgen(method, catch, js_name = acceptWebSocket)]
+    pub fn accept_web_socket(this: &RawState, ws: &JsValue, tags: js_sys::Array) -> Result<(), JsValue>;
+
+    #[wasm_bindgen(method, catch, js_name = getWebSockets)]
+    pub fn get_web_sockets(this: &RawState, tag: Option<String>) -> Result<js_sys::Array, JsValue>;
+
+    #[wasm_bindgen(method, catch, js_name = getTags)]
+    pub fn get_tags(this: &RawState, ws: &JsValue) -> Result<js_sys::Array, JsValue>;
+
+    #[wasm_bindgen(method, catch, js_name = getWebSocketAutoResponseTimestamp)]
+    pub fn get_web_socket_auto_response_timestamp(this: &RawState, ws: &JsValue) -> Result<JsValue, JsValue>;
+}
+
+/// View a DO's state through [`RawState`].
+pub fn raw(state: &worker::State) -> &RawState {
+    state.as_raw().unchecked_ref::<RawState>()
+}

@@ -1,0 +1,358 @@
+//! Counter (SPEC §6.2) over real HTTP and WebSockets.
+
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+use serde_json::{json, Value};
+
+use crate::support::{http, server, unique, ws, TestResult};
+use crate::{ensure, ensure_eq, restart_trial, trial};
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial("counter::http_ops_and_event_shape", http_ops),
+        trial("counter::http_changes_reach_two_sockets", broadcast_to_two),
+        trial("counter::ws_mutation_acked_and_broadcast", ws_mutation),
+        trial("counter::ping_pong_auto_response", ping_pong),
+        trial("counter::ops_filter", ops_filter),
+        trial("counter::since_replays_missed_events", since_replay),
+        trial("counter::duplicate_client_id_applied_once", duplicate_id),
+        trial("counter::history_pagination", history),
+        trial("counter::overflow_and_bad_amounts_422_value_unchanged", bad_amounts),
+        trial("counter::bad_frames_close_and_value_unchanged", bad_frames),
+        trial("counter::concurrent_increments_exact", concurrent),
+        trial("counter::survives_hibernation", hibernation),
+        restart_trial("counter::survives_wrangler_restart", restart),
+    ]
+}
+
+async fn value_of(name: &str) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    let r = http().get(&format!("/api/counter/{name}"), &server().token("reader")).await?;
+    ensure_eq!(r.status, 200);
+    Ok(r.body["value"].clone())
+}
+
+async fn http_ops() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("ops");
+    let r = http().get(&format!("/api/counter/{name}"), &t).await?;
+    ensure_eq!(r.status, 200);
+    ensure_eq!(r.body["value"], json!(0));
+    ensure_eq!(r.body["metadata"]["name"], json!(name));
+    ensure_eq!(r.body["metadata"]["operationCount"], json!(0));
+
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":5}"#).await?;
+    ensure_eq!(r.status, 200);
+    let ev = &r.body;
+    ensure_eq!((ev["type"].clone(), ev["value"].clone(), ev["previousValue"].clone(), ev["seq"].clone()), (json!("increment"), json!(5), json!(0), json!(1)));
+    ensure_eq!(ev["metadata"]["operationCount"], json!(1));
+    ensure!(ev["timestamp"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "timestamp {}", ev["timestamp"]);
+
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    ensure_eq!((r.body["value"].clone(), r.body["seq"].clone()), (json!(6), json!(2)));
+    let r = http().post(&format!("/api/counter/{name}/decrement"), &t, r#"{"amount":10}"#).await?;
+    ensure_eq!((r.body["type"].clone(), r.body["value"].clone()), (json!("decrement"), json!(-4)));
+    let r = http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":42}"#).await?;
+    ensure_eq!((r.body["type"].clone(), r.body["value"].clone(), r.body["previousValue"].clone()), (json!("setValue"), json!(42), json!(-4)));
+    let r = http().post(&format!("/api/counter/{name}/reset"), &t, "").await?;
+    ensure_eq!((r.body["type"].clone(), r.body["value"].clone(), r.body["seq"].clone()), (json!("reset"), json!(0), json!(5)));
+    ensure_eq!(value_of(&name).await?, json!(0));
+    Ok(())
+}
+
+async fn broadcast_to_two() -> TestResult {
+    let s = server();
+    let name = unique("bc");
+    let mut a = ws(&format!("/ws/counter/{name}"), &s.token("alice")).await?;
+    let mut b = ws(&format!("/ws/counter/{name}"), &s.token("bob")).await?;
+    for sock in [&mut a, &mut b] {
+        let snap = sock.recv().await?;
+        ensure_eq!((snap["type"].clone(), snap["value"].clone(), snap["seq"].clone()), (json!("snapshot"), json!(0), json!(0)));
+    }
+    let r = http().post(&format!("/api/counter/{name}/increment"), &s.token("carol"), r#"{"amount":3}"#).await?;
+    for sock in [&mut a, &mut b] {
+        let ev = sock.recv().await?;
+        ensure_eq!(ev, r.body);
+    }
+    let r = http().post(&format!("/api/counter/{name}/set"), &s.token("carol"), r#"{"value":-7}"#).await?;
+    for sock in [&mut a, &mut b] {
+        ensure_eq!(sock.recv().await?, r.body);
+    }
+    a.close().await?;
+    b.close().await
+}
+
+async fn ws_mutation() -> TestResult {
+    let s = server();
+    let name = unique("wsm");
+    let mut a = ws(&format!("/ws/counter/{name}"), &s.token("alice")).await?;
+    let mut b = ws(&format!("/ws/counter/{name}"), &s.token("bob")).await?;
+    a.recv().await?;
+    b.recv().await?;
+    a.send_json(&json!({"type":"increment","amount":2,"id":"m1"})).await?;
+    let first = a.recv().await?;
+    let second = a.recv().await?;
+    // The broadcast and the ack both reach the sender; order between them is not promised.
+    let (ev, ack) = if first["type"] == "ack" { (second, first) } else { (first, second) };
+    ensure_eq!(ack, json!({"type":"ack","id":"m1","seq":1}));
+    ensure_eq!((ev["type"].clone(), ev["value"].clone(), ev["seq"].clone()), (json!("increment"), json!(2), json!(1)));
+    ensure_eq!(b.recv().await?, ev);
+    a.send_json(&json!({"type":"setValue","value":100,"id":"m2"})).await?;
+    ensure_eq!(b.recv().await?["value"], json!(100));
+    a.send_json(&json!({"type":"reset","id":"m3"})).await?;
+    ensure_eq!(b.recv().await?["type"], json!("reset"));
+    ensure_eq!(value_of(&name).await?, json!(0));
+    a.close().await?;
+    b.close().await
+}
+
+async fn ping_pong() -> TestResult {
+    let name = unique("ping");
+    let mut a = ws(&format!("/ws/counter/{name}"), &server().token("alice")).await?;
+    a.recv().await?;
+    a.send_text(r#"{"type":"ping"}"#).await?;
+    ensure_eq!(a.recv().await?, json!({"type":"pong"}));
+    a.close().await
+}
+
+async fn ops_filter() -> TestResult {
+    let s = server();
+    let name = unique("filter");
+    let mut only_reset = ws(&format!("/ws/counter/{name}?ops=reset"), &s.token("alice")).await?;
+    only_reset.recv().await?;
+    let t = s.token("bob");
+    http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    http().post(&format!("/api/counter/{name}/reset"), &t, "").await?;
+    let ev = only_reset.recv().await?;
+    ensure_eq!(ev["type"], json!("reset"));
+    ensure_eq!(ev["seq"], json!(2));
+    only_reset.expect_silence(Duration::from_millis(300)).await?;
+    let refused = crate::support::ws_refusal(&format!("/ws/counter/{name}?ops=bogus"), &[("Authorization", &format!("Bearer {t}"))]).await?;
+    ensure_eq!(refused, 400);
+    only_reset.close().await
+}
+
+async fn since_replay() -> TestResult {
+    let s = server();
+    let t = s.token("alice");
+    let name = unique("since");
+    for _ in 0..5 {
+        http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    }
+    let mut a = ws(&format!("/ws/counter/{name}?since=2"), &t).await?;
+    let snap = a.recv().await?;
+    ensure_eq!((snap["type"].clone(), snap["seq"].clone(), snap["value"].clone()), (json!("snapshot"), json!(5), json!(5)));
+    for seq in 3..=5 {
+        let ev = a.recv().await?;
+        ensure_eq!((ev["type"].clone(), ev["seq"].clone(), ev["value"].clone()), (json!("increment"), json!(seq), json!(seq)));
+    }
+    http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    ensure_eq!(a.recv().await?["seq"], json!(6));
+    let mut future = ws(&format!("/ws/counter/{name}?since=99"), &t).await?;
+    future.recv().await?;
+    ensure_eq!(future.recv().await?, json!({"type":"resync_required","latestSeq":6}));
+    a.close().await?;
+    future.close().await
+}
+
+async fn duplicate_id() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("dup");
+    let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
+    a.recv().await?;
+    a.send_json(&json!({"type":"increment","amount":1,"id":"same"})).await?;
+    a.recv_type("ack").await?;
+    a.send_json(&json!({"type":"increment","amount":1,"id":"same"})).await?;
+    ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"same","seq":1}));
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"id":"same"}"#).await?;
+    ensure_eq!((r.status, r.body["seq"].clone(), r.body["value"].clone()), (200, json!(1), json!(1)));
+    ensure_eq!(value_of(&name).await?, json!(1));
+    // Another user's identical id is a different operation.
+    let r = http().post(&format!("/api/counter/{name}/increment"), &server().token("bob"), r#"{"id":"same"}"#).await?;
+    ensure_eq!(r.body["seq"], json!(2));
+    a.close().await
+}
+
+async fn history() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("hist");
+    for i in 1..=7 {
+        http().post(&format!("/api/counter/{name}/increment"), &t, &format!(r#"{{"amount":{i}}}"#)).await?;
+    }
+    let mut seen = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/counter/{name}/history?limit=3&before={b}"),
+            None => format!("/api/counter/{name}/history?limit=3"),
+        };
+        let r = http().get(&path, &t).await?;
+        ensure_eq!(r.status, 200);
+        for op in r.body["operations"].as_array().ok_or("operations")? {
+            seen.push(op["seq"].as_i64().ok_or("seq")?);
+            ensure_eq!(op["type"], json!("increment"));
+            ensure_eq!(op["amount"].as_i64(), op["seq"].as_i64());
+        }
+        match r.body["nextBefore"].as_i64() {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    ensure_eq!(seen, vec![7, 6, 5, 4, 3, 2, 1]);
+    let r = http().get(&format!("/api/counter/{name}/history?limit=0"), &t).await?;
+    ensure_eq!(r.status, 400);
+    let r = http().get(&format!("/api/counter/{name}/history?limit=abc"), &t).await?;
+    ensure_eq!(r.status, 400);
+    let r = http().get(&format!("/api/counter/{name}/history?limit=5000"), &t).await?;
+    ensure_eq!(r.body["operations"].as_array().map(Vec::len), Some(7));
+    Ok(())
+}
+
+async fn bad_amounts() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("bad");
+    http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":9007199254740990}"#).await?;
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":5}"#).await?;
+    ensure_eq!((r.status, r.error_code()), (422, Some("overflow")));
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":1.5}"#).await?;
+    ensure_eq!(r.status, 422);
+    let r = http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":9007199254740992}"#).await?;
+    ensure_eq!(r.status, 422);
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":"5"}"#).await?;
+    ensure_eq!(r.status, 400);
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, "not json").await?;
+    ensure_eq!((r.status, r.error_code()), (400, Some("invalid_json")));
+    let r = http().post(&format!("/api/counter/{name}/set"), &t, "{}").await?;
+    ensure_eq!(r.status, 400);
+    ensure_eq!(value_of(&name).await?, json!(9007199254740990_i64));
+    let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
+    ensure_eq!(a.recv().await?["seq"], json!(1));
+    a.send_json(&json!({"type":"increment","amount":100})).await?;
+    let err = a.recv().await?;
+    ensure_eq!((err["type"].clone(), err["code"].clone()), (json!("error"), json!("overflow")));
+    ensure_eq!(value_of(&name).await?, json!(9007199254740990_i64));
+    a.close().await
+}
+
+async fn bad_frames() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("frames");
+    http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":7}"#).await?;
+    let cases: Vec<(&str, Box<dyn Fn() -> Message + Send>, u16)> = vec![
+        ("non-JSON", Box::new(|| Message::Text("hello".into())), 1007),
+        ("wrong field type", Box::new(|| Message::Text(r#"{"type":"increment","amount":"x"}"#.into())), 1007),
+        ("type not a string", Box::new(|| Message::Text(r#"{"type":1}"#.into())), 1007),
+        ("unknown type", Box::new(|| Message::Text(r#"{"type":"explode"}"#.into())), 1008),
+        ("oversize", Box::new(|| Message::Text(format!(r#"{{"type":"increment","pad":"{}"}}"#, "x".repeat(70 * 1024)))), 1009),
+        ("binary", Box::new(|| Message::Binary(vec![1, 2, 3])), 1007),
+    ];
+    let mut watcher = ws(&format!("/ws/counter/{name}"), &t).await?;
+    watcher.recv().await?;
+    for (what, frame, code) in cases {
+        let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
+        a.recv().await?;
+        match frame() {
+            Message::Text(s) => a.send_text(&s).await?,
+            Message::Binary(b) => a.send_binary(b).await?,
+        }
+        let closed = a.expect_close().await?;
+        ensure_eq!((what, closed.code), (what, code));
+        ensure!(closed.reason.len() <= 123, "reason too long");
+    }
+    // Nothing was applied, and the counter still works for others.
+    ensure_eq!(value_of(&name).await?, json!(7));
+    watcher.send_json(&json!({"type":"increment","id":"ok"})).await?;
+    ensure_eq!(watcher.recv_type("increment").await?["value"], json!(8));
+    watcher.close().await
+}
+
+enum Message {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+async fn concurrent() -> TestResult {
+    let s = server();
+    let name = unique("conc");
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let t = s.token(&format!("user{w}"));
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sock = ws(&format!("/ws/counter/{name}"), &t).await?;
+            sock.recv().await?;
+            for i in 0..40 {
+                sock.send_json(&json!({"type":"increment","amount":1,"id":format!("w{w}-{i}")})).await?;
+            }
+            let mut acks = 0;
+            while acks < 40 {
+                if sock.recv().await?["type"] == "ack" {
+                    acks += 1;
+                }
+            }
+            sock.close().await
+        }));
+    }
+    for h in 0..40 {
+        let t = s.token("httpuser");
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http().post(&format!("/api/counter/{name}/increment"), &t, &format!(r#"{{"id":"h{h}"}}"#)).await?;
+            ensure_eq!(r.status, 200);
+            Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    ensure_eq!(value_of(&name).await?, json!(200));
+    let r = http().get(&format!("/api/counter/{name}/history?limit=1"), &s.token("alice")).await?;
+    ensure_eq!(r.body["operations"][0]["seq"], json!(200));
+    Ok(())
+}
+
+async fn hibernation() -> TestResult {
+    let s = server();
+    let t = s.token("alice");
+    let name = unique("hib");
+    let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
+    let mut b = ws(&format!("/ws/counter/{name}"), &s.token("bob")).await?;
+    a.recv().await?;
+    b.recv().await?;
+    a.send_json(&json!({"type":"increment","amount":5,"id":"before"})).await?;
+    a.recv_type("ack").await?;
+    b.recv_type("increment").await?;
+    let wakes_before = s.log_count(&format!("wake Counter {name}"));
+    // Idle long enough for workerd to evict the object; pings are answered without waking it.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        a.send_text(r#"{"type":"ping"}"#).await?;
+        ensure_eq!(a.recv().await?, json!({"type":"pong"}));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.send_json(&json!({"type":"increment","amount":1,"id":"after"})).await?;
+    ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"after","seq":2}));
+    let ev = b.recv_type("increment").await?;
+    ensure_eq!((ev["value"].clone(), ev["seq"].clone()), (json!(6), json!(2)));
+    if s.is_local() {
+        let wakes_after = s.log_count(&format!("wake Counter {name}"));
+        ensure!(wakes_after > wakes_before, "the constructor did not run again (wakes {wakes_before} → {wakes_after}): no hibernation happened");
+    }
+    a.close().await?;
+    b.close().await
+}
+
+async fn restart() -> TestResult {
+    let s = server();
+    let t = s.token("alice");
+    let name = unique("restart");
+    http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":41}"#).await?;
+    http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"id":"r1"}"#).await?;
+    s.restart()?;
+    ensure_eq!(value_of(&name).await?, json!(42));
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"id":"r1"}"#).await?;
+    ensure_eq!((r.body["seq"].clone(), r.body["value"].clone()), (json!(2), json!(42)));
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    ensure_eq!((r.body["seq"].clone(), r.body["value"].clone()), (json!(3), json!(43)));
+    Ok(())
+}

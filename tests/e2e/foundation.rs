@@ -1,0 +1,142 @@
+//! Entry Worker: health, routing errors, `Upgrade` check, auth (SPEC §3–5).
+
+use libtest_mimic::Trial;
+use serde_json::json;
+
+use crate::support::{http, now_secs, server, unique, ws, ws_refusal, ws_with, TestResult};
+use crate::{ensure, ensure_eq, trial};
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial("foundation::health_reports_version", health),
+        trial("foundation::unknown_path_404_wrong_method_405", not_found_and_method),
+        trial("foundation::websocket_route_without_upgrade_426", upgrade_required),
+        trial("foundation::bad_names_400", bad_names),
+        trial("foundation::missing_bad_expired_token_401", unauthorized),
+        trial("foundation::websocket_refused_without_valid_token", websocket_unauthorized),
+        trial("foundation::token_via_subprotocol_and_query", token_sources),
+        trial("foundation::admin_routes_403_for_users", forbidden),
+        trial("foundation::body_over_64k_413", too_large),
+        trial("foundation::client_identity_headers_are_ignored", spoofed_identity),
+    ]
+}
+
+async fn health() -> TestResult {
+    let r = http().request("GET", "/health", None, None, &[]).await?;
+    ensure_eq!(r.status, 200);
+    ensure_eq!(r.body["status"], json!("ok"));
+    ensure!(r.body["version"].as_str().is_some_and(|v| v.starts_with("0.1.0+")), "version {}", r.body);
+    Ok(())
+}
+
+async fn not_found_and_method() -> TestResult {
+    let t = server().token("alice");
+    let r = http().get("/nope", &t).await?;
+    ensure_eq!((r.status, r.error_code()), (404, Some("not_found")));
+    let r = http().request("DELETE", "/api/counter/x", Some(&t), None, &[]).await?;
+    ensure_eq!((r.status, r.error_code()), (405, Some("method_not_allowed")));
+    ensure_eq!(r.header("allow").as_deref(), Some("GET"));
+    let r = http().get("/api/counter/x/increment", &t).await?;
+    ensure_eq!(r.status, 405);
+    Ok(())
+}
+
+async fn upgrade_required() -> TestResult {
+    let t = server().token("alice");
+    for path in ["/ws/counter/c", "/api/chat", "/api/chat/room1", "/ws/waddle/w", "/ws/channel/c", "/__user-session?userId=alice&deviceId=d"] {
+        let r = http().get(path, &t).await?;
+        ensure_eq!((path, r.status, r.error_code()), (path, 426, Some("upgrade_required")));
+        ensure_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+    }
+    Ok(())
+}
+
+async fn bad_names() -> TestResult {
+    let t = server().token("alice");
+    let long = "x".repeat(65);
+    for path in ["/api/counter/a%20b", &format!("/api/counter/{long}"), "/api/counter/a$b/history", "/api/chat/a!b/messages"] {
+        let r = http().get(path, &t).await?;
+        ensure_eq!((path, r.status, r.error_code()), (path, 400, Some("invalid_name")));
+    }
+    let status = ws_refusal("/ws/counter/bad*name", &[("Authorization", &format!("Bearer {t}"))]).await?;
+    ensure_eq!(status, 400);
+    let status = ws_refusal("/__user-session?userId=alice", &[("Authorization", &format!("Bearer {t}"))]).await?;
+    ensure_eq!(status, 400);
+    Ok(())
+}
+
+async fn unauthorized() -> TestResult {
+    let s = server();
+    let path = format!("/api/counter/{}", unique("auth"));
+    let r = http().request("GET", &path, None, None, &[]).await?;
+    ensure_eq!((r.status, r.error_code()), (401, Some("missing_token")));
+    let r = http().get(&path, "not.a.token").await?;
+    ensure_eq!((r.status, r.error_code()), (401, Some("invalid_token")));
+    let expired = s.token_with("alice", None, &[], now_secs() - 7200, now_secs() - 3600);
+    let r = http().get(&path, &expired).await?;
+    ensure_eq!((r.status, r.error_code()), (401, Some("token_expired")));
+    let mut forged = s.token("alice");
+    forged.push('x');
+    let r = http().get(&path, &forged).await?;
+    ensure_eq!(r.status, 401);
+    Ok(())
+}
+
+async fn websocket_unauthorized() -> TestResult {
+    let name = unique("wsauth");
+    ensure_eq!(ws_refusal(&format!("/ws/counter/{name}"), &[]).await?, 401);
+    ensure_eq!(ws_refusal(&format!("/ws/counter/{name}?token=garbage"), &[]).await?, 401);
+    let expired = server().token_with("alice", None, &[], now_secs() - 7200, now_secs() - 1);
+    ensure_eq!(ws_refusal(&format!("/ws/counter/{name}"), &[("Authorization", &format!("Bearer {expired}"))]).await?, 401);
+    Ok(())
+}
+
+async fn token_sources() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("src");
+    let mut a = ws_with(&format!("/ws/counter/{name}"), &[("Sec-WebSocket-Protocol", &format!("bearer, {t}"))]).await?;
+    ensure_eq!(a.recv().await?["type"], json!("snapshot"));
+    let mut b = ws_with(&format!("/ws/counter/{name}?token={t}"), &[]).await?;
+    ensure_eq!(b.recv().await?["type"], json!("snapshot"));
+    let r = http().request("GET", &format!("/api/counter/{name}?token={t}"), None, None, &[]).await?;
+    ensure_eq!(r.status, 200);
+    a.close().await?;
+    b.close().await
+}
+
+async fn forbidden() -> TestResult {
+    let t = server().token("alice");
+    let r = http().post("/api/ratelimit/check", &t, r#"{"key":"k","limit":1,"window":1000}"#).await?;
+    ensure_eq!((r.status, r.error_code()), (403, Some("forbidden")));
+    let r = http().post("/__user-session/notify?userId=bob", &t, "{}").await?;
+    ensure_eq!(r.status, 403);
+    Ok(())
+}
+
+async fn too_large() -> TestResult {
+    let t = server().token("alice");
+    let body = format!(r#"{{"amount":1,"pad":"{}"}}"#, "x".repeat(70 * 1024));
+    let name = unique("big");
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, &body).await?;
+    ensure_eq!((r.status, r.error_code()), (413, Some("payload_too_large")));
+    let r = http().get(&format!("/api/counter/{name}"), &t).await?;
+    ensure_eq!(r.body["value"], json!(0));
+    Ok(())
+}
+
+async fn spoofed_identity() -> TestResult {
+    // A client-sent X-User-Id must not change who the op is recorded for: the duplicate-id
+    // check is per user, so a spoofed header would show up as a separate user.
+    let t = server().token("alice");
+    let name = unique("spoof");
+    let path = format!("/api/counter/{name}/increment");
+    let r1 = http().request("POST", &path, Some(&t), Some(r#"{"id":"once"}"#), &[("X-User-Id", "mallory")]).await?;
+    let r2 = http().request("POST", &path, Some(&t), Some(r#"{"id":"once"}"#), &[]).await?;
+    ensure_eq!((r1.status, r2.status), (200, 200));
+    ensure_eq!(r1.body["seq"], r2.body["seq"]);
+    let r = http().get(&format!("/api/counter/{name}"), &t).await?;
+    ensure_eq!(r.body["value"], json!(1));
+    let mut s = ws(&format!("/ws/counter/{name}"), &t).await?;
+    ensure_eq!(s.recv().await?["value"], json!(1));
+    s.close().await
+}

@@ -1,0 +1,67 @@
+//! End-to-end suite: the real Workers runtime (`wrangler dev`, workerd) over real HTTP and
+//! WebSockets. One server for the run (or `E2E_BASE_URL` for a deployment); every test uses
+//! its own object names, so tests run in parallel. Restart tests hold the server exclusively.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+mod counter;
+mod foundation;
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::{server, TestResult};
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime"))
+}
+
+/// A test that shares the server with the others.
+pub fn trial<F, Fut>(name: &str, f: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = TestResult> + Send + 'static,
+{
+    Trial::test(name, move || {
+        let _shared = server().restart_lock.read().map_err(|_| Failed::from("lock poisoned"))?;
+        runtime().block_on(f()).map_err(|e| Failed::from(e.to_string()))
+    })
+}
+
+/// A test that restarts `wrangler dev`: runs alone (skipped against a deployment).
+pub fn restart_trial<F, Fut>(name: &str, f: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = TestResult> + Send + 'static,
+{
+    let remote = std::env::var_os("E2E_BASE_URL").is_some();
+    Trial::test(name, move || {
+        let _exclusive = server().restart_lock.write().map_err(|_| Failed::from("lock poisoned"))?;
+        runtime().block_on(f()).map_err(|e| Failed::from(e.to_string()))
+    })
+    .with_ignored_flag(remote)
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Tests mostly wait on sockets (hibernation needs >10 s idle): run many at once.
+    if args.test_threads.is_none() {
+        args.test_threads = Some(24);
+    }
+    let mut trials = Vec::new();
+    trials.extend(foundation::tests());
+    trials.extend(counter::tests());
+
+    let listing = args.list;
+    if !listing {
+        let _ = server();
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    if !listing {
+        server().stop();
+    }
+    conclusion.exit();
+}

@@ -1,0 +1,453 @@
+//! The e2e harness: one real `wrangler dev` (workerd) for the whole run, tokens minted with
+#![allow(dead_code)] // helpers used by some DO suites only
+//! the project's own signer, and small HTTP / WebSocket clients that time out every receive.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edge_realtime_core::auth::{mint, Claims};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Default receive timeout.
+pub const RECV: Duration = Duration::from_secs(10);
+
+/// Make an error out of a message.
+pub fn fail(msg: impl Into<String>) -> Box<dyn std::error::Error + Send + Sync> {
+    msg.into().into()
+}
+
+/// `ensure!(cond, "message {}", x)`
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err($crate::support::fail(format!($($arg)+)));
+        }
+    };
+}
+
+/// `ensure_eq!(left, right)` with both values in the message.
+#[macro_export]
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr $(,)?) => {{
+        match (&$left, &$right) { (l, r) => if l != r {
+            return Err($crate::support::fail(format!(
+                "{} != {}\n  left: {:?}\n right: {:?}",
+                stringify!($left), stringify!($right), l, r
+            )));
+        } }
+    }};
+}
+
+/// The service under test.
+pub struct Server {
+    pub base: String,
+    /// `None` when testing a deployment through `E2E_BASE_URL`.
+    local: Option<Mutex<LocalServer>>,
+    secret: String,
+    /// Lines wrangler printed (DO logs included), for wake/hibernation checks.
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// Restart tests take this exclusively; all others share it.
+    pub restart_lock: RwLock<()>,
+}
+
+struct LocalServer {
+    child: Child,
+    port: u16,
+    persist: PathBuf,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+pub fn server() -> &'static Server {
+    SERVER.get_or_init(Server::start)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18787)
+}
+
+fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read_secret() -> String {
+    if let Ok(s) = std::env::var("E2E_AUTH_SECRET") {
+        return s;
+    }
+    let text = std::fs::read_to_string(project_root().join(".dev.vars"))
+        .or_else(|_| std::fs::read_to_string(project_root().join(".dev.vars.example")))
+        .expect("no .dev.vars: run `make setup`");
+    text.lines()
+        .find_map(|l| l.strip_prefix("AUTH_SECRET="))
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .expect("AUTH_SECRET missing from .dev.vars")
+}
+
+impl Server {
+    fn start() -> Server {
+        let secret = read_secret();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Ok(base) = std::env::var("E2E_BASE_URL") {
+            return Server { base: base.trim_end_matches('/').to_owned(), local: None, secret, log, restart_lock: RwLock::new(()) };
+        }
+        let port = free_port();
+        let persist = project_root().join("target").join(format!("e2e-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&persist);
+        let child = spawn_wrangler(port, &persist, &log);
+        let server = Server {
+            base: format!("http://127.0.0.1:{port}"),
+            local: Some(Mutex::new(LocalServer { child, port, persist })),
+            secret,
+            log,
+            restart_lock: RwLock::new(()),
+        };
+        server.wait_ready();
+        server
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while std::time::Instant::now() < deadline {
+            if let Ok(resp) = reqwest::blocking_get(&format!("{}/health", self.base)) {
+                if resp == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let tail = self.log.lock().map(|l| l.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
+        panic!("wrangler dev did not become ready on {}:\n{tail}", self.base);
+    }
+
+    /// Stop and start `wrangler dev` on the same port and persistence directory.
+    pub fn restart(&self) -> TestResult {
+        let Some(local) = &self.local else { return Err(fail("cannot restart a remote deployment")) };
+        {
+            let mut l = local.lock().map_err(|_| fail("poisoned"))?;
+            kill_group(&mut l.child);
+            l.child = spawn_wrangler(l.port, &l.persist, &self.log);
+        }
+        self.wait_ready();
+        Ok(())
+    }
+
+    /// Stop wrangler (end of the run).
+    pub fn stop(&self) {
+        if let Some(local) = &self.local {
+            if let Ok(mut l) = local.lock() {
+                kill_group(&mut l.child);
+                let _ = std::fs::remove_dir_all(&l.persist);
+            }
+        }
+    }
+
+    pub fn ws_base(&self) -> String {
+        self.base.replacen("http", "ws", 1)
+    }
+
+    /// A token for `user` (optionally with roles), valid for an hour, issued now.
+    pub fn token(&self, user: &str) -> String {
+        self.token_with(user, None, &[], now_secs(), now_secs() + 3600)
+    }
+
+    pub fn admin_token(&self, user: &str) -> String {
+        self.token_with(user, None, &["admin"], now_secs(), now_secs() + 3600)
+    }
+
+    pub fn token_with(&self, user: &str, name: Option<&str>, roles: &[&str], iat: i64, exp: i64) -> String {
+        let claims = Claims {
+            sub: user.to_owned(),
+            iat,
+            exp,
+            name: name.map(str::to_owned),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        mint(&claims, self.secret.as_bytes()).expect("mint")
+    }
+
+    /// How many times wrangler's log shows `needle` (e.g. a DO wake line).
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().map(|l| l.iter().filter(|line| line.contains(needle)).count()).unwrap_or(0)
+    }
+}
+
+fn spawn_wrangler(port: u16, persist: &std::path::Path, log: &Arc<Mutex<Vec<String>>>) -> Child {
+    use std::os::unix::process::CommandExt;
+    let inspector = free_port();
+    let mut child = Command::new("npx")
+        .args(["wrangler", "dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--inspector-port", &inspector.to_string(), "--persist-to"])
+        .arg(persist)
+        .args(["--var", "DEBUG_WAKE:1", "--show-interactive-dev-session=false"])
+        .args(e2e_vars())
+        .current_dir(project_root())
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("failed to start `npx wrangler dev` (run `make setup` first)");
+    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)]
+        .into_iter()
+        .flatten()
+    {
+        let log = Arc::clone(log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("E2E_VERBOSE").is_some() {
+                    eprintln!("[wrangler] {line}");
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push(line);
+                }
+            }
+        });
+    }
+    child
+}
+
+/// Small limits so pruning is testable quickly; kept in one place.
+fn e2e_vars() -> Vec<String> {
+    ["COUNTER_MAX_HISTORY:10000", "CHAT_MAX_MESSAGES:1000"].iter().flat_map(|v| ["--var".to_owned(), (*v).to_owned()]).collect()
+}
+
+fn kill_group(child: &mut Child) {
+    let pid = child.id() as i32;
+    // SIGTERM the whole group (npx → node → workerd), then make sure.
+    let _ = Command::new("kill").args(["-TERM", &format!("-{pid}")]).status();
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+    let _ = child.wait();
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A unique object name per test (and per run, so reruns against a deployment don't collide).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0) % 1_000_000_000;
+    format!("{prefix}-{t}-{n}")
+}
+
+/// Minimal blocking GET used before the async runtime exists (readiness probe).
+mod reqwest {
+    pub fn blocking_get(url: &str) -> Result<u16, Box<dyn std::error::Error>> {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").ok_or("http only")?;
+        let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+        let mut s = std::net::TcpStream::connect(host)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let status = buf.split_whitespace().nth(1).ok_or("no status")?.parse()?;
+        Ok(status)
+    }
+}
+
+// ---------------------------------------------------------------- HTTP
+
+pub struct Http {
+    client: ::reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: ::reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+    /// The SPEC §5 error code, if this is an error body.
+    pub fn error_code(&self) -> Option<&str> {
+        self.body.get("error")?.get("code")?.as_str()
+    }
+}
+
+pub fn http() -> Http {
+    Http { client: ::reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client") }
+}
+
+impl Http {
+    pub async fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>, headers: &[(&str, &str)]) -> Result<Reply, Box<dyn std::error::Error + Send + Sync>> {
+        let url = format!("{}{}", server().base, path);
+        let method = ::reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.client.request(method, url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("Content-Type", "application/json").body(b.to_owned());
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply { status, headers, body, text })
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Result<Reply, Box<dyn std::error::Error + Send + Sync>> {
+        self.request("GET", path, Some(token), None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &str) -> Result<Reply, Box<dyn std::error::Error + Send + Sync>> {
+        self.request("POST", path, Some(token), Some(body), &[]).await
+    }
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+pub struct Ws {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Connect to `path` (with its query) using `token` in the `Authorization` header.
+pub async fn ws(path: &str, token: &str) -> Result<Ws, Box<dyn std::error::Error + Send + Sync>> {
+    ws_with(path, &[("Authorization", &format!("Bearer {token}"))]).await
+}
+
+/// Connect with explicit headers; an HTTP refusal comes back as `Err` with its status inside.
+pub async fn ws_with(path: &str, headers: &[(&str, &str)]) -> Result<Ws, Box<dyn std::error::Error + Send + Sync>> {
+    let mut request = format!("{}{}", server().ws_base(), path).into_client_request()?;
+    for (k, v) in headers {
+        request.headers_mut().insert(::reqwest::header::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
+    }
+    let (inner, _) = tokio::time::timeout(RECV, tokio_tungstenite::connect_async(request)).await??;
+    Ok(Ws { inner })
+}
+
+/// The HTTP status a refused WebSocket handshake got.
+pub async fn ws_refusal(path: &str, headers: &[(&str, &str)]) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    let mut request = format!("{}{}", server().ws_base(), path).into_client_request()?;
+    for (k, v) in headers {
+        request.headers_mut().insert(::reqwest::header::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
+    }
+    match tokio::time::timeout(RECV, tokio_tungstenite::connect_async(request)).await? {
+        Ok(_) => Err(fail("handshake unexpectedly succeeded")),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Ok(resp.status().as_u16()),
+        Err(e) => Err(fail(format!("unexpected handshake error {e}"))),
+    }
+}
+
+impl Ws {
+    pub async fn send_text(&mut self, text: &str) -> TestResult {
+        self.inner.send(Message::Text(text.to_owned())).await?;
+        Ok(())
+    }
+
+    pub async fn send_json(&mut self, value: &Value) -> TestResult {
+        self.send_text(&value.to_string()).await
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> TestResult {
+        self.inner.send(Message::Binary(bytes)).await?;
+        Ok(())
+    }
+
+    /// The next JSON frame (skipping transport pings), or an error on timeout/close.
+    pub async fn recv(&mut self) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        self.recv_within(RECV).await
+    }
+
+    pub async fn recv_within(&mut self, limit: Duration) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        loop {
+            let msg = tokio::time::timeout(limit, self.inner.next())
+                .await
+                .map_err(|_| fail(format!("no frame within {limit:?}")))?
+                .ok_or_else(|| fail("socket ended"))??;
+            match msg {
+                Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+                Message::Close(c) => return Err(fail(format!("socket closed: {c:?}"))),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of `type`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let deadline = tokio::time::Instant::now() + RECV;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.recv_within(left).await?;
+            if v["type"] == kind {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Assert nothing arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) -> TestResult {
+        match tokio::time::timeout(quiet, self.inner.next()).await {
+            Err(_) => Ok(()),
+            Ok(Some(Ok(Message::Text(t)))) => Err(fail(format!("unexpected frame {t}"))),
+            Ok(other) => Err(fail(format!("unexpected event {other:?}"))),
+        }
+    }
+
+    /// Wait for the server's Close frame (skipping data frames) and return its code and reason.
+    pub async fn expect_close(&mut self) -> Result<Closed, Box<dyn std::error::Error + Send + Sync>> {
+        let deadline = tokio::time::Instant::now() + RECV;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.inner.next()).await.map_err(|_| fail("no close frame in time"))? {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Ok(Closed { code: u16::from(frame.code), reason: frame.reason.to_string() })
+                }
+                Some(Ok(Message::Close(None))) => return Ok(Closed { code: 1005, reason: String::new() }),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(fail(format!("socket error before close: {e}"))),
+                None => return Err(fail("socket ended without a close frame")),
+            }
+        }
+    }
+
+    pub async fn close(mut self) -> TestResult {
+        let _ = self.inner.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).await;
+        // drain until the server reciprocates
+        let _ = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = self.inner.next().await {} }).await;
+        Ok(())
+    }
+}
