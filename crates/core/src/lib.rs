@@ -15,6 +15,7 @@
 //! - [`schedule`]: many named timers multiplexed onto one DO alarm.
 //! - [`time`]: milliseconds and ISO-8601.
 //! - [`counter`]: the Counter protocol (SPEC §6.2).
+//! - [`ratelimit`]: the RateLimiter's five algorithms, exact on an injected clock (SPEC §6.6).
 
 pub mod auth;
 pub mod counter;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod frame;
 pub mod names;
 pub mod query;
+pub mod ratelimit;
 pub mod replay;
 pub mod route;
 pub mod schedule;
