@@ -15,8 +15,10 @@
 //! - [`schedule`]: many named timers multiplexed onto one DO alarm.
 //! - [`time`]: milliseconds and ISO-8601.
 //! - [`counter`]: the Counter protocol (SPEC §6.2).
+//! - [`chat`]: the ChatRoom protocol (SPEC §6.3): validation, rate limit, history, pruning.
 
 pub mod auth;
+pub mod chat;
 pub mod counter;
 pub mod error;
 pub mod frame;
