@@ -16,8 +16,10 @@
 //! - [`time`]: milliseconds and ISO-8601.
 //! - [`counter`]: the Counter protocol (SPEC §6.2).
 //! - [`ratelimit`]: the RateLimiter's five algorithms, exact on an injected clock (SPEC §6.6).
+//! - [`chat`]: the ChatRoom protocol (SPEC §6.3): validation, rate limit, history, pruning.
 
 pub mod auth;
+pub mod chat;
 pub mod counter;
 pub mod error;
 pub mod frame;
