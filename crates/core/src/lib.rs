@@ -15,6 +15,7 @@
 //! - [`schedule`]: many named timers multiplexed onto one DO alarm.
 //! - [`time`]: milliseconds and ISO-8601.
 //! - [`counter`]: the Counter protocol (SPEC §6.2).
+//! - [`session`]: the UserSession protocol: games, presence, logout-all (SPEC §6.1, §3).
 
 pub mod auth;
 pub mod counter;
@@ -25,6 +26,7 @@ pub mod query;
 pub mod replay;
 pub mod route;
 pub mod schedule;
+pub mod session;
 pub mod time;
 
 /// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.
