@@ -17,6 +17,7 @@
 //! - [`counter`]: the Counter protocol (SPEC §6.2).
 //! - [`ratelimit`]: the RateLimiter's five algorithms, exact on an injected clock (SPEC §6.6).
 //! - [`chat`]: the ChatRoom protocol (SPEC §6.3): validation, rate limit, history, pruning.
+//! - [`session`]: the UserSession protocol: games, presence, logout-all (SPEC §6.1, §3).
 
 pub mod auth;
 pub mod chat;
@@ -29,6 +30,7 @@ pub mod ratelimit;
 pub mod replay;
 pub mod route;
 pub mod schedule;
+pub mod session;
 pub mod time;
 
 /// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.
