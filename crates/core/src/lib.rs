@@ -15,8 +15,11 @@
 //! - [`schedule`]: many named timers multiplexed onto one DO alarm.
 //! - [`time`]: milliseconds and ISO-8601.
 //! - [`counter`]: the Counter protocol (SPEC §6.2).
+//! - [`waddle`]: the Waddle protocol: community presence and typing relay (SPEC §6.4).
+//! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (SPEC §6.5).
 
 pub mod auth;
+pub mod channel;
 pub mod counter;
 pub mod error;
 pub mod frame;
@@ -26,6 +29,7 @@ pub mod replay;
 pub mod route;
 pub mod schedule;
 pub mod time;
+pub mod waddle;
 
 /// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.
 pub const MAX_SAFE_INTEGER: i64 = 9_007_199_254_740_991;
