@@ -21,6 +21,11 @@
 
 pub mod auth;
 pub mod chat;
+//! - [`waddle`]: the Waddle protocol: community presence and typing relay (SPEC §6.4).
+//! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (SPEC §6.5).
+
+pub mod auth;
+pub mod channel;
 pub mod counter;
 pub mod error;
 pub mod frame;
@@ -32,6 +37,7 @@ pub mod route;
 pub mod schedule;
 pub mod session;
 pub mod time;
+pub mod waddle;
 
 /// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.
 pub const MAX_SAFE_INTEGER: i64 = 9_007_199_254_740_991;

@@ -1,0 +1,852 @@
+//! Channel core (SPEC §6.5): gapless sequenced messages, typing with alarm-driven expiry,
+//! participants, `?since=` recovery and pruning.
+//!
+//! The core owns the small state the adapter persists between wakes — `latest_seq`,
+//! `pruned_through`, the typing table and the timer [`Schedule`] — and never touches the
+//! message table: the adapter deduplicates, inserts, pages and deletes rows as told.
+//!
+//! Posting a message (WebSocket or HTTP) is two steps so a sequence number is only consumed
+//! once its row is stored:
+//! 1. [`Channel::on_message`] / [`parse_post_body`] validate into a [`Post`].
+//! 2. If the post has a client id already stored for this user, answer with the original
+//!    sequence ([`ack_frame`] / [`post_response`]) and stop. Else [`Channel::prepare`] gives the
+//!    row (`latest_seq + 1`); insert it and store `latest_seq` in one transaction; then
+//!    [`Channel::commit`] advances the core and returns the broadcast.
+//!
+//! Participants are not stored: they are the distinct users of the open sockets, which the
+//! adapter reads from socket tags and passes in (always *excluding* the socket being
+//! accepted or closed), so the answer is right whether or not the object just woke up.
+//!
+//! Wire decisions (SPEC leaves them open):
+//! - message `timestamp` is ISO-8601 with milliseconds; `id` is the client id or `null`.
+//! - a WebSocket post is acknowledged to its sender with `{"type":"ack","id","sequence"}`;
+//!   the `message` broadcast also reaches the sender. A repeated id gets only the ack.
+//! - content is trimmed and stored trimmed; at most [`MAX_CONTENT_CHARS`] characters.
+//! - history entries are the broadcast frame without `type`.
+//! - `typing {isTyping:true}` always broadcasts (a refresh tells late joiners who is typing);
+//!   `isTyping:false`, expiry and leaving broadcast only when the set changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{close, ApiError};
+use crate::frame::{check_client_id, decode, Reject, MAX_FRAME_BYTES};
+use crate::query::{parse_limit, parse_seq};
+use crate::replay::{self, Replay};
+use crate::schedule::Schedule;
+use crate::time::{iso8601, Millis};
+use crate::MAX_SAFE_INTEGER;
+
+/// Longest message, in characters after trimming (Unicode scalar values, not bytes).
+pub const MAX_CONTENT_CHARS: usize = 4_000;
+/// A typing flag lasts this long after its last refresh.
+pub const TYPING_TTL_MS: Millis = 3_000;
+/// Pruning runs at most this often.
+pub const PRUNE_INTERVAL_MS: Millis = 60_000;
+/// `CHANNEL_MAX_MESSAGES` when unset or invalid.
+pub const DEFAULT_MAX_MESSAGES: i64 = 10_000;
+pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
+pub const HISTORY_MAX_LIMIT: u32 = 100;
+/// Timer names in the [`Schedule`].
+pub const TYPING_TIMER: &str = "typing";
+pub const PRUNE_TIMER: &str = "prune";
+
+/// The `type`s a client may send (`ping` is normally answered by the runtime's auto-response;
+/// a differently spaced ping reaches the object and is answered here).
+pub const CLIENT_TYPES: [&str; 3] = ["message", "typing", "ping"];
+
+/// Per-socket attachment. Identity comes from the Worker's `X-User-Id` / `X-User-Name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelConn {
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+}
+
+/// `CHANNEL_MAX_MESSAGES`: a positive integer, else the default.
+pub fn parse_max_messages(raw: Option<&str>) -> i64 {
+    raw.and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|n| (1..=MAX_SAFE_INTEGER).contains(n))
+        .unwrap_or(DEFAULT_MAX_MESSAGES)
+}
+
+/// A validated message waiting for its sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    /// Trimmed, 1..=[`MAX_CONTENT_CHARS`] characters.
+    pub content: String,
+    /// The client's id (1..=128 characters), the dedup key together with the user id.
+    pub client_id: Option<String>,
+}
+
+/// One stored message (row `sequence, user_id, content, timestamp, client_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelMessage {
+    pub sequence: i64,
+    pub user_id: String,
+    pub content: String,
+    pub timestamp: Millis,
+    pub client_id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageWire<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r#type: Option<&'static str>,
+    sequence: i64,
+    user_id: &'a str,
+    content: &'a str,
+    timestamp: String,
+    id: Option<&'a str>,
+}
+
+impl ChannelMessage {
+    fn wire(&self, r#type: Option<&'static str>) -> MessageWire<'_> {
+        MessageWire {
+            r#type,
+            sequence: self.sequence,
+            user_id: &self.user_id,
+            content: &self.content,
+            timestamp: iso8601(self.timestamp),
+            id: self.client_id.as_deref(),
+        }
+    }
+
+    /// The broadcast (and replay) frame
+    /// `{"type":"message","sequence","userId","content","timestamp","id"}`.
+    pub fn frame(&self) -> String {
+        to_json(&self.wire(Some("message")))
+    }
+}
+
+/// `{"type":"ack","id","sequence"}` for the sender of a WebSocket post (also for a repeat).
+pub fn ack_frame(client_id: Option<&str>, sequence: i64) -> String {
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        r#type: &'static str,
+        id: Option<&'a str>,
+        sequence: i64,
+    }
+    to_json(&Ack { r#type: "ack", id: client_id, sequence })
+}
+
+/// `POST /api/channel/:id/message` answer, `{"success":true,"sequence":n}` (also for a repeat).
+pub fn post_response(sequence: i64) -> String {
+    #[derive(Serialize)]
+    struct Answer {
+        success: bool,
+        sequence: i64,
+    }
+    to_json(&Answer { success: true, sequence })
+}
+
+fn users_frame<'a>(r#type: &'static str, users: impl IntoIterator<Item = &'a str>) -> String {
+    #[derive(Serialize)]
+    struct UsersFrame<'a> {
+        r#type: &'static str,
+        users: Vec<&'a str>,
+    }
+    to_json(&UsersFrame { r#type, users: users.into_iter().collect() })
+}
+
+/// Why a post was refused. Wrong shapes are 400 / close 1007; bad values 422 / in-band error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("body must be a JSON object")]
+    BadBody,
+    #[error("body larger than 64 KiB")]
+    BodyTooLarge,
+    #[error("{0} must be a string")]
+    WrongType(&'static str),
+    #[error("content must not be empty")]
+    EmptyContent,
+    #[error("content must be at most 4000 characters")]
+    ContentTooLong,
+    #[error("id must be 1 to 128 characters")]
+    InvalidId,
+    #[error("the channel has no sequence numbers left")]
+    SequenceExhausted,
+}
+
+impl ChannelError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChannelError::BadBody | ChannelError::WrongType(_) => "invalid_body",
+            ChannelError::BodyTooLarge => "payload_too_large",
+            ChannelError::EmptyContent => "empty_content",
+            ChannelError::ContentTooLong => "content_too_long",
+            ChannelError::InvalidId => "invalid_id",
+            ChannelError::SequenceExhausted => "internal_error",
+        }
+    }
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            ChannelError::BadBody | ChannelError::WrongType(_) => ApiError::bad_request(self.code(), self.to_string()),
+            ChannelError::BodyTooLarge => ApiError::payload_too_large(self.to_string()),
+            ChannelError::EmptyContent | ChannelError::ContentTooLong | ChannelError::InvalidId => {
+                ApiError::unprocessable(self.code(), self.to_string())
+            }
+            ChannelError::SequenceExhausted => ApiError::internal(),
+        }
+    }
+    pub fn to_reject(&self) -> Reject {
+        match self {
+            ChannelError::BadBody | ChannelError::WrongType(_) => Reject::close(close::INVALID_DATA, self.to_string()),
+            ChannelError::BodyTooLarge => Reject::close(close::TOO_BIG, self.to_string()),
+            ChannelError::EmptyContent | ChannelError::ContentTooLong | ChannelError::InvalidId => {
+                Reject::in_band(self.code(), self.to_string())
+            }
+            ChannelError::SequenceExhausted => Reject::close(close::INTERNAL, "internal error"),
+        }
+    }
+}
+
+/// Validate content and id (the types are already right).
+fn validate(content: &str, client_id: Option<String>) -> Result<Post, ChannelError> {
+    let content = content.trim();
+    if content.is_empty() {
+        return Err(ChannelError::EmptyContent);
+    }
+    if content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(ChannelError::ContentTooLong);
+    }
+    check_client_id(client_id.as_deref()).map_err(|_| ChannelError::InvalidId)?;
+    Ok(Post { content: content.to_owned(), client_id })
+}
+
+/// Parse the `POST /api/channel/:id/message` body `{"content":string,"id"?:string}`.
+pub fn parse_post_body(body: &str) -> Result<Post, ChannelError> {
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(ChannelError::BodyTooLarge);
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(body) else {
+        return Err(ChannelError::BadBody);
+    };
+    let Some(Value::String(content)) = obj.get("content") else {
+        return Err(ChannelError::WrongType("content"));
+    };
+    let client_id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => return Err(ChannelError::WrongType("id")),
+    };
+    validate(content, client_id)
+}
+
+/// `GET /api/channel/:id/messages?after=&limit=`: fetch rows with `sequence > after` in
+/// ascending order, `LIMIT fetch_limit()`, and answer [`history_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub after: i64,
+    pub limit: u32,
+}
+
+impl HistoryQuery {
+    pub fn parse(after: Option<&str>, limit: Option<&str>) -> Result<Self, ApiError> {
+        Ok(Self {
+            after: parse_seq("after", after)?.unwrap_or(0),
+            limit: parse_limit(limit, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT)?,
+        })
+    }
+    /// One more row than the page, so we know whether a next page exists.
+    pub fn fetch_limit(&self) -> u32 {
+        self.limit.saturating_add(1)
+    }
+}
+
+/// `{"messages":[{sequence,userId,content,timestamp,id}],"nextAfter":n|null}` from rows
+/// fetched as [`HistoryQuery`] says.
+pub fn history_body(rows: Vec<ChannelMessage>, limit: u32) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct History<'a> {
+        messages: Vec<MessageWire<'a>>,
+        next_after: Option<i64>,
+    }
+    let page = replay::page(rows, limit, |m| m.sequence);
+    to_json(&History { messages: page.items.iter().map(|m| m.wire(None)).collect(), next_after: page.next })
+}
+
+/// What a WebSocket frame asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Dedup, sequence, persist and broadcast this (see the module docs).
+    Post(Post),
+    /// Nothing to persist but the effects.
+    Done(Outcome),
+}
+
+/// What the adapter does after one event. Persist first (`typing_changed` → the typing table,
+/// `timers_changed` → the schedule and the alarm at [`Channel::poll_timeout`],
+/// `prune_through` → delete rows with `sequence <= n` and store `pruned_through`), then send
+/// `to_self` to the originating socket, `to_all` to every socket and `to_others` to every
+/// socket but the originating one, in that order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub to_self: Vec<String>,
+    pub to_all: Vec<String>,
+    pub to_others: Vec<String>,
+    pub typing_changed: bool,
+    pub timers_changed: bool,
+    pub prune_through: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Message {
+        content: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
+    Typing {
+        #[serde(rename = "isTyping")]
+        is_typing: bool,
+    },
+    Ping,
+}
+
+/// The persisted state of one channel (besides its message rows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Channel {
+    latest_seq: i64,
+    pruned_through: i64,
+    /// user id → when their typing flag expires.
+    typing: BTreeMap<String, Millis>,
+    timers: Schedule,
+}
+
+impl Channel {
+    /// Rebuild from storage (the constructor runs on every wake).
+    pub fn restore(latest_seq: i64, pruned_through: i64, typing: BTreeMap<String, Millis>, timers: Schedule) -> Self {
+        Self { latest_seq, pruned_through, typing, timers }
+    }
+
+    pub fn latest_seq(&self) -> i64 {
+        self.latest_seq
+    }
+    pub fn pruned_through(&self) -> i64 {
+        self.pruned_through
+    }
+    /// The typing table to persist: user id → expiry.
+    pub fn typing(&self) -> &BTreeMap<String, Millis> {
+        &self.typing
+    }
+    /// The timer table to persist.
+    pub fn timers(&self) -> &Schedule {
+        &self.timers
+    }
+    /// When the DO alarm should fire (None: delete it).
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.next_deadline()
+    }
+
+    /// `?since=` on connect (parse it with [`crate::query::parse_seq`]): replay rows after `n`,
+    /// or send [`replay::resync_frame`], after the participants frame and before live traffic.
+    pub fn replay_plan(&self, since: Option<i64>) -> Replay {
+        replay::plan(since, self.latest_seq, self.pruned_through)
+    }
+
+    /// A socket of `user_id` was accepted. `other_users`: distinct users of the channel's
+    /// OTHER sockets. The new socket gets `participants`; the others get it if the set grew.
+    pub fn on_connect(&self, user_id: &str, other_users: &BTreeSet<String>) -> Outcome {
+        let mut users: BTreeSet<&str> = other_users.iter().map(String::as_str).collect();
+        let joined = users.insert(user_id);
+        let frame = users_frame("participants", users);
+        Outcome {
+            to_others: if joined { vec![frame.clone()] } else { Vec::new() },
+            to_self: vec![frame],
+            ..Outcome::default()
+        }
+    }
+
+    /// A text frame from `user_id`. On `Err` nothing changed.
+    pub fn on_message(&mut self, user_id: &str, text: &str, now: Millis) -> Result<Handled, Reject> {
+        match decode::<ClientFrame>(text, &CLIENT_TYPES)? {
+            ClientFrame::Message { content, id } => validate(&content, id).map(Handled::Post).map_err(|e| e.to_reject()),
+            ClientFrame::Typing { is_typing: true } => Ok(Handled::Done(self.start_typing(user_id, now))),
+            ClientFrame::Typing { is_typing: false } => Ok(Handled::Done(self.stop_typing(user_id, now))),
+            ClientFrame::Ping => {
+                Ok(Handled::Done(Outcome { to_self: vec![r#"{"type":"pong"}"#.to_owned()], ..Outcome::default() }))
+            }
+        }
+    }
+
+    /// The row for a new post: the next sequence, `now`. Does not change the core.
+    pub fn prepare(&self, user_id: &str, post: Post, now: Millis) -> Result<ChannelMessage, ChannelError> {
+        let sequence = self
+            .latest_seq
+            .checked_add(1)
+            .filter(|s| *s <= MAX_SAFE_INTEGER)
+            .ok_or(ChannelError::SequenceExhausted)?;
+        Ok(ChannelMessage {
+            sequence,
+            user_id: user_id.to_owned(),
+            content: post.content,
+            timestamp: now,
+            client_id: post.client_id,
+        })
+    }
+
+    /// `message` was stored: advance, arm pruning if the channel is over `max_messages`, and
+    /// broadcast it to everyone (sender included; a WS sender also gets [`ack_frame`]).
+    pub fn commit(&mut self, message: &ChannelMessage, now: Millis, max_messages: i64) -> Outcome {
+        self.latest_seq = self.latest_seq.max(message.sequence);
+        let mut timers_changed = false;
+        let over = replay::prune_through(self.latest_seq, self.pruned_through, max_messages).is_some();
+        if over && self.timers.get(PRUNE_TIMER).is_none() {
+            // Arming from "now" (not re-arming after each run) keeps prunes ≥ 1 minute apart.
+            self.timers.set(PRUNE_TIMER, now.saturating_add(PRUNE_INTERVAL_MS));
+            timers_changed = true;
+        }
+        Outcome { to_all: vec![message.frame()], timers_changed, ..Outcome::default() }
+    }
+
+    /// A socket of `user_id` closed or errored. `remaining_users`: distinct users of the
+    /// sockets still open, NOT counting the closing one. Only a user's last close changes
+    /// participants and clears their typing flag.
+    pub fn on_close(&mut self, user_id: &str, remaining_users: &BTreeSet<String>, now: Millis) -> Outcome {
+        if remaining_users.contains(user_id) {
+            return Outcome::default();
+        }
+        let mut outcome = self.stop_typing(user_id, now);
+        // The closing socket is the origin: everything goes to the others.
+        let typing = std::mem::take(&mut outcome.to_all);
+        outcome.to_others.push(users_frame("participants", remaining_users.iter().map(String::as_str)));
+        outcome.to_others.extend(typing);
+        outcome
+    }
+
+    /// The DO alarm fired at `now`: expire typing flags (broadcast if the set changed) and, if
+    /// the prune timer is due, decide the cutoff.
+    pub fn on_alarm(&mut self, now: Millis, max_messages: i64) -> Outcome {
+        let due = self.timers.take_due(now);
+        let mut outcome = Outcome { timers_changed: !due.is_empty(), ..Outcome::default() };
+        if due.iter().any(|t| t == PRUNE_TIMER) {
+            outcome.prune_through = replay::prune_through(self.latest_seq, self.pruned_through, max_messages);
+            if let Some(cutoff) = outcome.prune_through {
+                self.pruned_through = cutoff;
+            }
+        }
+        // Always sweep: a late or early alarm must still leave the right set and deadline.
+        if self.expire_typing(now) {
+            outcome.typing_changed = true;
+            outcome.to_all.push(self.typing_frame());
+        }
+        outcome.timers_changed |= self.sync_typing_timer();
+        outcome
+    }
+
+    fn start_typing(&mut self, user_id: &str, now: Millis) -> Outcome {
+        self.expire_typing(now);
+        self.typing.insert(user_id.to_owned(), now.saturating_add(TYPING_TTL_MS));
+        Outcome {
+            to_all: vec![self.typing_frame()],
+            typing_changed: true,
+            timers_changed: self.sync_typing_timer(),
+            ..Outcome::default()
+        }
+    }
+
+    fn stop_typing(&mut self, user_id: &str, now: Millis) -> Outcome {
+        let expired = self.expire_typing(now);
+        let removed = self.typing.remove(user_id).is_some();
+        if !(expired || removed) {
+            return Outcome::default();
+        }
+        Outcome {
+            to_all: vec![self.typing_frame()],
+            typing_changed: true,
+            timers_changed: self.sync_typing_timer(),
+            ..Outcome::default()
+        }
+    }
+
+    /// `{"type":"typing","users":[...]}`, sorted by user id.
+    pub fn typing_frame(&self) -> String {
+        users_frame("typing", self.typing.keys().map(String::as_str))
+    }
+
+    /// Drop flags whose expiry is at or before `now`; whether any went.
+    fn expire_typing(&mut self, now: Millis) -> bool {
+        let before = self.typing.len();
+        self.typing.retain(|_, expires_at| *expires_at > now);
+        self.typing.len() != before
+    }
+
+    /// Point the typing timer at the earliest expiry; whether it moved.
+    fn sync_typing_timer(&mut self) -> bool {
+        let wanted = self.typing.values().copied().min();
+        if self.timers.get(TYPING_TIMER) == wanted {
+            return false;
+        }
+        match wanted {
+            Some(at) => self.timers.set(TYPING_TIMER, at),
+            None => self.timers.cancel(TYPING_TIMER),
+        }
+        true
+    }
+}
+
+/// Our frame structs hold only strings, numbers and options: serializing them cannot fail.
+fn to_json<T: Serialize>(frame: &T) -> String {
+    serde_json::to_string(frame).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: i64 = DEFAULT_MAX_MESSAGES;
+
+    fn users(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn done(h: Result<Handled, Reject>) -> Outcome {
+        match h {
+            Ok(Handled::Done(o)) => o,
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    fn post(h: Result<Handled, Reject>) -> Post {
+        match h {
+            Ok(Handled::Post(p)) => p,
+            other => panic!("expected Post, got {other:?}"),
+        }
+    }
+
+    fn typing(c: &mut Channel, user: &str, on: bool, now: Millis) -> Outcome {
+        done(c.on_message(user, &format!(r#"{{"type":"typing","isTyping":{on}}}"#), now))
+    }
+
+    /// Post through the full two-step path.
+    fn send(c: &mut Channel, user: &str, content: &str, now: Millis) -> (ChannelMessage, Outcome) {
+        let p = post(c.on_message(user, &serde_json::json!({"type": "message", "content": content}).to_string(), now));
+        let m = c.prepare(user, p, now).unwrap();
+        let out = c.commit(&m, now, MAX);
+        (m, out)
+    }
+
+    fn rejected(c: &mut Channel, text: &str) -> Reject {
+        let before = c.clone();
+        let err = c.on_message("a", text, 5).unwrap_err();
+        assert_eq!(*c, before, "state changed after rejecting {text}");
+        err
+    }
+
+    #[test]
+    fn message_frames_are_exact() {
+        let m = ChannelMessage {
+            sequence: 7,
+            user_id: "u1".into(),
+            content: "hi \"there\"".into(),
+            timestamp: 1_000,
+            client_id: Some("c-1".into()),
+        };
+        assert_eq!(
+            m.frame(),
+            r#"{"type":"message","sequence":7,"userId":"u1","content":"hi \"there\"","timestamp":"1970-01-01T00:00:01.000Z","id":"c-1"}"#
+        );
+        let anon = ChannelMessage { client_id: None, ..m };
+        assert!(anon.frame().ends_with(r#""id":null}"#));
+        assert_eq!(ack_frame(Some("c-1"), 7), r#"{"type":"ack","id":"c-1","sequence":7}"#);
+        assert_eq!(ack_frame(None, 8), r#"{"type":"ack","id":null,"sequence":8}"#);
+        assert_eq!(post_response(9), r#"{"success":true,"sequence":9}"#);
+    }
+
+    #[test]
+    fn websocket_message_becomes_a_trimmed_post() {
+        let mut c = Channel::default();
+        let p = post(c.on_message("a", r#"{"type":"message","content":"  hello \n","id":"x1"}"#, 1));
+        assert_eq!(p, Post { content: "hello".into(), client_id: Some("x1".into()) });
+        let p = post(c.on_message("a", r#"{"type":"message","content":"hi","id":null}"#, 1));
+        assert_eq!(p.client_id, None);
+        assert_eq!(c, Channel::default());
+    }
+
+    #[test]
+    fn sequences_are_gapless_and_only_advance_on_commit() {
+        let mut c = Channel::default();
+        let p = Post { content: "x".into(), client_id: None };
+        let m1 = c.prepare("a", p.clone(), 10).unwrap();
+        assert_eq!(c.prepare("a", p.clone(), 10).unwrap().sequence, 1, "prepare must not consume");
+        let out = c.commit(&m1, 10, MAX);
+        assert_eq!(out.to_all, vec![m1.frame()]);
+        assert!(out.to_self.is_empty() && out.to_others.is_empty());
+        for expected in 2..=50 {
+            let (m, _) = send(&mut c, "b", "y", expected);
+            assert_eq!(m.sequence, expected);
+            assert_eq!(m.timestamp, expected);
+            assert_eq!(c.latest_seq(), expected);
+        }
+    }
+
+    #[test]
+    fn sequence_never_leaves_the_safe_integer_range() {
+        let c = Channel::restore(MAX_SAFE_INTEGER - 1, 0, BTreeMap::new(), Schedule::default());
+        let p = Post { content: "x".into(), client_id: None };
+        assert_eq!(c.prepare("a", p.clone(), 1).unwrap().sequence, MAX_SAFE_INTEGER);
+        let c = Channel::restore(MAX_SAFE_INTEGER, 0, BTreeMap::new(), Schedule::default());
+        assert_eq!(c.prepare("a", p, 1), Err(ChannelError::SequenceExhausted));
+        assert_eq!(ChannelError::SequenceExhausted.to_api().status, 500);
+        assert!(matches!(ChannelError::SequenceExhausted.to_reject(), Reject::Close { code: 1011, .. }));
+    }
+
+    #[test]
+    fn content_boundaries() {
+        let at_max = "é".repeat(MAX_CONTENT_CHARS); // 8000 bytes, 4000 characters
+        assert_eq!(validate(&at_max, None).map(|p| p.content.chars().count()), Ok(MAX_CONTENT_CHARS));
+        assert_eq!(validate(&format!("  {at_max}\t"), None).map(|p| p.content), Ok(at_max.clone()));
+        assert_eq!(validate(&format!("{at_max}x"), None), Err(ChannelError::ContentTooLong));
+        assert_eq!(validate("x", None).map(|p| p.content), Ok("x".into()));
+        for empty in ["", " ", "\n\t  "] {
+            assert_eq!(validate(empty, None), Err(ChannelError::EmptyContent), "{empty:?}");
+        }
+        assert_eq!(validate("x", Some(String::new())), Err(ChannelError::InvalidId));
+        assert_eq!(validate("x", Some("i".repeat(129))), Err(ChannelError::InvalidId));
+        assert!(validate("x", Some("i".repeat(128))).is_ok());
+    }
+
+    #[test]
+    fn bad_websocket_frames_leave_the_channel_unchanged() {
+        let mut c = Channel::default();
+        send(&mut c, "a", "first", 1);
+        typing(&mut c, "a", true, 2);
+        let in_band = [
+            (r#"{"type":"message","content":"   "}"#, "empty_content"),
+            (r#"{"type":"message","content":"x","id":""}"#, "invalid_id"),
+        ];
+        for (text, code) in in_band {
+            assert!(matches!(rejected(&mut c, text), Reject::InBand { code: got, .. } if got == code), "{text}");
+        }
+        let long = serde_json::json!({"type": "message", "content": "x".repeat(MAX_CONTENT_CHARS + 1)}).to_string();
+        assert!(matches!(rejected(&mut c, &long), Reject::InBand { code: "content_too_long", .. }));
+        let closes = [
+            ("nope", 1007),
+            (r#"{"type":"message","content":5}"#, 1007),
+            (r#"{"type":"message"}"#, 1007),
+            (r#"{"type":"message","content":"x","id":3}"#, 1007),
+            (r#"{"type":"typing","isTyping":"true"}"#, 1007),
+            (r#"{"type":"typing"}"#, 1007),
+            (r#"{"type":"presence_update","status":"away"}"#, 1008),
+        ];
+        for (text, code) in closes {
+            assert!(matches!(rejected(&mut c, text), Reject::Close { code: got, .. } if got == code), "{text}");
+        }
+        let huge = serde_json::json!({"type": "message", "content": "x".repeat(MAX_FRAME_BYTES)}).to_string();
+        assert!(matches!(rejected(&mut c, &huge), Reject::Close { code: 1009, .. }));
+    }
+
+    #[test]
+    fn http_post_bodies() {
+        assert_eq!(parse_post_body(r#"{"content":" hi ","id":"k"}"#), Ok(Post { content: "hi".into(), client_id: Some("k".into()) }));
+        assert_eq!(parse_post_body(r#"{"content":"hi","id":null,"extra":1}"#), Ok(Post { content: "hi".into(), client_id: None }));
+        let status = |body: &str| parse_post_body(body).map_err(|e| (e.to_api().status, e.code()));
+        for bad in ["", "nope", "[]", "\"x\"", "null"] {
+            assert_eq!(status(bad), Err((400, "invalid_body")), "{bad}");
+        }
+        assert_eq!(status("{}"), Err((400, "invalid_body")));
+        assert_eq!(status(r#"{"content":1}"#), Err((400, "invalid_body")));
+        assert_eq!(status(r#"{"content":"x","id":7}"#), Err((400, "invalid_body")));
+        assert_eq!(status(r#"{"content":"  "}"#), Err((422, "empty_content")));
+        assert_eq!(status(r#"{"content":"x","id":""}"#), Err((422, "invalid_id")));
+        let long = serde_json::json!({"content": "x".repeat(MAX_CONTENT_CHARS + 1)}).to_string();
+        assert_eq!(status(&long), Err((422, "content_too_long")));
+        let huge = serde_json::json!({"content": "x".repeat(MAX_FRAME_BYTES)}).to_string();
+        assert_eq!(status(&huge), Err((413, "payload_too_large")));
+        assert_eq!(
+            ChannelError::WrongType("content").to_api().body(),
+            r#"{"error":{"code":"invalid_body","message":"content must be a string"}}"#
+        );
+    }
+
+    #[test]
+    fn typing_expires_exactly_3000_ms_after_the_last_refresh() {
+        let mut c = Channel::default();
+        let out = typing(&mut c, "a", true, 1_000);
+        assert_eq!(out.to_all, vec![r#"{"type":"typing","users":["a"]}"#]);
+        assert!(out.typing_changed && out.timers_changed);
+        assert_eq!(c.poll_timeout(), Some(4_000));
+
+        let early = c.on_alarm(3_999, MAX);
+        assert_eq!(early, Outcome::default());
+        assert_eq!(c.typing().keys().collect::<Vec<_>>(), ["a"]);
+
+        let out = c.on_alarm(4_000, MAX);
+        assert_eq!(out.to_all, vec![r#"{"type":"typing","users":[]}"#]);
+        assert!(out.typing_changed && out.timers_changed);
+        assert!(c.typing().is_empty());
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn refresh_extends_and_still_broadcasts() {
+        let mut c = Channel::default();
+        typing(&mut c, "a", true, 0);
+        let out = typing(&mut c, "a", true, 2_000);
+        assert_eq!(out.to_all, vec![r#"{"type":"typing","users":["a"]}"#]);
+        assert_eq!(c.poll_timeout(), Some(5_000));
+        assert!(c.on_alarm(3_000, MAX).to_all.is_empty());
+        assert!(c.on_alarm(4_999, MAX).to_all.is_empty());
+        assert_eq!(c.on_alarm(5_000, MAX).to_all, vec![r#"{"type":"typing","users":[]}"#]);
+    }
+
+    #[test]
+    fn explicit_stop_removes_at_once_and_only_broadcasts_changes() {
+        let mut c = Channel::default();
+        typing(&mut c, "b", true, 0);
+        typing(&mut c, "a", true, 100);
+        assert_eq!(c.typing_frame(), r#"{"type":"typing","users":["a","b"]}"#);
+        let out = typing(&mut c, "b", false, 200);
+        assert_eq!(out.to_all, vec![r#"{"type":"typing","users":["a"]}"#]);
+        assert_eq!(c.poll_timeout(), Some(3_100), "timer follows the earliest remaining flag");
+        let before = c.clone();
+        assert_eq!(typing(&mut c, "b", false, 300), Outcome::default());
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn late_alarm_and_stale_flags_are_swept_by_the_next_event() {
+        let mut c = Channel::default();
+        typing(&mut c, "a", true, 0);
+        // the alarm has not run yet at 3500: a's flag is already gone from b's broadcast
+        let out = typing(&mut c, "b", true, 3_500);
+        assert_eq!(out.to_all, vec![r#"{"type":"typing","users":["b"]}"#]);
+        assert_eq!(c.poll_timeout(), Some(6_500));
+        // a flag restored after eviction is expired by a spurious alarm too
+        let mut woke = Channel::restore(0, 0, [("z".to_string(), 10)].into(), Schedule::default());
+        let out = woke.on_alarm(50, MAX);
+        assert_eq!(out.to_all, vec![r#"{"type":"typing","users":[]}"#]);
+        assert!(out.typing_changed);
+    }
+
+    #[test]
+    fn participants_change_only_with_the_distinct_user_set() {
+        let c = Channel::default();
+        let first = c.on_connect("b", &users(&[]));
+        assert_eq!(first.to_self, vec![r#"{"type":"participants","users":["b"]}"#]);
+        assert_eq!(first.to_others, first.to_self);
+
+        let joined = c.on_connect("a", &users(&["b"]));
+        assert_eq!(joined.to_self, vec![r#"{"type":"participants","users":["a","b"]}"#]);
+        assert_eq!(joined.to_others, joined.to_self);
+
+        let second_device = c.on_connect("a", &users(&["a", "b"]));
+        assert_eq!(second_device.to_self, vec![r#"{"type":"participants","users":["a","b"]}"#]);
+        assert!(second_device.to_others.is_empty());
+    }
+
+    #[test]
+    fn only_the_last_close_leaves_and_stops_typing() {
+        let mut c = Channel::default();
+        typing(&mut c, "a", true, 0);
+        let before = c.clone();
+        assert_eq!(c.on_close("a", &users(&["a", "b"]), 10), Outcome::default());
+        assert_eq!(c, before);
+
+        let out = c.on_close("a", &users(&["b"]), 20);
+        assert_eq!(
+            out.to_others,
+            vec![r#"{"type":"participants","users":["b"]}"#.to_string(), r#"{"type":"typing","users":[]}"#.to_string()]
+        );
+        assert!(out.to_all.is_empty() && out.to_self.is_empty());
+        assert!(out.typing_changed && out.timers_changed);
+        assert_eq!(c.poll_timeout(), None);
+
+        let out = c.on_close("b", &users(&[]), 30);
+        assert_eq!(out.to_others, vec![r#"{"type":"participants","users":[]}"#]);
+        assert!(!out.typing_changed);
+    }
+
+    #[test]
+    fn pruning_runs_from_the_alarm_at_most_once_a_minute() {
+        let mut c = Channel::default();
+        for t in 1..=3 {
+            let (_, out) = send(&mut c, "a", "m", t);
+            assert!(!out.timers_changed, "within the limit no prune is armed");
+        }
+        let msg = c.prepare("a", Post { content: "m".into(), client_id: None }, 4).unwrap();
+        let out = c.commit(&msg, 4, 2);
+        assert!(out.timers_changed);
+        assert_eq!(c.poll_timeout(), Some(60_004));
+        let msg = c.prepare("a", Post { content: "m".into(), client_id: None }, 5).unwrap();
+        assert!(!c.commit(&msg, 5, 2).timers_changed, "an armed prune is not postponed");
+
+        assert_eq!(c.on_alarm(60_003, 2), Outcome::default());
+        let out = c.on_alarm(60_004, 2);
+        assert_eq!(out.prune_through, Some(3));
+        assert!(out.timers_changed);
+        assert_eq!((c.pruned_through(), c.poll_timeout()), (3, None));
+
+        let msg = c.prepare("a", Post { content: "m".into(), client_id: None }, 60_010).unwrap();
+        c.commit(&msg, 60_010, 2);
+        assert_eq!(c.poll_timeout(), Some(120_010), "next prune a full minute later");
+        assert_eq!(c.on_alarm(120_010, 2).prune_through, Some(4));
+    }
+
+    #[test]
+    fn replay_after_pruning_needs_a_resync() {
+        let c = Channel::restore(10, 4, BTreeMap::new(), Schedule::default());
+        assert_eq!(c.replay_plan(None), Replay::Nothing);
+        assert_eq!(c.replay_plan(Some(4)), Replay::After(4));
+        assert_eq!(c.replay_plan(Some(3)), Replay::Resync { latest_seq: 10 });
+        assert_eq!(c.replay_plan(Some(10)), Replay::Nothing);
+        assert_eq!(c.replay_plan(Some(11)), Replay::Resync { latest_seq: 10 });
+    }
+
+    #[test]
+    fn history_pages_in_sequence_order() {
+        assert_eq!(HistoryQuery::parse(None, None), Ok(HistoryQuery { after: 0, limit: 50 }));
+        assert_eq!(HistoryQuery::parse(Some("12"), Some("500")), Ok(HistoryQuery { after: 12, limit: 100 }));
+        assert_eq!(HistoryQuery::parse(None, Some("2")).unwrap().fetch_limit(), 3);
+        for (after, limit) in [(Some("-1"), None), (Some("x"), None), (None, Some("0")), (None, Some("abc"))] {
+            assert_eq!(HistoryQuery::parse(after, limit).map_err(|e| e.status), Err(400));
+        }
+        let row = |sequence: i64| ChannelMessage {
+            sequence,
+            user_id: "u".into(),
+            content: format!("m{sequence}"),
+            timestamp: 0,
+            client_id: None,
+        };
+        assert_eq!(
+            history_body(vec![row(4), row(5), row(6)], 2),
+            concat!(
+                r#"{"messages":[{"sequence":4,"userId":"u","content":"m4","timestamp":"1970-01-01T00:00:00.000Z","id":null},"#,
+                r#"{"sequence":5,"userId":"u","content":"m5","timestamp":"1970-01-01T00:00:00.000Z","id":null}],"nextAfter":5}"#
+            )
+        );
+        assert!(history_body(vec![row(4), row(5)], 2).ends_with(r#""nextAfter":null}"#));
+        assert_eq!(history_body(vec![], 50), r#"{"messages":[],"nextAfter":null}"#);
+    }
+
+    #[test]
+    fn max_messages_setting() {
+        assert_eq!(parse_max_messages(None), DEFAULT_MAX_MESSAGES);
+        assert_eq!(parse_max_messages(Some(" 500 ")), 500);
+        for bad in ["0", "-3", "x", ""] {
+            assert_eq!(parse_max_messages(Some(bad)), DEFAULT_MAX_MESSAGES, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ping_gets_pong() {
+        let mut c = Channel::default();
+        assert_eq!(done(c.on_message("a", r#"{"type": "ping"}"#, 1)).to_self, vec![r#"{"type":"pong"}"#]);
+        assert_eq!(c, Channel::default());
+    }
+
+    #[test]
+    fn attachment_round_trips() {
+        let conn = ChannelConn { user_id: "u".into(), user_name: None };
+        let json = serde_json::to_string(&conn).unwrap();
+        assert_eq!(json, r#"{"userId":"u"}"#);
+        assert_eq!(serde_json::from_str::<ChannelConn>(&json).unwrap(), conn);
+    }
+}
