@@ -18,14 +18,12 @@
 //! - [`ratelimit`]: the RateLimiter's five algorithms, exact on an injected clock (SPEC §6.6).
 //! - [`chat`]: the ChatRoom protocol (SPEC §6.3): validation, rate limit, history, pruning.
 //! - [`session`]: the UserSession protocol: games, presence, logout-all (SPEC §6.1, §3).
-
-pub mod auth;
-pub mod chat;
 //! - [`waddle`]: the Waddle protocol: community presence and typing relay (SPEC §6.4).
 //! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (SPEC §6.5).
 
 pub mod auth;
 pub mod channel;
+pub mod chat;
 pub mod counter;
 pub mod error;
 pub mod frame;

@@ -97,11 +97,14 @@ fn object(class: DoClass, name: String, op: &'static str, websocket: bool, acces
     Endpoint::Object { class, name, op, websocket, access }
 }
 
+/// Builds the endpoint once the method matched (name validation may still fail).
+type Build<'a> = Box<dyn FnOnce() -> Result<Endpoint, ApiError> + 'a>;
+
 /// Resolve a request. `query` looks up a query parameter.
 pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q str>) -> Result<Endpoint, ApiError> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     // (allowed method, endpoint builder) — path matching first, so a wrong method is a 405 not a 404.
-    let (allowed, build): (&str, Box<dyn FnOnce() -> Result<Endpoint, ApiError> + '_>) = match segments.as_slice() {
+    let (allowed, build): (&str, Build<'_>) = match segments.as_slice() {
         ["health"] => ("GET", Box::new(|| Ok(Endpoint::Health))),
         ["__user-session"] => ("GET", Box::new(|| {
             let user = name(query("userId").unwrap_or_default(), "userId")?;
