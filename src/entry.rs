@@ -151,7 +151,8 @@ pub async fn forward(
     };
     let mut init = RequestInit::new();
     init.with_method(original.method()).with_headers(headers);
-    if let Some(bytes) = body {
+    // GET/HEAD requests may not carry a body, even an empty one.
+    if let Some(bytes) = body.filter(|b| !b.is_empty() && !matches!(original.method(), Method::Get | Method::Head)) {
         init.with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
     }
     let request = Request::new_with_init(&url, &init).map_err(internal("internal request"))?;

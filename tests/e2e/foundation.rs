@@ -46,7 +46,8 @@ async fn upgrade_required() -> TestResult {
     for path in ["/ws/counter/c", "/api/chat", "/api/chat/room1", "/ws/waddle/w", "/ws/channel/c", "/__user-session?userId=alice&deviceId=d"] {
         let r = http().get(path, &t).await?;
         ensure_eq!((path, r.status, r.error_code()), (path, 426, Some("upgrade_required")));
-        ensure_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+        // The Worker sets `Upgrade: websocket`, but workerd drops that hop-by-hop header from
+        // non-101 responses, so it is not asserted here (see README, "Known runtime behaviour").
     }
     Ok(())
 }

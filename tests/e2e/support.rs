@@ -233,14 +233,14 @@ fn e2e_vars() -> Vec<String> {
 fn kill_group(child: &mut Child) {
     let pid = child.id() as i32;
     // SIGTERM the whole group (npx → node → workerd), then make sure.
-    let _ = Command::new("kill").args(["-TERM", &format!("-{pid}")]).status();
+    let _ = Command::new("kill").args(["-s", "TERM", "--", &format!("-{pid}")]).status();
     for _ in 0..50 {
         if let Ok(Some(_)) = child.try_wait() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+    let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pid}")]).status();
     let _ = child.wait();
 }
 
@@ -260,14 +260,15 @@ pub fn unique(prefix: &str) -> String {
 /// Minimal blocking GET used before the async runtime exists (readiness probe).
 mod reqwest {
     pub fn blocking_get(url: &str) -> Result<u16, Box<dyn std::error::Error>> {
-        use std::io::{Read, Write};
+        use std::io::{BufRead, Write};
         let rest = url.strip_prefix("http://").ok_or("http only")?;
         let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
         let mut s = std::net::TcpStream::connect(host)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        // Read only the status line: workerd may keep the connection open.
         let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
+        std::io::BufReader::new(s).read_line(&mut buf)?;
         let status = buf.split_whitespace().nth(1).ok_or("no status")?.parse()?;
         Ok(status)
     }
