@@ -150,10 +150,10 @@ pub fn close(ws: &WebSocket, code: u16, reason: &str) {
 /// Reciprocate a client's close (PartyServer's `closeQuietly`): codes the peer may not send
 /// back (1005 no status, 1006 abnormal, 1015 TLS) become 1000.
 pub fn reciprocate_close(ws: &WebSocket, code: usize, reason: &str) {
-    let code = match u16::try_from(code) {
-        Ok(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => c,
-        _ => 1000,
-    };
+    let code = u16::try_from(code)
+        .ok()
+        .filter(|c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999))
+        .unwrap_or(1000);
     close(ws, code, reason);
 }
 

@@ -238,20 +238,20 @@ async fn bad_frames() -> TestResult {
     let t = server().token("alice");
     let name = unique("frames");
     http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":7}"#).await?;
-    let cases: Vec<(&str, Box<dyn Fn() -> Message + Send>, u16)> = vec![
-        ("non-JSON", Box::new(|| Message::Text("hello".into())), 1007),
-        ("wrong field type", Box::new(|| Message::Text(r#"{"type":"increment","amount":"x"}"#.into())), 1007),
-        ("type not a string", Box::new(|| Message::Text(r#"{"type":1}"#.into())), 1007),
-        ("unknown type", Box::new(|| Message::Text(r#"{"type":"explode"}"#.into())), 1008),
-        ("oversize", Box::new(|| Message::Text(format!(r#"{{"type":"increment","pad":"{}"}}"#, "x".repeat(70 * 1024)))), 1009),
-        ("binary", Box::new(|| Message::Binary(vec![1, 2, 3])), 1007),
+    let cases = vec![
+        ("non-JSON", Message::Text("hello".into()), 1007),
+        ("wrong field type", Message::Text(r#"{"type":"increment","amount":"x"}"#.into()), 1007),
+        ("type not a string", Message::Text(r#"{"type":1}"#.into()), 1007),
+        ("unknown type", Message::Text(r#"{"type":"explode"}"#.into()), 1008),
+        ("oversize", Message::Text(format!(r#"{{"type":"increment","pad":"{}"}}"#, "x".repeat(70 * 1024))), 1009),
+        ("binary", Message::Binary(vec![1, 2, 3]), 1007),
     ];
     let mut watcher = ws(&format!("/ws/counter/{name}"), &t).await?;
     watcher.recv().await?;
     for (what, frame, code) in cases {
         let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
         a.recv().await?;
-        match frame() {
+        match frame {
             Message::Text(s) => a.send_text(&s).await?,
             Message::Binary(b) => a.send_binary(b).await?,
         }

@@ -1,0 +1,37 @@
+# edge-realtime — the two commands: `make dev` runs the service, `make test` passes the tests.
+# Both install whatever is missing first (scripts/setup.sh skips what is already there).
+
+PORT ?= 8787
+export WRANGLER_SEND_METRICS = false
+
+.PHONY: dev test setup token lint unit e2e deploy-check bench clean
+
+## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
+dev: setup
+	npx wrangler dev --ip 127.0.0.1 --port $(PORT)
+
+## Set up, then run every test: unit, lint, end-to-end on wrangler dev, deploy dry-run
+test: setup
+	cargo test --workspace --all-targets
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(MAKE) deploy-check
+
+setup:
+	@./scripts/setup.sh
+
+## Mint a dev token: make token USER=alice [NAME="Alice A."] [ADMIN=1]
+token:
+	@cargo run -q -p edge-realtime-core --bin mint-token -- "$(USER)" $(if $(NAME),--name "$(NAME)") $(if $(ADMIN),--admin)
+
+unit:
+	cargo test -p edge-realtime-core
+
+e2e: setup
+	cargo test --test e2e
+
+## `wrangler deploy --dry-run`: the bundle builds and validates without an account
+deploy-check:
+	@out=$$(mktemp -d) && npx wrangler deploy --dry-run --outdir "$$out" && ls -l "$$out" && rm -rf "$$out"
+
+clean:
+	rm -rf build target .wrangler

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what the project needs, skipping whatever is already there at the right version.
+# Nothing is downloaded from GitHub: worker-build gets the locally installed wasm-bindgen CLI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WASM_BINDGEN_VERSION=0.2.130
+WORKER_BUILD_VERSION=0.8.7
+BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "wasm32 target"
+if rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  echo "present"
+else
+  rustup target add wasm32-unknown-unknown
+fi
+
+step "wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+if [ -x "$BIN/wasm-bindgen" ] && "$BIN/wasm-bindgen" --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION"; then
+  echo "present"
+else
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force
+fi
+
+step "worker-build $WORKER_BUILD_VERSION"
+if [ -x "$BIN/worker-build" ] && "$BIN/worker-build" --version 2>/dev/null | grep -q "$WORKER_BUILD_VERSION"; then
+  echo "present"
+else
+  cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked --force
+fi
+
+step "npm packages (wrangler 4.86.0)"
+if [ -x node_modules/.bin/wrangler ] && node_modules/.bin/wrangler --version 2>/dev/null | grep -q "4.86.0" \
+   && [ node_modules/.package-lock.json -nt package-lock.json ]; then
+  echo "present"
+else
+  npm ci --no-audit --no-fund
+fi
+
+step ".dev.vars"
+if [ -f .dev.vars ]; then
+  echo "present"
+else
+  cp .dev.vars.example .dev.vars
+  echo "created from .dev.vars.example (dev-only secret)"
+fi
