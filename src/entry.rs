@@ -43,6 +43,10 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     let identity = Identity { user_id: claims.sub.clone(), user_name: claims.display_name().to_owned(), token_iat: claims.iat };
     match endpoint {
         Endpoint::Object { class, name, op, websocket, .. } => {
+            if websocket && class != DoClass::UserSession {
+                // UserSession refuses revoked tokens itself (same DO: no second call).
+                check_revocation(env, &identity, class, &name).await?;
+            }
             let body = if websocket { None } else { Some(read_body(&mut req).await?) };
             forward(env, &req, class, &name, op, url.query(), &identity, body).await
         }
@@ -118,6 +122,38 @@ fn ratelimit_key(body: &[u8]) -> Result<String, ApiError> {
         Some(serde_json::Value::String(_)) => Err(ApiError::unprocessable("invalid_key", "key must be 1 to 256 characters")),
         Some(_) => Err(ApiError::bad_request("invalid_key", "key must be a string")),
         None => Err(ApiError::bad_request("missing_key", "key is required")),
+    }
+}
+
+/// SPEC §3 revocation, before any WebSocket is forwarded: ask the user's UserSession whether
+/// this token predates their last `logout_all` (→ 401 `token_revoked`). The same call records
+/// `(class, name)` in the user's registry, so a later `logout_all` reaches that object's
+/// sockets. Costs one extra DO round trip per WebSocket connect; fails closed.
+async fn check_revocation(env: &Env, identity: &Identity, class: DoClass, name: &str) -> Result<(), ApiError> {
+    let headers = Headers::new();
+    identity.write(&headers).map_err(internal("identity headers"))?;
+    headers.set(OBJECT_NAME, &encode_header_text(&identity.user_id)).map_err(internal("object header"))?;
+    let url = format!(
+        "https://do.internal/{}?class={}&name={}",
+        crate::objects::user_session::CHECK_OP,
+        class.as_str(),
+        encode_header_text(name)
+    );
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let request = Request::new_with_init(&url, &init).map_err(internal("check request"))?;
+    let stub = env
+        .durable_object(DoClass::UserSession.binding())
+        .and_then(|ns| ns.get_by_name(&identity.user_id))
+        .map_err(internal("user session stub"))?;
+    let response = stub.fetch_with_request(request).await.map_err(internal("revocation check"))?;
+    match response.status_code() {
+        200 => Ok(()),
+        401 => Err(ApiError::unauthorized("token_revoked", "this token was revoked by logout_all; sign in again")),
+        status => {
+            worker::console_error!("revocation check answered {status}");
+            Err(ApiError::internal())
+        }
     }
 }
 

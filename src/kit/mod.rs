@@ -114,6 +114,12 @@ pub fn sockets(state: &State, tag: Option<&str>) -> Vec<WebSocket> {
     }
 }
 
+/// Whether a socket is open (not closing or closed): what "connected" means for presence.
+pub fn is_open(ws: &WebSocket) -> bool {
+    let raw: &worker::web_sys::WebSocket = ws.as_ref();
+    raw.ready_state() == worker::web_sys::WebSocket::OPEN
+}
+
 /// The tags a socket was accepted with.
 pub fn tags(state: &State, ws: &WebSocket) -> Vec<String> {
     runtime::raw(state)

@@ -1,6 +1,7 @@
 //! The Durable Object classes, one file each, all built on [`crate::kit`].
 
 pub mod counter;
+pub mod user_session;
 
 use serde::Deserialize;
 use worker::{Request, State};
