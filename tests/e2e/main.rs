@@ -5,6 +5,7 @@
 
 mod support;
 
+mod chat;
 mod counter;
 mod foundation;
 
@@ -54,6 +55,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(foundation::tests());
     trials.extend(counter::tests());
+    trials.extend(chat::tests());
 
     let listing = args.list;
     if !listing {
