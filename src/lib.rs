@@ -19,6 +19,7 @@ pub mod objects;
 
 use worker::{event, Context, Env, Request, Response};
 
+pub use objects::chat::ChatRoom;
 pub use objects::counter::Counter;
 pub use objects::user_session::UserSession;
 

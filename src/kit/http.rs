@@ -74,6 +74,15 @@ pub fn json_response<T: Serialize>(status: u16, body: &T) -> worker::Result<Resp
     Ok(response)
 }
 
+/// A response whose body is JSON text a core already rendered.
+pub fn json_text_response(status: u16, body: String) -> worker::Result<Response> {
+    let mut response = Response::ok(body)?.with_status(status);
+    let headers = response.headers_mut();
+    headers.set("Content-Type", "application/json")?;
+    headers.set("Access-Control-Allow-Origin", "*")?;
+    Ok(response)
+}
+
 /// The SPEC §5 error response (with `Retry-After` on 429).
 pub fn error_response(err: &ApiError) -> worker::Result<Response> {
     let mut response = Response::ok(err.body())?.with_status(err.status);

@@ -1,5 +1,6 @@
 //! The Durable Object classes, one file each, all built on [`crate::kit`].
 
+pub mod chat;
 pub mod counter;
 pub mod user_session;
 

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod chat;
 mod counter;
 mod foundation;
 mod session;
@@ -56,6 +57,7 @@ fn main() {
     trials.extend(foundation::tests());
     trials.extend(counter::tests());
     trials.extend(session::tests());
+    trials.extend(chat::tests());
 
     let listing = args.list;
     if !listing {

@@ -225,9 +225,10 @@ fn spawn_wrangler(port: u16, persist: &std::path::Path, log: &Arc<Mutex<Vec<Stri
     child
 }
 
-/// Small limits so pruning is testable quickly; kept in one place.
+/// Small limits so pruning is testable quickly; kept in one place. Chat keeps 30 messages and
+/// may prune every 2 s (tests/e2e/chat.rs keeps its other rooms under 30 rows).
 fn e2e_vars() -> Vec<String> {
-    ["COUNTER_MAX_HISTORY:10000", "CHAT_MAX_MESSAGES:1000"].iter().flat_map(|v| ["--var".to_owned(), (*v).to_owned()]).collect()
+    ["COUNTER_MAX_HISTORY:10000", "CHAT_MAX_MESSAGES:30", "CHAT_PRUNE_INTERVAL_MS:2000"].iter().flat_map(|v| ["--var".to_owned(), (*v).to_owned()]).collect()
 }
 
 fn kill_group(child: &mut Child) {
