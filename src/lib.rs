@@ -19,7 +19,9 @@ pub mod objects;
 
 use worker::{event, Context, Env, Request, Response};
 
+pub use objects::channel::Channel;
 pub use objects::counter::Counter;
+pub use objects::waddle::Waddle;
 
 #[event(start)]
 fn start() {

@@ -1,6 +1,8 @@
 //! The Durable Object classes, one file each, all built on [`crate::kit`].
 
+pub mod channel;
 pub mod counter;
+pub mod waddle;
 
 use serde::Deserialize;
 use worker::{Request, State};
