@@ -5,8 +5,10 @@
 
 mod support;
 
+mod channel;
 mod counter;
 mod foundation;
+mod waddle;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -54,6 +56,8 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(foundation::tests());
     trials.extend(counter::tests());
+    trials.extend(waddle::tests());
+    trials.extend(channel::tests());
 
     let listing = args.list;
     if !listing {
