@@ -74,15 +74,6 @@ pub fn json_response<T: Serialize>(status: u16, body: &T) -> worker::Result<Resp
     Ok(response)
 }
 
-/// A response whose body is JSON text a core already rendered.
-pub fn json_text_response(status: u16, body: String) -> worker::Result<Response> {
-    let mut response = Response::ok(body)?.with_status(status);
-    let headers = response.headers_mut();
-    headers.set("Content-Type", "application/json")?;
-    headers.set("Access-Control-Allow-Origin", "*")?;
-    Ok(response)
-}
-
 /// The SPEC §5 error response (with `Retry-After` on 429).
 pub fn error_response(err: &ApiError) -> worker::Result<Response> {
     let mut response = Response::ok(err.body())?.with_status(err.status);
@@ -128,4 +119,13 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
 /// A query parameter of the request URL.
 pub fn query_param(req: &Request, name: &str) -> Option<String> {
     req.url().ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// A JSON response from an already serialized body (cores build exact wire JSON).
+pub fn json_text_response(status: u16, body: String) -> Result<Response, ApiError> {
+    let mut response = Response::ok(body).map_err(crate::kit::internal("response"))?.with_status(status);
+    let headers = response.headers_mut();
+    let _ = headers.set("Content-Type", "application/json");
+    let _ = headers.set("Access-Control-Allow-Origin", "*");
+    Ok(response)
 }

@@ -120,6 +120,21 @@ pub fn is_open(ws: &WebSocket) -> bool {
     raw.ready_state() == worker::web_sys::WebSocket::OPEN
 }
 
+/// Sockets (with `tag`, if given) that are still open, without `closing`. Inside
+/// `websocket_close`/`websocket_error` the runtime still lists the socket being closed.
+pub fn open_peers(state: &State, tag: Option<&str>, closing: &WebSocket) -> Vec<WebSocket> {
+    const OPEN: u16 = 1;
+    sockets(state, tag)
+        .into_iter()
+        .filter(|ws| !same_socket(ws, closing) && AsRef::<worker::web_sys::WebSocket>::as_ref(ws).ready_state() == OPEN)
+        .collect()
+}
+
+/// The user id of a socket: its first tag is `u:<userId>` (the convention every DO follows).
+pub fn user_of(state: &State, ws: &WebSocket) -> Option<String> {
+    tags(state, ws).into_iter().next().and_then(|t| t.strip_prefix("u:").map(str::to_owned))
+}
+
 /// The tags a socket was accepted with.
 pub fn tags(state: &State, ws: &WebSocket) -> Vec<String> {
     runtime::raw(state)

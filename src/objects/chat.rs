@@ -240,7 +240,7 @@ impl ChatRoom {
             &format!("SELECT {COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?"),
             vec![sql::int(query.before), sql::int(i64::from(query.fetch_limit))],
         )?;
-        http::json_text_response(200, chat::history_body(rows, query.limit)).map_err(kit::internal("response"))
+        http::json_text_response(200, chat::history_body(rows, query.limit))
     }
 
     async fn route(&self, req: Request) -> Result<Response, ApiError> {

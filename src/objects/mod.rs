@@ -1,8 +1,10 @@
 //! The Durable Object classes, one file each, all built on [`crate::kit`].
 
+pub mod channel;
 pub mod chat;
 pub mod counter;
 pub mod user_session;
+pub mod waddle;
 
 use serde::Deserialize;
 use worker::{Request, State};

@@ -9,6 +9,8 @@ mod chat;
 mod counter;
 mod foundation;
 mod session;
+mod channel;
+mod waddle;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -58,6 +60,8 @@ fn main() {
     trials.extend(counter::tests());
     trials.extend(session::tests());
     trials.extend(chat::tests());
+    trials.extend(waddle::tests());
+    trials.extend(channel::tests());
 
     let listing = args.list;
     if !listing {
