@@ -20,6 +20,7 @@ pub mod objects;
 use worker::{event, Context, Env, Request, Response};
 
 pub use objects::counter::Counter;
+pub use objects::rate_limiter::RateLimiter;
 
 #[event(start)]
 fn start() {

@@ -1,6 +1,7 @@
 //! The Durable Object classes, one file each, all built on [`crate::kit`].
 
 pub mod counter;
+pub mod rate_limiter;
 
 use serde::Deserialize;
 use worker::{Request, State};

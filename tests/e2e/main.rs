@@ -7,6 +7,7 @@ mod support;
 
 mod counter;
 mod foundation;
+mod ratelimit;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -54,6 +55,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(foundation::tests());
     trials.extend(counter::tests());
+    trials.extend(ratelimit::tests());
 
     let listing = args.list;
     if !listing {
