@@ -33,6 +33,7 @@ pub const UPGRADE_OP: &str = "upgrade";
 #[durable_object]
 pub struct RateLimiter {
     state: State,
+    env: Env,
     /// Whether `meta` holds our name (written once, for the wake log).
     named: Cell<bool>,
 }
@@ -140,7 +141,7 @@ impl DurableObject for RateLimiter {
         if let Some(row) = &name {
             kit::log_wake(&env, "RateLimiter", &row.name);
         }
-        Self { state, named: Cell::new(name.is_some()) }
+        Self { state, env, named: Cell::new(name.is_some()) }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -174,6 +175,8 @@ impl DurableObject for RateLimiter {
         let now = kit::now();
         let mut schedule = kit::load_schedule(&db);
         schedule.take_due(now);
+        let name: Option<NameRow> = sql::first(&db, "SELECT name FROM meta WHERE id = 1", vec![]).ok().flatten();
+        let name = name.map(|r| r.name).unwrap_or_default();
         let _ = sql::exec(&db, "DELETE FROM limits WHERE forget_at <= ?", vec![sql::int(now)]);
         let next: Option<NextRow> = sql::first(&db, "SELECT MIN(forget_at) AS at FROM limits", vec![]).ok().flatten();
         match next.and_then(|r| r.at) {
@@ -182,6 +185,7 @@ impl DurableObject for RateLimiter {
                 schedule.cancel(FORGET_TIMER);
                 if sql::exec(&db, "DELETE FROM meta", vec![]).is_ok() {
                     self.named.set(false);
+                    kit::log_debug(&self.env, &format!("forgot RateLimiter {name}"));
                 }
             }
         }

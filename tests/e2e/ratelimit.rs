@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         trial("ratelimit::invalid_parameters_rejected_without_state_change", invalid_parameters),
         trial("ratelimit::non_admin_forbidden", non_admin),
         trial("ratelimit::upgrade_limit_429_then_recovers", upgrade_limit),
+        trial("ratelimit::idle_keys_pruned_by_alarm", idle_keys_pruned),
         restart_trial("ratelimit::state_survives_wrangler_restart", restart),
     ]
 }
@@ -402,6 +403,28 @@ async fn upgrade_limit() -> TestResult {
     let mut sock = ws(&format!("/ws/counter/{counter}"), &t).await?;
     ensure_eq!(sock.recv().await?["type"], json!("snapshot"));
     sock.close().await
+}
+
+async fn idle_keys_pruned() -> TestResult {
+    let s = server();
+    // `short` is idle a second after its check: its alarm deletes the row, then the object's
+    // name (logged as `forgot`). `long` (a day's window) keeps its state.
+    let short = unique("idle-short");
+    let long = unique("idle-long");
+    let fw = |key: &str, window: i64| json!({"key": key, "limit": 1, "window": window});
+    ensure_eq!(decide("check", &fw(&short, 1_000)).await?["count"], json!(1));
+    ensure_eq!(decide("check", &fw(&long, DAY)).await?["count"], json!(1));
+    let forgot = |key: &str| s.log_count(&format!("forgot RateLimiter api:{key}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while forgot(&short) == 0 {
+        ensure!(std::time::Instant::now() < deadline, "the alarm did not prune the idle key");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure_eq!(forgot(&long), 0);
+    let again = decide("check", &fw(&short, 1_000)).await?;
+    ensure_eq!((again["allowed"].clone(), again["count"].clone()), (json!(true), json!(1)));
+    ensure_eq!(decide("check", &fw(&long, DAY)).await?["allowed"], json!(false));
+    Ok(())
 }
 
 async fn restart() -> TestResult {
