@@ -4,7 +4,7 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e deploy-check bench clean
+.PHONY: dev test setup token lint unit e2e deploy-check bench bench-ratelimit clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
@@ -28,6 +28,10 @@ unit:
 
 e2e: setup
 	cargo test --test e2e
+
+## Rate-limiter checks/s and p99, one key and many keys (starts its own wrangler dev, or BENCH_BASE_URL=...)
+bench-ratelimit: setup
+	cargo run --example bench_ratelimit
 
 ## `wrangler deploy --dry-run`: the bundle builds and validates without an account
 deploy-check:

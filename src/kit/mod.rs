@@ -33,8 +33,13 @@ pub fn now() -> Millis {
 /// With var `DEBUG_WAKE=1` (the e2e suite sets it), log each constructor run, so tests can
 /// see that an object really was evicted and woken again.
 pub fn log_wake(env: &worker::Env, class: &str, name: &str) {
+    log_debug(env, &format!("wake {class} {name}"));
+}
+
+/// With var `DEBUG_WAKE=1`, log a lifecycle line (wake, alarm work) the e2e suite looks for.
+pub fn log_debug(env: &worker::Env, line: &str) {
     if env.var("DEBUG_WAKE").map(|v| v.to_string() == "1").unwrap_or(false) {
-        worker::console_log!("[edge-realtime] wake {class} {name}");
+        worker::console_log!("[edge-realtime] {line}");
     }
 }
 

@@ -11,6 +11,7 @@ mod foundation;
 mod session;
 mod channel;
 mod waddle;
+mod ratelimit;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -62,6 +63,7 @@ fn main() {
     trials.extend(chat::tests());
     trials.extend(waddle::tests());
     trials.extend(channel::tests());
+    trials.extend(ratelimit::tests());
 
     let listing = args.list;
     if !listing {
