@@ -236,10 +236,17 @@ async fn logout_all() -> TestResult {
     // Someone else's socket on the same counter is left alone.
     let mut bystander = ws(&format!("/ws/counter/{counter}"), &s.token(&unique("other"))).await?;
     bystander.recv().await?;
+    // Sockets in every other kind of object are closed too (the registry fan-out).
+    let mut chat_sock = ws(&format!("/api/chat/{}", unique("lchat")), &old).await?;
+    chat_sock.recv_type("userCount").await?;
+    let mut waddle_sock = ws(&format!("/ws/waddle/{}", unique("lwad")), &old).await?;
+    waddle_sock.recv_type("presence_state").await?;
+    let mut channel_sock = ws(&format!("/ws/channel/{}", unique("lchan")), &old).await?;
+    channel_sock.recv_type("participants").await?;
 
     laptop.send_json(&json!({"type":"logout_all"})).await?;
-    for sock in [&mut phone, &mut laptop, &mut count_sock] {
-        ensure_eq!(sock.recv().await?, json!({"type":"logged_out"}));
+    for sock in [&mut phone, &mut laptop, &mut count_sock, &mut chat_sock, &mut waddle_sock, &mut channel_sock] {
+        ensure_eq!(sock.recv_type("logged_out").await?, json!({"type":"logged_out"}));
         let closed = sock.expect_close().await?;
         ensure_eq!(closed.code, 4001);
     }
@@ -247,7 +254,14 @@ async fn logout_all() -> TestResult {
     ensure_eq!(bystander.recv().await?, json!({"type":"pong"}));
 
     // The old token is refused on every WebSocket route.
-    for path in [session_path(&user, "phone"), format!("/ws/counter/{counter}"), format!("/ws/counter/{}", unique("never"))] {
+    for path in [
+        session_path(&user, "phone"),
+        format!("/ws/counter/{counter}"),
+        format!("/ws/counter/{}", unique("never")),
+        "/api/chat".to_owned(),
+        format!("/ws/waddle/{}", unique("never")),
+        format!("/ws/channel/{}", unique("never")),
+    ] {
         let r = ws_refusal_reply(&path, &old).await?;
         ensure_eq!((path.as_str(), r.status, r.error_code()), (path.as_str(), 401, Some("token_revoked")));
     }
