@@ -40,18 +40,24 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     }
     let claims = authenticate(&req, env, lookup("token"))?;
     authorize(&endpoint, &claims)?;
-    if endpoint.is_websocket() {
-        if let Some(limited) = guard_upgrade(env, &claims).await {
-            return Ok(limited);
-        }
-    }
-
     let identity = Identity { user_id: claims.sub.clone(), user_name: claims.display_name().to_owned(), token_iat: claims.iat };
     match endpoint {
         Endpoint::Object { class, name, op, websocket, .. } => {
-            if websocket && class != DoClass::UserSession {
+            if websocket {
+                // The upgrade limit and the revocation check ask two different objects: in parallel.
                 // UserSession refuses revoked tokens itself (same DO: no second call).
-                check_revocation(env, &identity, class, &name).await?;
+                let revocation = async {
+                    if class == DoClass::UserSession {
+                        Ok(())
+                    } else {
+                        check_revocation(env, &identity, class, &name).await
+                    }
+                };
+                let (limited, revoked) = futures::join!(guard_upgrade(env, &claims), revocation);
+                if let Some(limited) = limited {
+                    return Ok(limited);
+                }
+                revoked?;
             }
             let body = if websocket { None } else { Some(read_body(&mut req).await?) };
             forward(env, &req, class, &name, op, url.query(), &identity, body).await
