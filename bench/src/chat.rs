@@ -48,9 +48,11 @@ struct RoomResult {
 impl RoomResult {
     fn delivered_per_sec(&self) -> f64 {
         let secs = self.delivery_window.as_secs_f64();
-        #[allow(clippy::cast_precision_loss)]
-        let per_sec = if secs > 0.0 { self.delivered_measured as f64 / secs } else { 0.0 };
-        per_sec
+        if secs > 0.0 {
+            self.delivered_measured as f64 / secs
+        } else {
+            0.0
+        }
     }
 }
 
@@ -341,5 +343,29 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
         Ok(())
     } else {
         Err(fail(failures.join("\n")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+    use serde_json::json;
+
+    #[test]
+    fn reads_the_stamp_of_both_frame_shapes() {
+        let edge = json!({"type":"message","message":{"id":"x","seq":3,"kind":"user","userId":"u","userName":"u",
+            "content":"bench 2 17 1 123456","timestamp":"2026-01-01T00:00:00.000Z"}});
+        let s = stamp(&edge).unwrap();
+        assert_eq!((s.sender, s.n, s.measured, s.sent_us), (2, 17, true, 123_456));
+        let baseline = json!({"type":"message","content":"bench 0 1 0 5"});
+        let s = stamp(&baseline).unwrap();
+        assert_eq!((s.sender, s.n, s.measured, s.sent_us), (0, 1, false, 5));
+    }
+
+    #[test]
+    fn ignores_everything_else() {
+        assert!(stamp(&json!({"type":"message","message":{"kind":"system","content":"bench-r1 joined"}})).is_none());
+        assert!(stamp(&json!({"type":"userCount","count":3})).is_none());
+        assert!(stamp(&json!({"type":"message","content":"bench x 1 1 1"})).is_none());
     }
 }

@@ -36,7 +36,8 @@ impl Samples {
         if n == 0 {
             return None;
         }
-        // Nearest rank: ceil(q·n), 1-based. The f64 round trip is exact for any realistic n.
+        // Nearest rank: ceil(q·n), 1-based; the f64 round trip is exact for any realistic n (the
+        // casts are allowed for `clippy::pedantic` users: q is in [0, 1], the result is clamped).
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
         let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
         self.us.get(rank - 1).copied()
@@ -59,7 +60,6 @@ pub fn rate(count: u64, elapsed: Duration) -> String {
     if secs <= 0.0 {
         return "-".to_owned();
     }
-    #[allow(clippy::cast_precision_loss)]
     let r = count as f64 / secs;
     format!("{r:.0}")
 }
@@ -142,5 +142,32 @@ impl Table {
             println!("| {} |", row.join(" | "));
         }
         println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let mut s = Samples::default();
+        assert_eq!(s.quantile(0.5), None);
+        for us in (1..=100).rev() {
+            s.push(us * 1000);
+        }
+        assert_eq!(s.quantile(0.5), Some(50_000));
+        assert_eq!(s.quantile(0.99), Some(99_000));
+        assert_eq!(s.quantile(1.0), Some(100_000));
+        assert_eq!(s.quantile(0.0), Some(1000));
+        assert_eq!(s.ms(0.95), "95.00");
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(ms(1234), "1.23");
+        assert_eq!(rate(150, Duration::from_millis(1500)), "100");
+        assert_eq!(ratio(1.0, 0.0), "-");
+        assert_eq!(ratio(3.0, 4.0), "0.75");
     }
 }
