@@ -4,7 +4,7 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e deploy-check bench bench-chat bench-counter bench-wake bench-size clean
+.PHONY: dev test setup token lint unit e2e deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
@@ -29,6 +29,10 @@ unit:
 e2e: setup
 	cargo test --test e2e
 
+## Rate-limiter checks/s and p99, one key and many keys (starts its own wrangler dev, or BENCH_BASE_URL=...)
+bench-ratelimit: setup
+	cargo run --example bench_ratelimit
+
 ## `wrangler deploy --dry-run`: the bundle builds and validates without an account
 deploy-check:
 	@out=$$(mktemp -d) && npx wrangler deploy --dry-run --outdir "$$out" && ls -l "$$out" && rm -rf "$$out"
@@ -39,6 +43,7 @@ BENCH = cargo run -q --profile bench-driver -p edge-realtime-bench --
 
 bench: setup
 	$(BENCH) all $(ARGS)
+	cargo run -q --example bench_ratelimit
 
 bench-chat: setup
 	$(BENCH) chat $(ARGS)

@@ -5,6 +5,7 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response};
 
 use edge_realtime_core::auth::{self, Claims};
 use edge_realtime_core::error::ApiError;
+use edge_realtime_core::ratelimit::{self, Decision, GcraDecision};
 use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
 
 use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, OBJECT_NAME};
@@ -39,17 +40,28 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     }
     let claims = authenticate(&req, env, lookup("token"))?;
     authorize(&endpoint, &claims)?;
+    if endpoint.is_websocket() {
+        if let Some(limited) = guard_upgrade(env, &claims).await {
+            return Ok(limited);
+        }
+    }
 
     let identity = Identity { user_id: claims.sub.clone(), user_name: claims.display_name().to_owned(), token_iat: claims.iat };
     match endpoint {
         Endpoint::Object { class, name, op, websocket, .. } => {
+            if websocket && class != DoClass::UserSession {
+                // UserSession refuses revoked tokens itself (same DO: no second call).
+                check_revocation(env, &identity, class, &name).await?;
+            }
             let body = if websocket { None } else { Some(read_body(&mut req).await?) };
             forward(env, &req, class, &name, op, url.query(), &identity, body).await
         }
         Endpoint::RateLimit { op } => {
             let bytes = read_body(&mut req).await?;
-            let key = ratelimit_key(&bytes)?;
-            forward(env, &req, DoClass::RateLimiter, &key, op, None, &identity, Some(bytes)).await
+            // Validate fully here, so a bad body never reaches (or creates) an object.
+            let check = ratelimit::parse_request(op, &http::parse_json_body(&bytes)?)?;
+            let name = format!("api:{}", check.key);
+            forward(env, &req, DoClass::RateLimiter, &name, op, None, &identity, Some(bytes)).await
         }
         Endpoint::Health => Err(ApiError::internal()),
     }
@@ -110,14 +122,77 @@ async fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
-/// The RateLimiter object is named by the body's `key` (validated again, fully, by the DO).
-fn ratelimit_key(body: &[u8]) -> Result<String, ApiError> {
-    let value = http::parse_json_body(body)?;
-    match value.get("key") {
-        Some(serde_json::Value::String(k)) if !k.is_empty() && k.chars().count() <= 256 => Ok(format!("api:{k}")),
-        Some(serde_json::Value::String(_)) => Err(ApiError::unprocessable("invalid_key", "key must be 1 to 256 characters")),
-        Some(_) => Err(ApiError::bad_request("invalid_key", "key must be a string")),
-        None => Err(ApiError::bad_request("missing_key", "key is required")),
+/// The per-user WebSocket-upgrade limit (SPEC §6.6), checked after auth and before the target
+/// object is touched: `Some(429)` (with `Retry-After` and `RateLimit-*`) once the user's
+/// allowance of `WS_UPGRADES_PER_MINUTE` is spent. The user's RateLimiter object
+/// (`ws-upgrade:<sub>`) decides. If it cannot answer, the upgrade goes through and the failure
+/// is logged: a limiter outage must not take every socket down with it.
+async fn guard_upgrade(env: &Env, claims: &Claims) -> Option<Response> {
+    let per_minute = env
+        .var("WS_UPGRADES_PER_MINUTE")
+        .ok()
+        .and_then(|v| v.to_string().trim().parse::<u32>().ok())
+        .unwrap_or(ratelimit::DEFAULT_WS_UPGRADES_PER_MINUTE);
+    let decision = match ask_upgrade_limiter(env, &claims.sub, per_minute).await {
+        Ok(d) => d,
+        Err(e) => {
+            worker::console_error!("upgrade limiter unavailable, letting the upgrade through: {e}");
+            return None;
+        }
+    };
+    let refusal = Decision::Gcra(decision).rejection("WebSocket upgrades")?;
+    let mut response = error_response(&refusal).ok()?;
+    for (name, value) in ratelimit::upgrade_limit_headers(per_minute, &decision) {
+        let _ = response.headers_mut().set(name, &value);
+    }
+    Some(response)
+}
+
+async fn ask_upgrade_limiter(env: &Env, user_id: &str, per_minute: u32) -> worker::Result<GcraDecision> {
+    let name = ratelimit::upgrade_limit_key(user_id);
+    let headers = Headers::new();
+    headers.set(OBJECT_NAME, &encode_header_text(&name))?;
+    let url = format!("https://do.internal/{}?perMinute={per_minute}", crate::objects::rate_limiter::UPGRADE_OP);
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_headers(headers);
+    let request = Request::new_with_init(&url, &init)?;
+    let stub = env.durable_object(DoClass::RateLimiter.binding())?.get_by_name(&name)?;
+    let mut response = stub.fetch_with_request(request).await?;
+    if response.status_code() != 200 {
+        return Err(worker::Error::RustError(format!("rate limiter answered {}", response.status_code())));
+    }
+    response.json::<GcraDecision>().await
+}
+
+/// SPEC §3 revocation, before any WebSocket is forwarded: ask the user's UserSession whether
+/// this token predates their last `logout_all` (→ 401 `token_revoked`). The same call records
+/// `(class, name)` in the user's registry, so a later `logout_all` reaches that object's
+/// sockets. Costs one extra DO round trip per WebSocket connect; fails closed.
+async fn check_revocation(env: &Env, identity: &Identity, class: DoClass, name: &str) -> Result<(), ApiError> {
+    let headers = Headers::new();
+    identity.write(&headers).map_err(internal("identity headers"))?;
+    headers.set(OBJECT_NAME, &encode_header_text(&identity.user_id)).map_err(internal("object header"))?;
+    let url = format!(
+        "https://do.internal/{}?class={}&name={}",
+        crate::objects::user_session::CHECK_OP,
+        class.as_str(),
+        encode_header_text(name)
+    );
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let request = Request::new_with_init(&url, &init).map_err(internal("check request"))?;
+    let stub = env
+        .durable_object(DoClass::UserSession.binding())
+        .and_then(|ns| ns.get_by_name(&identity.user_id))
+        .map_err(internal("user session stub"))?;
+    let response = stub.fetch_with_request(request).await.map_err(internal("revocation check"))?;
+    match response.status_code() {
+        200 => Ok(()),
+        401 => Err(ApiError::unauthorized("token_revoked", "this token was revoked by logout_all; sign in again")),
+        status => {
+            worker::console_error!("revocation check answered {status}");
+            Err(ApiError::internal())
+        }
     }
 }
 

@@ -19,7 +19,12 @@ pub mod objects;
 
 use worker::{event, Context, Env, Request, Response};
 
+pub use objects::channel::Channel;
+pub use objects::chat::ChatRoom;
 pub use objects::counter::Counter;
+pub use objects::rate_limiter::RateLimiter;
+pub use objects::user_session::UserSession;
+pub use objects::waddle::Waddle;
 
 #[event(start)]
 fn start() {

@@ -38,7 +38,7 @@ const USAGE: &str = "usage: edge-realtime-bench <all|chat|counter|wake|size> [--
 
 chat     --receivers 50 --senders 5 --duration 15 --warmup 3 --target both|edge|baseline
 counter  --clients 10 --duration 10 --warmup 2 --mode both|http|ws
-wake     --counters 4 --rounds 3 --idle 13 --hot 20
+wake     --counters 4 --rounds 3 --idle 15 --hot 20
 size     --no-build true   (measure build/index_bg.wasm as it is)
 
 BENCH_BASE_URL / BENCH_BASELINE_URL: use running servers instead of starting wrangler dev.

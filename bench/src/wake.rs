@@ -98,7 +98,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     let cfg = Config {
         counters: opts.usize("counters", 4)?,
         rounds: opts.usize("rounds", 3)?,
-        idle: opts.secs("idle", 13.0)?,
+        idle: opts.secs("idle", 15.0)?,
         hot: opts.usize("hot", 20)?,
     };
     if cfg.counters == 0 || cfg.rounds == 0 {

@@ -120,3 +120,12 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
 pub fn query_param(req: &Request, name: &str) -> Option<String> {
     req.url().ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
+
+/// A JSON response from an already serialized body (cores build exact wire JSON).
+pub fn json_text_response(status: u16, body: String) -> Result<Response, ApiError> {
+    let mut response = Response::ok(body).map_err(crate::kit::internal("response"))?.with_status(status);
+    let headers = response.headers_mut();
+    let _ = headers.set("Content-Type", "application/json");
+    let _ = headers.set("Access-Control-Allow-Origin", "*");
+    Ok(response)
+}

@@ -33,8 +33,13 @@ pub fn now() -> Millis {
 /// With var `DEBUG_WAKE=1` (the e2e suite sets it), log each constructor run, so tests can
 /// see that an object really was evicted and woken again.
 pub fn log_wake(env: &worker::Env, class: &str, name: &str) {
+    log_debug(env, &format!("wake {class} {name}"));
+}
+
+/// With var `DEBUG_WAKE=1`, log a lifecycle line (wake, alarm work) the e2e suite looks for.
+pub fn log_debug(env: &worker::Env, line: &str) {
     if env.var("DEBUG_WAKE").map(|v| v.to_string() == "1").unwrap_or(false) {
-        worker::console_log!("[edge-realtime] wake {class} {name}");
+        worker::console_log!("[edge-realtime] {line}");
     }
 }
 
@@ -112,6 +117,27 @@ pub fn sockets(state: &State, tag: Option<&str>) -> Vec<WebSocket> {
             Vec::new()
         }
     }
+}
+
+/// Whether a socket is open (not closing or closed): what "connected" means for presence.
+pub fn is_open(ws: &WebSocket) -> bool {
+    let raw: &worker::web_sys::WebSocket = ws.as_ref();
+    raw.ready_state() == worker::web_sys::WebSocket::OPEN
+}
+
+/// Sockets (with `tag`, if given) that are still open, without `closing`. Inside
+/// `websocket_close`/`websocket_error` the runtime still lists the socket being closed.
+pub fn open_peers(state: &State, tag: Option<&str>, closing: &WebSocket) -> Vec<WebSocket> {
+    const OPEN: u16 = 1;
+    sockets(state, tag)
+        .into_iter()
+        .filter(|ws| !same_socket(ws, closing) && AsRef::<worker::web_sys::WebSocket>::as_ref(ws).ready_state() == OPEN)
+        .collect()
+}
+
+/// The user id of a socket: its first tag is `u:<userId>` (the convention every DO follows).
+pub fn user_of(state: &State, ws: &WebSocket) -> Option<String> {
+    tags(state, ws).into_iter().next().and_then(|t| t.strip_prefix("u:").map(str::to_owned))
 }
 
 /// The tags a socket was accepted with.

@@ -1,6 +1,11 @@
 //! The Durable Object classes, one file each, all built on [`crate::kit`].
 
+pub mod channel;
+pub mod chat;
 pub mod counter;
+pub mod rate_limiter;
+pub mod user_session;
+pub mod waddle;
 
 use serde::Deserialize;
 use worker::{Request, State};

@@ -5,8 +5,13 @@
 
 mod support;
 
+mod chat;
 mod counter;
 mod foundation;
+mod session;
+mod channel;
+mod waddle;
+mod ratelimit;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -54,6 +59,11 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(foundation::tests());
     trials.extend(counter::tests());
+    trials.extend(session::tests());
+    trials.extend(chat::tests());
+    trials.extend(waddle::tests());
+    trials.extend(channel::tests());
+    trials.extend(ratelimit::tests());
 
     let listing = args.list;
     if !listing {

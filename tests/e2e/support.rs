@@ -225,9 +225,19 @@ fn spawn_wrangler(port: u16, persist: &std::path::Path, log: &Arc<Mutex<Vec<Stri
     child
 }
 
-/// Small limits so pruning is testable quickly; kept in one place.
+/// WebSocket upgrades per user per minute in the e2e run. Raised from the default 30 so suites
+/// running in parallel (many sockets as "alice") never trip it; `ratelimit::upgrade_limit`
+/// exhausts it on purpose with its own user (and reads the limit from `RateLimit-Limit`).
+pub const WS_UPGRADES_PER_MINUTE: u32 = 200;
+
+/// Small limits so pruning is testable quickly; kept in one place. Chat keeps 30 messages and
+/// may prune every 2 s (tests/e2e/chat.rs keeps its other rooms under 30 rows).
 fn e2e_vars() -> Vec<String> {
-    ["COUNTER_MAX_HISTORY:10000", "CHAT_MAX_MESSAGES:1000"].iter().flat_map(|v| ["--var".to_owned(), (*v).to_owned()]).collect()
+    let upgrades = format!("WS_UPGRADES_PER_MINUTE:{WS_UPGRADES_PER_MINUTE}");
+    ["COUNTER_MAX_HISTORY:10000", "CHAT_MAX_MESSAGES:30", "CHAT_PRUNE_INTERVAL_MS:2000", upgrades.as_str()]
+        .iter()
+        .flat_map(|v| ["--var".to_owned(), (*v).to_owned()])
+        .collect()
 }
 
 fn kill_group(child: &mut Child) {

@@ -43,7 +43,9 @@ pub const MAX_CONTENT_CHARS: usize = 2000;
 pub const MAX_USER_NAME_CHARS: usize = 64;
 /// Over-limit messages in a row (no accepted message between) that close the socket with 1008.
 pub const MAX_RATE_VIOLATIONS: u32 = 3;
-/// Pruning runs from the alarm at most this often, never per message (SPEC §6.3).
+/// Pruning runs from the alarm at most this often, never per message (SPEC §6.3). The default
+/// of [`ChatConfig::prune_interval_ms`]; var `CHAT_PRUNE_INTERVAL_MS` lowers it only so the
+/// e2e suite can watch a prune happen without waiting a minute.
 pub const PRUNE_INTERVAL_MS: Millis = 60_000;
 /// The [`Schedule`] timer that prunes history.
 pub const PRUNE_TIMER: &str = "prune";
@@ -62,16 +64,19 @@ pub struct ChatConfig {
     pub rate_limit_window_ms: Millis,
     /// History rows kept; older ones are pruned.
     pub max_messages: i64,
+    /// Least time between two prunes (the prune alarm is armed this far ahead).
+    pub prune_interval_ms: Millis,
 }
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { rate_limit_messages: 20, rate_limit_window_ms: 5_000, max_messages: 1_000 }
+        Self { rate_limit_messages: 20, rate_limit_window_ms: 5_000, max_messages: 1_000, prune_interval_ms: PRUNE_INTERVAL_MS }
     }
 }
 
 impl ChatConfig {
-    /// Read `CHAT_RATE_LIMIT_MESSAGES`, `CHAT_RATE_LIMIT_WINDOW_MS` and `CHAT_MAX_MESSAGES`.
+    /// Read `CHAT_RATE_LIMIT_MESSAGES`, `CHAT_RATE_LIMIT_WINDOW_MS`, `CHAT_MAX_MESSAGES` and
+    /// `CHAT_PRUNE_INTERVAL_MS`.
     /// Each must be a positive integer (surrounding spaces allowed; at most 2^53−1, or u32 for
     /// the message count); anything else — absent, zero, negative, fractional, garbage — falls
     /// back to that field's default, so a typo in config can't disable the limits.
@@ -86,6 +91,7 @@ impl ChatConfig {
                 .unwrap_or(d.rate_limit_messages),
             rate_limit_window_ms: positive("CHAT_RATE_LIMIT_WINDOW_MS").unwrap_or(d.rate_limit_window_ms),
             max_messages: positive("CHAT_MAX_MESSAGES").unwrap_or(d.max_messages),
+            prune_interval_ms: positive("CHAT_PRUNE_INTERVAL_MS").unwrap_or(d.prune_interval_ms),
         }
     }
 }
@@ -374,10 +380,10 @@ impl ChatLog {
 
     /// After storing a message: make sure a prune is pending if history is over the limit.
     /// Never moves a pending prune later, and a prune is only armed after the previous one ran,
-    /// so prunes are at least [`PRUNE_INTERVAL_MS`] apart. Sync the alarm afterwards.
+    /// so prunes are at least `cfg.prune_interval_ms` apart. Sync the alarm afterwards.
     pub fn schedule_prune(&self, cfg: &ChatConfig, schedule: &mut Schedule, now: Millis) {
         if replay::prune_through(self.latest_seq, self.pruned_through, cfg.max_messages).is_some() {
-            schedule.set_if_later_absent(PRUNE_TIMER, now.saturating_add(PRUNE_INTERVAL_MS));
+            schedule.set_if_later_absent(PRUNE_TIMER, now.saturating_add(cfg.prune_interval_ms));
         }
     }
 
@@ -469,18 +475,22 @@ mod tests {
         assert_eq!(ChatConfig::from_vars(|_| None), ChatConfig::default());
         assert_eq!(
             ChatConfig::default(),
-            ChatConfig { rate_limit_messages: 20, rate_limit_window_ms: 5_000, max_messages: 1_000 }
+            ChatConfig { rate_limit_messages: 20, rate_limit_window_ms: 5_000, max_messages: 1_000, prune_interval_ms: 60_000 }
         );
         let c = ChatConfig::from_vars(|k| {
             match k {
                 "CHAT_RATE_LIMIT_MESSAGES" => Some(" 3 "),
                 "CHAT_RATE_LIMIT_WINDOW_MS" => Some("1000"),
                 "CHAT_MAX_MESSAGES" => Some("10"),
+                "CHAT_PRUNE_INTERVAL_MS" => Some("2000"),
                 _ => None,
             }
             .map(String::from)
         });
-        assert_eq!(c, ChatConfig { rate_limit_messages: 3, rate_limit_window_ms: 1_000, max_messages: 10 });
+        assert_eq!(
+            c,
+            ChatConfig { rate_limit_messages: 3, rate_limit_window_ms: 1_000, max_messages: 10, prune_interval_ms: 2_000 }
+        );
     }
 
     #[test]
@@ -495,7 +505,10 @@ mod tests {
         assert_eq!(c.rate_limit_window_ms, 4_294_967_296);
         // one bad field does not spoil the others
         let c = ChatConfig::from_vars(|k| Some(if k == "CHAT_MAX_MESSAGES" { "x" } else { "7" }.to_owned()));
-        assert_eq!(c, ChatConfig { rate_limit_messages: 7, rate_limit_window_ms: 7, max_messages: 1_000 });
+        assert_eq!(
+            c,
+            ChatConfig { rate_limit_messages: 7, rate_limit_window_ms: 7, max_messages: 1_000, prune_interval_ms: 7 }
+        );
     }
 
     // --- connection / attachment ---
@@ -710,7 +723,7 @@ mod tests {
 
     #[test]
     fn configured_limits_apply() {
-        let cfg = ChatConfig { rate_limit_messages: 2, rate_limit_window_ms: 100, max_messages: 5 };
+        let cfg = ChatConfig { rate_limit_messages: 2, rate_limit_window_ms: 100, max_messages: 5, ..ChatConfig::default() };
         let mut c = alice();
         assert_eq!(send(&mut c, &cfg, 2, 0), 2);
         let r = reply(&on_message(&mut c, &cfg, &msg("m"), 30));
@@ -847,6 +860,15 @@ mod tests {
         log.latest_seq = 6;
         log.schedule_prune(&cfg, &mut sched, T0 + 60_001);
         assert_eq!(sched.next_deadline(), Some(T0 + 120_001));
+    }
+
+    #[test]
+    fn prune_interval_is_configurable() {
+        let cfg = ChatConfig { max_messages: 2, prune_interval_ms: 2_000, ..ChatConfig::default() };
+        let mut sched = Schedule::default();
+        let log = ChatLog { latest_seq: 3, pruned_through: 0 };
+        log.schedule_prune(&cfg, &mut sched, T0);
+        assert_eq!(sched.next_deadline(), Some(T0 + 2_000));
     }
 
     // --- history ---

@@ -387,8 +387,9 @@ pub struct BucketDecision {
     pub retry_after_ms: i64,
 }
 
-/// GCRA answer: `{allowed, remaining, retryAfterMs, resetAfterMs}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// GCRA answer: `{allowed, remaining, retryAfterMs, resetAfterMs}`. Also read back by the
+/// Worker from the RateLimiter's internal upgrade op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GcraDecision {
     pub allowed: bool,
@@ -799,6 +800,20 @@ pub fn upgrade_limit_key(user_id: &str) -> String {
 pub fn upgrade_limit_params(per_minute: u32) -> Params {
     let n = i64::from(per_minute).clamp(1, MAX_COUNT);
     Params::Gcra(GcraParams { rate: n, period_ms: 60_000, burst: n })
+}
+
+/// The `RateLimit-*` headers (IETF draft "RateLimit header fields") sent with the Worker's 429
+/// on a refused upgrade, beside `Retry-After`: the allowance, what is left (0), and the whole
+/// seconds until the full allowance is back.
+pub fn upgrade_limit_headers(per_minute: u32, d: &GcraDecision) -> [(&'static str, String); 4] {
+    let limit = i64::from(per_minute).clamp(1, MAX_COUNT);
+    let reset_secs = (d.reset_after_ms.max(0).saturating_add(999)) / 1000;
+    [
+        ("RateLimit-Limit", limit.to_string()),
+        ("RateLimit-Remaining", d.remaining.max(0).to_string()),
+        ("RateLimit-Reset", reset_secs.to_string()),
+        ("RateLimit-Policy", format!("{limit};w=60")),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1409,5 +1424,21 @@ mod tests {
         assert_eq!(upgrade_limit_params(0), gcra(1, 60_000, 1));
         assert_eq!(upgrade_limit_params(u32::MAX), upgrade_limit_params(1_000_000_000));
         assert_eq!(upgrade_limit_key("alice"), "ws-upgrade:alice");
+    }
+
+    #[test]
+    fn upgrade_limit_headers_round_up_and_name_the_policy() {
+        let p = upgrade_limit_params(30);
+        let s = allow_n(&p, fresh(&p), T0, 30);
+        let Decision::Gcra(d) = p.check(&s, T0 + 1).1 else { panic!("not gcra") };
+        assert_eq!(d.reset_after_ms, 59_999);
+        let headers = upgrade_limit_headers(30, &d);
+        assert_eq!(
+            headers.map(|(k, v)| format!("{k}: {v}")),
+            ["RateLimit-Limit: 30", "RateLimit-Remaining: 0", "RateLimit-Reset: 60", "RateLimit-Policy: 30;w=60"]
+        );
+        let back: GcraDecision = serde_json::from_value(Decision::Gcra(d).to_json()).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(upgrade_limit_headers(0, &d)[0].1, "1");
     }
 }

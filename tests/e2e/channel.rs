@@ -1,0 +1,431 @@
+//! Channel (SPEC §6.5) over real HTTP and WebSockets.
+
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use serde_json::{json, Value};
+
+use crate::support::{http, server, unique, ws, Ws, TestResult};
+use crate::{ensure, ensure_eq, restart_trial, trial};
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial("channel::http_and_ws_posts_share_one_sequence", http_and_ws),
+        trial("channel::duplicate_client_id_stored_once", duplicate_id),
+        trial("channel::history_pages_in_sequence_order", history),
+        trial("channel::participants_join_and_leave", participants),
+        trial("channel::since_replays_then_live_or_resync", since_replay),
+        trial("channel::typing_broadcast_and_expiry_after_3s", typing_expiry),
+        trial("channel::bad_input_leaves_sequence_untouched", bad_input),
+        trial("channel::concurrent_writers_gapless_same_order", concurrent),
+        trial("channel::reconnect_with_since_during_writes", reconnect_since),
+        trial("channel::sequence_survives_hibernation", hibernation),
+        restart_trial("channel::sequence_survives_wrangler_restart", restart),
+    ]
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Connect and read the `participants` frame.
+async fn connect(channel: &str, user: &str, query: &str) -> Res<(Ws, Value)> {
+    let mut sock = ws(&format!("/ws/channel/{channel}{query}"), &server().token(user)).await?;
+    let first = sock.recv().await?;
+    ensure_eq!(first["type"], json!("participants"));
+    Ok((sock, first))
+}
+
+async fn post(channel: &str, user: &str, body: Value) -> Res<i64> {
+    let r = http().post(&format!("/api/channel/{channel}/message"), &server().token(user), &body.to_string()).await?;
+    ensure_eq!((r.status, r.body["success"].clone()), (200, json!(true)));
+    r.body["sequence"].as_i64().ok_or_else(|| "sequence".into())
+}
+
+async fn all_history(channel: &str) -> Res<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let r = http().get(&format!("/api/channel/{channel}/messages?after={after}&limit=100"), &server().token("reader")).await?;
+        ensure_eq!(r.status, 200);
+        out.extend(r.body["messages"].as_array().ok_or("messages")?.iter().cloned());
+        match r.body["nextAfter"].as_i64() {
+            Some(n) => after = n,
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Every frame that arrives until `quiet` passes without one.
+async fn drain(sock: &mut Ws, quiet: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Ok(v) = sock.recv_within(quiet).await {
+        out.push(v);
+    }
+    out
+}
+
+/// The next `message` frame (skipping participants / typing).
+async fn next_message(sock: &mut Ws) -> Res<Value> {
+    sock.recv_type("message").await
+}
+
+async fn http_and_ws() -> TestResult {
+    let c = unique("chseq");
+    let (mut a, _) = connect(&c, "alice", "").await?;
+    let r = http().post(&format!("/api/channel/{c}/message"), &server().token("bob"), r#"{"content":"  hello  "}"#).await?;
+    ensure_eq!((r.status, r.body.clone()), (200, json!({"success":true,"sequence":1})));
+    let m = next_message(&mut a).await?;
+    let ts = m["timestamp"].as_str().ok_or("timestamp")?.to_owned();
+    ensure!(ts.ends_with('Z') && ts.contains('T'), "timestamp {ts}");
+    ensure_eq!(m, json!({"type":"message","sequence":1,"userId":"bob","content":"hello","timestamp":ts,"id":null}));
+
+    a.send_json(&json!({"type":"message","content":"from ws","id":"a-1"})).await?;
+    let first = a.recv().await?;
+    let second = a.recv().await?;
+    let (msg, ack) = if first["type"] == "ack" { (second, first) } else { (first, second) };
+    ensure_eq!(ack, json!({"type":"ack","id":"a-1","sequence":2}));
+    ensure_eq!((msg["type"].clone(), msg["sequence"].clone(), msg["userId"].clone(), msg["content"].clone(), msg["id"].clone()),
+        (json!("message"), json!(2), json!("alice"), json!("from ws"), json!("a-1")));
+    ensure_eq!(post(&c, "bob", json!({"content":"three"})).await?, 3);
+    ensure_eq!(next_message(&mut a).await?["sequence"], json!(3));
+    a.close().await
+}
+
+async fn duplicate_id() -> TestResult {
+    let c = unique("chdup");
+    let (mut watcher, _) = connect(&c, "watcher", "").await?;
+    let (mut a, _) = connect(&c, "alice", "").await?;
+    a.send_json(&json!({"type":"message","content":"once","id":"same"})).await?;
+    ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"same","sequence":1}));
+    a.send_json(&json!({"type":"message","content":"once again","id":"same"})).await?;
+    ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"same","sequence":1}));
+    ensure_eq!(post(&c, "alice", json!({"content":"http","id":"same"})).await?, 1);
+    ensure_eq!(post(&c, "alice", json!({"content":"http","id":"h"})).await?, 2);
+    ensure_eq!(post(&c, "alice", json!({"content":"http","id":"h"})).await?, 2);
+    // Another user's identical id is a different message.
+    ensure_eq!(post(&c, "bob", json!({"content":"bob","id":"same"})).await?, 3);
+    let seqs: Vec<i64> = all_history(&c).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
+    ensure_eq!(seqs, vec![1, 2, 3]);
+    // exactly one broadcast per stored message
+    let frames = drain(&mut watcher, QUIET).await;
+    let broadcast: Vec<&Value> = frames.iter().filter(|f| f["type"] == "message").map(|f| &f["sequence"]).collect();
+    ensure_eq!(broadcast, vec![&json!(1), &json!(2), &json!(3)]);
+    a.close().await?;
+    watcher.close().await
+}
+
+async fn history() -> TestResult {
+    let c = unique("chhist");
+    for i in 1..=7 {
+        post(&c, "alice", json!({"content":format!("m{i}")})).await?;
+    }
+    let t = server().token("reader");
+    let r = http().get(&format!("/api/channel/{c}/messages?limit=3"), &t).await?;
+    ensure_eq!(r.body["nextAfter"], json!(3));
+    let first = &r.body["messages"][0];
+    let ts = first["timestamp"].clone();
+    ensure_eq!(first, &json!({"sequence":1,"userId":"alice","content":"m1","timestamp":ts,"id":null}));
+    let r = http().get(&format!("/api/channel/{c}/messages?after=3&limit=3"), &t).await?;
+    let seqs: Vec<i64> = r.body["messages"].as_array().ok_or("messages")?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
+    ensure_eq!((seqs, r.body["nextAfter"].clone()), (vec![4, 5, 6], json!(6)));
+    let r = http().get(&format!("/api/channel/{c}/messages?after=6&limit=3"), &t).await?;
+    ensure_eq!((r.body["messages"].as_array().map(Vec::len), r.body["nextAfter"].clone()), (Some(1), json!(null)));
+    let all: Vec<Value> = all_history(&c).await?.iter().map(|m| m["content"].clone()).collect();
+    ensure_eq!(all, (1..=7).map(|i| json!(format!("m{i}"))).collect::<Vec<_>>());
+    for bad in ["limit=0", "limit=abc", "after=-1", "after=x"] {
+        let r = http().get(&format!("/api/channel/{c}/messages?{bad}"), &t).await?;
+        ensure_eq!((bad, r.status), (bad, 400));
+    }
+    let r = http().get(&format!("/api/channel/{c}/messages?limit=5000"), &t).await?;
+    ensure_eq!(r.body["messages"].as_array().map(Vec::len), Some(7));
+    Ok(())
+}
+
+async fn participants() -> TestResult {
+    let c = unique("chpart");
+    let (mut a, first) = connect(&c, "alice", "").await?;
+    ensure_eq!(first, json!({"type":"participants","users":["alice"]}));
+    let (mut b, first) = connect(&c, "bob", "").await?;
+    ensure_eq!(first, json!({"type":"participants","users":["alice","bob"]}));
+    ensure_eq!(a.recv().await?, json!({"type":"participants","users":["alice","bob"]}));
+    // a second socket of bob changes nothing for the others
+    let (b2, first) = connect(&c, "bob", "").await?;
+    ensure_eq!(first, json!({"type":"participants","users":["alice","bob"]}));
+    a.expect_silence(QUIET).await?;
+    b2.close().await?;
+    a.expect_silence(QUIET).await?;
+    b.send_json(&json!({"type":"typing","isTyping":true})).await?;
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":["bob"]}));
+    b.close().await?;
+    // bob's last socket left: participants shrink and his typing flag goes with him
+    ensure_eq!(a.recv().await?, json!({"type":"participants","users":["alice"]}));
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
+    a.close().await
+}
+
+async fn since_replay() -> TestResult {
+    let c = unique("chsince");
+    for i in 1..=5 {
+        post(&c, "alice", json!({"content":format!("m{i}")})).await?;
+    }
+    let (mut a, _) = connect(&c, "alice", "?since=2").await?;
+    for seq in 3..=5 {
+        let m = a.recv().await?;
+        ensure_eq!((m["type"].clone(), m["sequence"].clone(), m["content"].clone()), (json!("message"), json!(seq), json!(format!("m{seq}"))));
+    }
+    post(&c, "bob", json!({"content":"live"})).await?;
+    ensure_eq!(next_message(&mut a).await?["sequence"], json!(6));
+    let (mut current, _) = connect(&c, "carol", "?since=6").await?;
+    current.expect_silence(QUIET).await?;
+    let (mut future, _) = connect(&c, "dave", "?since=99").await?;
+    ensure_eq!(future.recv().await?, json!({"type":"resync_required","latestSeq":6}));
+    let refused = crate::support::ws_refusal(&format!("/ws/channel/{c}?since=abc"), &[("Authorization", &format!("Bearer {}", server().token("eve")))]).await?;
+    ensure_eq!(refused, 400);
+    a.close().await?;
+    current.close().await?;
+    future.close().await
+}
+
+async fn typing_expiry() -> TestResult {
+    let c = unique("chtyping");
+    let (mut a, _) = connect(&c, "alice", "").await?;
+    let (mut b, _) = connect(&c, "bob", "").await?;
+    a.recv_type("participants").await?;
+    a.send_json(&json!({"type":"typing","isTyping":true})).await?;
+    let started = Instant::now();
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":["alice"]}));
+    ensure_eq!(b.recv().await?, json!({"type":"typing","users":["alice"]}));
+    // alice stays silent; the alarm expires her flag.
+    let expired = b.recv_within(Duration::from_secs(8)).await?;
+    let elapsed = started.elapsed();
+    ensure_eq!(expired, json!({"type":"typing","users":[]}));
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
+    ensure!(elapsed >= Duration::from_millis(2_800) && elapsed <= Duration::from_millis(5_000), "expiry after {elapsed:?}");
+    eprintln!("channel typing expiry observed after {elapsed:?}");
+
+    // explicit stop removes at once
+    b.send_json(&json!({"type":"typing","isTyping":true})).await?;
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":["bob"]}));
+    b.send_json(&json!({"type":"typing","isTyping":false})).await?;
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
+    a.expect_silence(Duration::from_millis(3_500)).await?;
+    a.close().await?;
+    b.close().await
+}
+
+async fn bad_input() -> TestResult {
+    let c = unique("chbad");
+    ensure_eq!(post(&c, "alice", json!({"content":"first"})).await?, 1);
+    let (mut watcher, _) = connect(&c, "watcher", "").await?;
+    let closes: Vec<(&str, Option<String>, u16)> = vec![
+        ("non-JSON", Some("hello".into()), 1007),
+        ("wrong field type", Some(r#"{"type":"message","content":5}"#.into()), 1007),
+        ("missing content", Some(r#"{"type":"message"}"#.into()), 1007),
+        ("unknown type", Some(r#"{"type":"explode"}"#.into()), 1008),
+        ("oversize", Some(json!({"type":"message","content":"x".repeat(70 * 1024)}).to_string()), 1009),
+        ("binary", None, 1007),
+    ];
+    for (what, frame, code) in closes {
+        let (mut bad, _) = connect(&c, "mallory", "").await?;
+        match frame {
+            Some(text) => bad.send_text(&text).await?,
+            None => bad.send_binary(vec![1, 2, 3]).await?,
+        }
+        let closed = bad.expect_close().await?;
+        ensure_eq!((what, closed.code), (what, code));
+        ensure!(closed.reason.len() <= 123, "reason too long");
+    }
+    let (mut a, _) = connect(&c, "alice", "").await?;
+    for (frame, code) in [
+        (json!({"type":"message","content":"   "}), "empty_content"),
+        (json!({"type":"message","content":"x".repeat(4001)}), "content_too_long"),
+        (json!({"type":"message","content":"x","id":""}), "invalid_id"),
+    ] {
+        a.send_json(&frame).await?;
+        let err = a.recv_type("error").await?;
+        ensure_eq!((err["type"].clone(), err["code"].clone()), (json!("error"), json!(code)));
+    }
+    let t = server().token("alice");
+    for (body, status) in [
+        ("not json".to_owned(), 400),
+        (r#"{"content":5}"#.to_owned(), 400),
+        ("[]".to_owned(), 400),
+        (r#"{"content":"  "}"#.to_owned(), 422),
+        (json!({"content":"x".repeat(4001)}).to_string(), 422),
+    ] {
+        let r = http().post(&format!("/api/channel/{c}/message"), &t, &body).await?;
+        ensure_eq!((status, r.status), (status, status));
+    }
+    // Nothing was stored or sequenced; the channel still works.
+    ensure_eq!(all_history(&c).await?.len(), 1);
+    a.send_json(&json!({"type":"message","content":"second","id":"ok"})).await?;
+    ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"ok","sequence":2}));
+    ensure_eq!(next_message(&mut watcher).await?["sequence"], json!(2));
+    a.close().await?;
+    watcher.close().await
+}
+
+const WRITERS: usize = 4;
+const PER_WRITER: usize = 50;
+const TOTAL: i64 = (WRITERS * PER_WRITER) as i64;
+
+/// Two WebSocket and two HTTP writers, `PER_WRITER` messages each, all at once.
+fn spawn_writers(c: &str) -> Vec<tokio::task::JoinHandle<TestResult>> {
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let c = c.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let user = format!("writer{w}");
+            if w % 2 == 0 {
+                let (mut sock, _) = connect(&c, &user, "").await?;
+                for i in 0..PER_WRITER {
+                    sock.send_json(&json!({"type":"message","content":format!("{user}:{i}"),"id":format!("{user}-{i}")})).await?;
+                }
+                let mut acks = 0;
+                while acks < PER_WRITER {
+                    if sock.recv().await?["type"] == "ack" {
+                        acks += 1;
+                    }
+                }
+                sock.close().await
+            } else {
+                for i in 0..PER_WRITER {
+                    post(&c, &user, json!({"content":format!("{user}:{i}"),"id":format!("{user}-{i}")})).await?;
+                }
+                Ok(())
+            }
+        }));
+    }
+    tasks
+}
+
+/// Collect `message` frames until sequence `TOTAL`.
+async fn read_until_total(sock: &mut Ws, mut out: Vec<Value>) -> Res<Vec<Value>> {
+    while out.last().and_then(|m| m["sequence"].as_i64()) != Some(TOTAL) {
+        out.push(next_message(sock).await?);
+    }
+    Ok(out)
+}
+
+fn check_gapless(seen: &[Value]) -> TestResult {
+    let seqs: Vec<i64> = seen.iter().filter_map(|m| m["sequence"].as_i64()).collect();
+    ensure_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>());
+    // every writer's messages appear in the order it sent them
+    for w in 0..WRITERS {
+        let prefix = format!("writer{w}:");
+        let own: Vec<String> = seen.iter().filter_map(|m| m["content"].as_str()).filter(|s| s.starts_with(&prefix)).map(str::to_owned).collect();
+        ensure_eq!(own, (0..PER_WRITER).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
+async fn concurrent() -> TestResult {
+    let c = unique("chconc");
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        readers.push(connect(&c, &format!("reader{r}"), "").await?.0);
+    }
+    let started = Instant::now();
+    let writers = spawn_writers(&c);
+    let mut views = Vec::new();
+    for reader in &mut readers {
+        views.push(read_until_total(reader, Vec::new()).await?);
+    }
+    let elapsed = started.elapsed();
+    for task in writers {
+        task.await??;
+    }
+    eprintln!("channel: {TOTAL} messages from {WRITERS} writers delivered to 3 readers in {elapsed:?}");
+    let first = views.first().ok_or("no reader")?;
+    check_gapless(first)?;
+    for view in &views {
+        ensure!(view == first, "readers saw different orders");
+    }
+    let history = all_history(&c).await?;
+    ensure_eq!(history.len(), first.len());
+    for (h, m) in history.iter().zip(first) {
+        ensure_eq!((&h["sequence"], &h["content"]), (&m["sequence"], &m["content"]));
+    }
+    for reader in readers {
+        reader.close().await?;
+    }
+    Ok(())
+}
+
+async fn reconnect_since() -> TestResult {
+    let c = unique("chrecon");
+    let (mut reader, _) = connect(&c, "reader", "").await?;
+    let writers = spawn_writers(&c);
+    let mut seen = Vec::new();
+    // read a little, then drop the connection while the writers keep going
+    while seen.len() < 30 {
+        seen.push(next_message(&mut reader).await?);
+    }
+    reader.close().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = seen.last().and_then(|m| m["sequence"].as_i64()).ok_or("no sequence")?;
+    let (mut again, _) = connect(&c, "reader", &format!("?since={last}")).await?;
+    let seen = read_until_total(&mut again, seen).await?;
+    for task in writers {
+        task.await??;
+    }
+    check_gapless(&seen)?;
+    again.close().await
+}
+
+async fn hibernation() -> TestResult {
+    let s = server();
+    let c = unique("chhib");
+    let (mut a, _) = connect(&c, "alice", "").await?;
+    let (mut b, _) = connect(&c, "bob", "").await?;
+    a.recv_type("participants").await?;
+    a.send_json(&json!({"type":"message","content":"before","id":"before"})).await?;
+    ensure_eq!(a.recv_type("ack").await?["sequence"], json!(1));
+    ensure_eq!(post(&c, "carol", json!({"content":"http before"})).await?, 2);
+    ensure_eq!(next_message(&mut b).await?["sequence"], json!(1));
+    ensure_eq!(next_message(&mut b).await?["sequence"], json!(2));
+    drain(&mut a, QUIET).await;
+    let wakes_before = s.log_count(&format!("wake Channel {c}"));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        a.send_text(r#"{"type":"ping"}"#).await?;
+        ensure_eq!(a.recv().await?, json!({"type":"pong"}));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.send_json(&json!({"type":"message","content":"after","id":"after"})).await?;
+    ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"after","sequence":3}));
+    ensure_eq!(next_message(&mut b).await?["sequence"], json!(3));
+    ensure_eq!(post(&c, "carol", json!({"content":"http after"})).await?, 4);
+    ensure_eq!(next_message(&mut b).await?["sequence"], json!(4));
+    // the repeated id is still known after the wake
+    a.send_json(&json!({"type":"message","content":"before","id":"before"})).await?;
+    ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"before","sequence":1}));
+    if s.is_local() {
+        let wakes_after = s.log_count(&format!("wake Channel {c}"));
+        ensure!(wakes_after > wakes_before, "the constructor did not run again (wakes {wakes_before} → {wakes_after}): no hibernation happened");
+    }
+    // participants were rebuilt from the sockets after the wake
+    b.close().await?;
+    ensure_eq!(a.recv_type("participants").await?, json!({"type":"participants","users":["alice"]}));
+    a.close().await
+}
+
+async fn restart() -> TestResult {
+    let s = server();
+    let c = unique("chrestart");
+    for i in 1..=3 {
+        post(&c, "alice", json!({"content":format!("m{i}"),"id":format!("r{i}")})).await?;
+    }
+    s.restart()?;
+    ensure_eq!(post(&c, "alice", json!({"content":"m2","id":"r2"})).await?, 2);
+    ensure_eq!(post(&c, "alice", json!({"content":"m4"})).await?, 4);
+    let (mut a, _) = connect(&c, "alice", "?since=2").await?;
+    ensure_eq!(next_message(&mut a).await?["sequence"], json!(3));
+    ensure_eq!(next_message(&mut a).await?["sequence"], json!(4));
+    a.send_json(&json!({"type":"message","content":"m5"})).await?;
+    ensure_eq!(a.recv_type("ack").await?["sequence"], json!(5));
+    let seqs: Vec<i64> = all_history(&c).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
+    ensure_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    a.close().await
+}
