@@ -4,7 +4,7 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e deploy-check bench bench-ratelimit clean
+.PHONY: dev test setup token lint unit e2e deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
@@ -36,6 +36,26 @@ bench-ratelimit: setup
 ## `wrangler deploy --dry-run`: the bundle builds and validates without an account
 deploy-check:
 	@out=$$(mktemp -d) && npx wrangler deploy --dry-run --outdir "$$out" && ls -l "$$out" && rm -rf "$$out"
+
+## Benchmarks (docs/benchmarks.md): each starts its own wrangler dev and prints a Markdown table
+## with the machine. Options after ARGS, e.g. `make bench-chat ARGS="--receivers 20 --duration 5"`.
+BENCH = cargo run -q --profile bench-driver -p edge-realtime-bench --
+
+bench: setup
+	$(BENCH) all $(ARGS)
+	cargo run -q --example bench_ratelimit
+
+bench-chat: setup
+	$(BENCH) chat $(ARGS)
+
+bench-counter: setup
+	$(BENCH) counter $(ARGS)
+
+bench-wake: setup
+	$(BENCH) wake $(ARGS)
+
+bench-size: setup
+	$(BENCH) size $(ARGS)
 
 clean:
 	rm -rf build target .wrangler
