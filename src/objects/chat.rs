@@ -53,6 +53,9 @@ pub struct ChatRoom {
     state: State,
     cfg: ChatConfig,
     log: RefCell<ChatLog>,
+    /// Whether the prune timer is armed (mirrors the stored schedule), so the hot message path
+    /// reads the schedule from storage only when it may have to arm it.
+    prune_armed: std::cell::Cell<bool>,
 }
 
 fn server_id() -> String {
@@ -111,12 +114,17 @@ impl ChatRoom {
 
     /// Arm the prune timer if history is over the limit (never postpones a pending one).
     async fn schedule_prune(&self) {
+        let log = *self.log.borrow();
+        if self.prune_armed.get() || replay::prune_through(log.latest_seq, log.pruned_through, self.cfg.max_messages).is_none() {
+            return;
+        }
         let mut schedule = kit::load_schedule(&self.sql());
         let before = schedule.clone();
         self.log.borrow().schedule_prune(&self.cfg, &mut schedule, kit::now());
         if schedule != before {
             let _ = kit::save_schedule(&self.state, &schedule).await;
         }
+        self.prune_armed.set(schedule.get(chat::PRUNE_TIMER).is_some());
     }
 
     async fn open_socket(&self, req: &Request) -> Result<Response, ApiError> {
@@ -275,7 +283,8 @@ impl DurableObject for ChatRoom {
             }
             None => ChatLog::default(),
         };
-        Self { state, cfg, log: RefCell::new(log) }
+        let prune_armed = kit::load_schedule(&db).get(chat::PRUNE_TIMER).is_some();
+        Self { state, cfg, log: RefCell::new(log), prune_armed: std::cell::Cell::new(prune_armed) }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -317,6 +326,7 @@ impl DurableObject for ChatRoom {
             }
         }
         let _ = kit::save_schedule(&self.state, &schedule).await;
+        self.prune_armed.set(schedule.get(chat::PRUNE_TIMER).is_some());
         Response::ok("ok")
     }
 }
