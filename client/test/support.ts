@@ -249,8 +249,17 @@ export class RawSocket {
   closed: { code: number; reason: string } | undefined;
   private readonly ws: WebSocket;
 
+  private static readonly open_ = new Set<WebSocket>();
+
+  /** Drop every raw socket still open (server-closed ones can linger half-closed for seconds). */
+  static terminateAll(): void {
+    for (const ws of RawSocket.open_) ws.terminate();
+    RawSocket.open_.clear();
+  }
+
   private constructor(ws: WebSocket) {
     this.ws = ws;
+    RawSocket.open_.add(ws);
     ws.on("message", (data, isBinary) => {
       if (!isBinary) this.frames.push(JSON.parse(data.toString()) as Record<string, unknown>);
     });
