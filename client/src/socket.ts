@@ -155,6 +155,14 @@ export class ReconnectingSocket {
     return this.seq;
   }
 
+  /**
+   * Resume from `seq` on the next connect: the app loaded state up to it some other way (e.g.
+   * history over HTTP before `start()`, or a reload after `resync_required`).
+   */
+  resumeFrom(seq: number | undefined): void {
+    this.seq = seq;
+  }
+
   /** Frames waiting for a connection. */
   get queued(): number {
     return this.queue.length;
