@@ -171,6 +171,9 @@ export class ReconnectingSocket {
   /** Connect (again): after a terminal close, after `close()`, or with `autoStart: false`. */
   start(): void {
     if (!this.stopped) return;
+    if (!this.ctor()) {
+      throw new Error("no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package in Node 20)");
+    }
     this.stopped = false;
     this.attempt = 0;
     void this.connect();
@@ -198,6 +201,10 @@ export class ReconnectingSocket {
     if (this.queue.length >= limit) throw new QueueFullError(limit);
     this.queue.push(text);
     return false;
+  }
+
+  private ctor(): WebSocketConstructor | undefined {
+    return this.opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
   }
 
   private emit(status: Status, info: Omit<StatusInfo, "attempt"> = {}): void {
@@ -231,8 +238,8 @@ export class ReconnectingSocket {
     }
     if (gen !== this.generation || this.stopped) return;
 
-    const Ctor = this.opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!Ctor) throw new Error("no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package in Node 20)");
+    const Ctor = this.ctor();
+    if (!Ctor) return; // checked in start()
     let ws: WebSocketLike;
     try {
       const protocols = token !== null && this.opts.tokenTransport !== "query" ? ["bearer", token] : undefined;

@@ -121,3 +121,14 @@ test("a token provider returning null stops the socket", async () => {
   await waitFor(() => s.status === "stopped", "stop");
   assert.equal(rec.statuses.at(-1)?.[1].stoppedBy, "no_token");
 });
+
+test("without any WebSocket implementation, start() throws at once", () => {
+  const g = globalThis as { WebSocket?: unknown };
+  const saved = g.WebSocket; // Node ≥ 22 has a global one
+  delete g.WebSocket;
+  try {
+    assert.throws(() => new ReconnectingSocket({ url: "ws://127.0.0.1:9/" }), /no WebSocket implementation/);
+  } finally {
+    if (saved !== undefined) g.WebSocket = saved;
+  }
+});
