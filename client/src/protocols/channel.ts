@@ -72,4 +72,3 @@ export class ChannelClient extends TypedClient<ChannelFrame> {
     return this.http("GET", `/api/channel/${segment(this.id)}/messages${query(params)}`);
   }
 }
-

@@ -1,6 +1,6 @@
 // Frames and plumbing shared by every protocol client.
 
-import { decodeWith, frame, integer, optional, string, type FrameOf, type FrameTable } from "../guards.js";
+import { decodeWith, frame, integer, optional, string, type FrameTable } from "../guards.js";
 import { ReconnectingSocket, type SocketOptions } from "../socket.js";
 
 /** In-band error: `{"type":"error","code","message"}` (chat's `rate_limited` adds `retryAfterMs`). */
@@ -141,5 +141,3 @@ export function clientId(): string {
 export function segment(name: string): string {
   return encodeURIComponent(name);
 }
-
-export { decodeWith, type FrameOf };
