@@ -4,15 +4,16 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit clean
+.PHONY: dev test setup token lint unit e2e client-test deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
 	npx wrangler dev --ip 127.0.0.1 --port $(PORT)
 
-## Set up, then run every test: unit, lint, end-to-end on wrangler dev, deploy dry-run
+## Set up, then run every test: unit, end-to-end on wrangler dev, client SDK + browser, lint, deploy dry-run
 test: setup
 	cargo test --workspace --all-targets
+	$(MAKE) client-test
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) deploy-check
 
@@ -28,6 +29,11 @@ unit:
 
 e2e: setup
 	cargo test --test e2e
+
+## The TypeScript client (client/): compile with tsc, then node's test runner against one
+## `wrangler dev` — socket behaviour, resume, logout, frame types, and the demo page in chromium
+client-test: setup
+	cd client && npm test
 
 ## Rate-limiter checks/s and p99, one key and many keys (starts its own wrangler dev, or BENCH_BASE_URL=...)
 bench-ratelimit: setup

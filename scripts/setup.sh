@@ -46,3 +46,31 @@ else
   cp .dev.vars.example .dev.vars
   echo "created from .dev.vars.example (dev-only secret)"
 fi
+
+step "client SDK (client/: typescript, ws, playwright-core; pinned in client/package-lock.json)"
+if [ -x client/node_modules/.bin/tsc ] && [ client/node_modules/.package-lock.json -nt client/package-lock.json ]; then
+  echo "present"
+else
+  (cd client && npm ci --no-audit --no-fund)
+fi
+
+step "client build → public/client/ (the demo page's ES modules)"
+if [ -f public/client/index.js ] && [ -z "$(find client/src client/tsconfig.json -newer public/client/index.js 2>/dev/null)" ]; then
+  echo "up to date"
+else
+  (cd client && npx tsc -p tsconfig.json)
+  rm -rf public/client
+  mkdir -p public/client
+  cp -r client/dist/. public/client/
+  find public/client -name '*.d.ts' -delete
+  echo "built"
+fi
+
+step "chromium (Debian's, for the browser test; never a downloaded browser)"
+if [ -x /usr/bin/chromium ]; then
+  echo "present"
+elif [ "$(id -u)" = 0 ]; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+else
+  sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi

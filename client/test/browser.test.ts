@@ -1,0 +1,112 @@
+// The demo page in a real browser: Debian's chromium, headless, driven by playwright-core (no
+// browser download). Two contexts (two people) see each other's counter clicks and chat
+// messages; a second device of the same user sees the session move. Screenshots go to
+// test-output/.
+
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { chromium, type Browser, type Page } from "playwright-core";
+
+import { ROOT, mintToken, server, stopOwnServer, unique } from "./support.js";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const OUT = join(ROOT, "test-output");
+
+let base = "";
+let browser: Browser | undefined;
+before(async () => {
+  ({ base } = await server());
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run ./scripts/setup.sh (apt-get install chromium)`);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // playwright-core launches with a fresh temporary --user-data-dir of its own.
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-quic"],
+  });
+  mkdirSync(OUT, { recursive: true });
+});
+after(async () => {
+  await browser?.close();
+  await stopOwnServer();
+});
+
+async function open(token: string, counter: string, room: string, errors: string[]): Promise<Page> {
+  assert.ok(browser);
+  const context = await browser.newContext({ viewport: { width: 1200, height: 860 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  await page.goto(`${base}/`);
+  await page.fill("#token", token);
+  await page.fill("#counter-name", counter);
+  await page.fill("#room-name", room);
+  await page.click("#signin");
+  for (const id of ["#counter-status", "#chat-status", "#session-status"]) {
+    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === "open", id, { timeout: 15_000 });
+  }
+  return page;
+}
+
+const text = (page: Page, sel: string) => page.textContent(sel).then((t) => t ?? "");
+
+test("assets: the page is served at / and API routes still reach the Worker", async () => {
+  const page = await fetch(`${base}/`);
+  assert.equal(page.status, 200);
+  assert.match(page.headers.get("content-type") ?? "", /text\/html/);
+  assert.match(await page.text(), /edge-realtime/);
+  const js = await fetch(`${base}/client/index.js`);
+  assert.equal(js.status, 200, "the client build is in public/client (make setup)");
+  const health = await fetch(`${base}/health`);
+  assert.equal(((await health.json()) as { status: string }).status, "ok");
+  const missing = await fetch(`${base}/nope`);
+  assert.equal(missing.status, 404);
+  assert.equal(((await missing.json()) as { error: { code: string } }).error.code, "not_found");
+  const counter = await fetch(`${base}/api/counter/x`);
+  assert.equal(counter.status, 401, "API routes are authenticated by the Worker, not served as files");
+});
+
+test("two browsers: counter clicks and chat messages show up live in both; the session moves on every device", async () => {
+  const alice = unique("alice");
+  const bob = unique("bob");
+  const counter = unique("demo");
+  const room = unique("lobby");
+  const errors: string[] = [];
+  const a = await open(mintToken(alice, { name: "Alice" }), counter, room, errors);
+  const b = await open(mintToken(bob, { name: "Bob" }), counter, room, errors);
+
+  for (let i = 0; i < 3; i++) await a.click("#inc");
+  await b.waitForFunction(() => document.querySelector("#counter-value")?.textContent === "3", null, { timeout: 10_000 });
+  await a.waitForFunction(() => document.querySelector("#counter-value")?.textContent === "3", null, { timeout: 10_000 });
+  await b.click("#dec");
+  await a.waitForFunction(() => document.querySelector("#counter-value")?.textContent === "2", null, { timeout: 10_000 });
+
+  await a.fill("#chat-input", "hello from Alice");
+  await a.click("#chat-send");
+  await b.waitForSelector("#chat-log li.user >> text=hello from Alice", { timeout: 10_000 });
+  await b.fill("#chat-input", "hi Alice, Bob here");
+  await b.press("#chat-input", "Enter");
+  await a.waitForSelector("#chat-log li.user >> text=hi Alice, Bob here", { timeout: 10_000 });
+  await a.waitForFunction(() => document.querySelector("#chat-users")?.textContent === "2 online", null, { timeout: 10_000 });
+
+  // Alice's second device: devices and games move on both of her tabs.
+  const a2 = await open(mintToken(alice, { name: "Alice" }), counter, room, errors);
+  await a.fill("#game-input", "chess-1");
+  await a.click("#game-form button");
+  await a2.waitForSelector("#games li >> text=chess-1", { timeout: 10_000 });
+  await a.waitForFunction(() => (document.querySelector("#devices")?.textContent ?? "").split(", ").length === 2, null, { timeout: 10_000 });
+  await a2.waitForFunction(() => document.querySelector("#counter-value")?.textContent === "2", null, { timeout: 10_000 });
+  await a2.waitForFunction(() => document.querySelectorAll("#chat-log li.user").length === 2, null, { timeout: 10_000 });
+
+  await a.screenshot({ path: join(OUT, "demo-alice.png"), fullPage: true });
+  await b.screenshot({ path: join(OUT, "demo-bob.png"), fullPage: true });
+
+  // Log out everywhere from one tab: every tab of Alice goes back to the sign-in form.
+  await a2.click("#logout-all");
+  for (const p of [a, a2]) await p.waitForSelector("#signin-panel:not([hidden])", { timeout: 10_000 });
+  assert.match(await text(a, "#signin-error"), /Logged out on every device/);
+  assert.equal(await text(b, "#counter-status"), "open", "Bob is not affected");
+  assert.deepEqual(errors, []);
+});
