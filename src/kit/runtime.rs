@@ -27,6 +27,16 @@ extern "C" {
     pub fn get_web_socket_auto_response_timestamp(this: &RawState, ws: &JsValue) -> Result<JsValue, JsValue>;
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// A WebSocket seen through `send(any)`, so one JS string can go to many sockets.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    pub type RawSocket;
+
+    #[wasm_bindgen(method, catch, js_name = send)]
+    pub fn send_value(this: &RawSocket, data: &JsValue) -> Result<(), JsValue>;
+}
+
 /// View a DO's state through [`RawState`].
 pub fn raw(state: &worker::State) -> &RawState {
     state.as_raw().unchecked_ref::<RawState>()

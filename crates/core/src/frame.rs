@@ -46,12 +46,11 @@ pub fn decode<T: DeserializeOwned>(text: &str, known_types: &[&str]) -> Result<T
         Some(_) => return Err(Reject::close(close::INVALID_DATA, "\"type\" must be a string")),
         None => return Err(Reject::close(close::INVALID_DATA, "frame has no \"type\"")),
     };
-    if !known_types.contains(&kind) {
+    let Some(kind) = known_types.iter().copied().find(|k| *k == kind) else {
         return Err(Reject::close(close::POLICY, format!("unknown message type {kind:?}")));
-    }
-    serde_json::from_value(value.clone()).map_err(|e| {
-        Reject::close(close::INVALID_DATA, format!("bad {kind} frame: {e}"))
-    })
+    };
+    // `kind` now borrows `known_types`, so the value can be consumed without a copy.
+    serde_json::from_value(value).map_err(|e| Reject::close(close::INVALID_DATA, format!("bad {kind} frame: {e}")))
 }
 
 /// Binary frames are not part of any protocol.
