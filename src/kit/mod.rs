@@ -251,3 +251,66 @@ pub async fn sync_alarm(state: &State, deadline: Option<Millis>) -> Result<(), A
 
 /// Create the kit's own table (called by each DO's schema setup).
 pub const SCHEDULE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _schedule (name TEXT PRIMARY KEY, at INTEGER NOT NULL)";
+
+/// An in-memory copy of each socket's attachment, for per-message hot paths: reading an
+/// attachment is a structured-clone deserialization, writing one a serialization. Keyed by the
+/// socket object (a JS `WeakMap`), refilled from the stored attachment after every wake.
+/// The owner decides when a change must also be persisted (see [`AttachmentCache::put`]).
+pub struct AttachmentCache<T> {
+    ids: js_sys::WeakMap,
+    values: std::cell::RefCell<std::collections::HashMap<u32, T>>,
+    next_id: std::cell::Cell<u32>,
+}
+
+impl<T: Clone + Serialize + DeserializeOwned> Default for AttachmentCache<T> {
+    fn default() -> Self {
+        Self { ids: js_sys::WeakMap::new(), values: Default::default(), next_id: std::cell::Cell::new(0) }
+    }
+}
+
+impl<T: Clone + Serialize + DeserializeOwned> AttachmentCache<T> {
+    fn key(ws: &WebSocket) -> &js_sys::Object {
+        AsRef::<worker::web_sys::WebSocket>::as_ref(ws).unchecked_ref()
+    }
+
+    fn id(&self, ws: &WebSocket) -> Option<u32> {
+        self.ids.get(Self::key(ws)).as_f64().map(|f| f as u32)
+    }
+
+    /// The socket's attachment: the cached copy, else the stored one (then cached).
+    pub fn get(&self, ws: &WebSocket) -> Option<T> {
+        if let Some(v) = self.id(ws).and_then(|id| self.values.borrow().get(&id).cloned()) {
+            return Some(v);
+        }
+        let stored = attachment::<T>(ws)?;
+        self.remember(ws, stored.clone());
+        Some(stored)
+    }
+
+    fn remember(&self, ws: &WebSocket, value: T) {
+        let id = self.id(ws).unwrap_or_else(|| {
+            let id = self.next_id.get().wrapping_add(1);
+            self.next_id.set(id);
+            self.ids.set(Self::key(ws), &JsValue::from(id));
+            id
+        });
+        self.values.borrow_mut().insert(id, value);
+    }
+
+    /// Update the cached copy; with `persist`, store it as the socket's attachment too (what
+    /// must survive hibernation).
+    pub fn put(&self, ws: &WebSocket, value: &T, persist: bool) {
+        if persist {
+            set_attachment(ws, value);
+        }
+        self.remember(ws, value.clone());
+    }
+
+    /// Drop a closed socket's copy.
+    pub fn forget(&self, ws: &WebSocket) {
+        if let Some(id) = self.id(ws) {
+            self.values.borrow_mut().remove(&id);
+            self.ids.delete(Self::key(ws));
+        }
+    }
+}

@@ -33,13 +33,17 @@ const COLUMNS: &str = "seq, id, client_id, kind, user_id, user_name, content, ti
 
 /// Per-socket attachment. `left` marks a socket whose departure was already announced (we
 /// closed it ourselves), so a later `websocket_close` for it does not announce it twice.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct ChatAttachment {
     token_iat: i64,
     #[serde(default)]
     left: bool,
     conn: ChatConn,
 }
+
+/// Rate-limit windows this short have always expired by the time an evicted room wakes (eviction
+/// needs ~10 s idle), so within one their counts may live in memory only.
+const MEMORY_ONLY_WINDOW_MS: i64 = 10_000;
 
 #[derive(Deserialize)]
 struct RoomRow {
@@ -56,6 +60,8 @@ pub struct ChatRoom {
     /// Whether the prune timer is armed (mirrors the stored schedule), so the hot message path
     /// reads the schedule from storage only when it may have to arm it.
     prune_armed: std::cell::Cell<bool>,
+    /// Attachments cached in memory: the message path neither deserializes nor rewrites them.
+    attachments: kit::AttachmentCache<ChatAttachment>,
 }
 
 fn server_id() -> String {
@@ -71,8 +77,7 @@ impl ChatRoom {
         self.state.storage().sql()
     }
 
-    /// Sequence one message with `make`, store it and the new `latest_seq` (same turn), and
-    /// only then update the cache. `None` from `make` stores nothing.
+    /// Sequence one message with `make`, store it, and only then update the cache. `None` from `make` stores nothing.
     fn append(&self, make: impl FnOnce(&mut ChatLog) -> Option<ChatMessage>) -> Result<Option<ChatMessage>, ApiError> {
         let mut log = *self.log.borrow();
         let Some(m) = make(&mut log) else { return Ok(None) };
@@ -91,7 +96,8 @@ impl ChatRoom {
                 sql::int(m.timestamp),
             ],
         )?;
-        sql::exec(&db, "UPDATE room SET latest_seq = ? WHERE id = 1", vec![sql::int(log.latest_seq)])?;
+        // No `room` write per message: the newest row always survives pruning (CHAT_MAX_MESSAGES
+        // ≥ 1), so `MAX(seq)` is the latest seq; `room.latest_seq` is refreshed when pruning.
         *self.log.borrow_mut() = log;
         Ok(Some(m))
     }
@@ -174,12 +180,12 @@ impl ChatRoom {
     /// Announce that `ws` is gone ("<name> left" for a user's last socket, then the new count),
     /// once per socket.
     async fn depart(&self, ws: &WebSocket) {
-        let Some(mut attachment) = kit::attachment::<ChatAttachment>(ws) else { return };
+        let Some(mut attachment) = self.attachments.get(ws) else { return };
         if attachment.left {
             return;
         }
         attachment.left = true;
-        kit::set_attachment(ws, &attachment);
+        self.attachments.put(ws, &attachment, true);
         let others = self.live(Some(&user_tag(&attachment.conn.user_id)), Some(ws)).len();
         if let Ok(Some(m)) = self.append(|log| log.leave(&attachment.conn, others, server_id(), kit::now())) {
             kit::broadcast(&self.state, &chat::message_frame(&m), None, Some(ws));
@@ -214,7 +220,7 @@ impl ChatRoom {
     }
 
     async fn on_frame(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
-        let Some(mut attachment) = kit::attachment::<ChatAttachment>(ws) else {
+        let Some(mut attachment) = self.attachments.get(ws) else {
             return kit::close(ws, close::INTERNAL, "lost connection state");
         };
         if attachment.left {
@@ -226,7 +232,11 @@ impl ChatRoom {
             Err(_) => Inbound::from(frame::binary_rejected()),
         };
         if attachment.conn != before {
-            kit::set_attachment(ws, &attachment);
+            // Persist when a window starts or windows are long; counts inside a short window
+            // can stay in memory (it has expired by the time an evicted room wakes).
+            let persist = attachment.conn.window_start != before.window_start
+                || self.cfg.rate_limit_window_ms > MEMORY_ONLY_WINDOW_MS;
+            self.attachments.put(ws, &attachment, persist);
         }
         match inbound {
             Inbound::Reply(f) => kit::send(ws, &f),
@@ -273,7 +283,11 @@ impl DurableObject for ChatRoom {
         kit::install_auto_response(&state);
         let cfg = ChatConfig::from_vars(|k| env.var(k).ok().map(|v| v.to_string()));
         // Runs again after every wake: rebuild the log cache from storage.
-        let row: Option<RoomRow> = sql::first(&db, "SELECT name, latest_seq, pruned_through FROM room WHERE id = 1", vec![])
+        let row: Option<RoomRow> = sql::first(
+            &db,
+            "SELECT name, MAX(latest_seq, COALESCE((SELECT MAX(seq) FROM messages), 0)) AS latest_seq, pruned_through FROM room WHERE id = 1",
+            vec![],
+        )
             .ok()
             .flatten();
         let log = match row {
@@ -284,7 +298,13 @@ impl DurableObject for ChatRoom {
             None => ChatLog::default(),
         };
         let prune_armed = kit::load_schedule(&db).get(chat::PRUNE_TIMER).is_some();
-        Self { state, cfg, log: RefCell::new(log), prune_armed: std::cell::Cell::new(prune_armed) }
+        Self {
+            state,
+            cfg,
+            log: RefCell::new(log),
+            prune_armed: std::cell::Cell::new(prune_armed),
+            attachments: kit::AttachmentCache::default(),
+        }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -299,11 +319,13 @@ impl DurableObject for ChatRoom {
     async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _was_clean: bool) -> worker::Result<()> {
         kit::reciprocate_close(&ws, code, &reason);
         self.depart(&ws).await;
+        self.attachments.forget(&ws);
         Ok(())
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
         self.depart_and_close(&ws, close::INTERNAL, "socket error").await;
+        self.attachments.forget(&ws);
         Ok(())
     }
 
@@ -319,7 +341,11 @@ impl DurableObject for ChatRoom {
             if let Some(cutoff) = log.prune(&self.cfg) {
                 // Only message rows go; the room row keeps latest_seq, so seqs are never reused.
                 let deleted = sql::exec(&db, "DELETE FROM messages WHERE seq <= ?", vec![sql::int(cutoff)])
-                    .and_then(|()| sql::exec(&db, "UPDATE room SET pruned_through = ? WHERE id = 1", vec![sql::int(cutoff)]));
+                    .and_then(|()| sql::exec(
+                        &db,
+                        "UPDATE room SET pruned_through = ?, latest_seq = ? WHERE id = 1",
+                        vec![sql::int(cutoff), sql::int(log.latest_seq)],
+                    ));
                 if deleted.is_ok() {
                     *self.log.borrow_mut() = log;
                 }
