@@ -33,6 +33,7 @@ e2e: setup
 ## The TypeScript client (client/): compile with tsc, then node's test runner against one
 ## `wrangler dev` — socket behaviour, resume, logout, frame types, and the demo page in chromium
 client-test: setup
+	@./scripts/setup-browser.sh
 	cd client && npm test
 
 ## Rate-limiter checks/s and p99, one key and many keys (starts its own wrangler dev, or BENCH_BASE_URL=...)

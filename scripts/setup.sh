@@ -65,12 +65,3 @@ else
   find public/client -name '*.d.ts' -delete
   echo "built"
 fi
-
-step "chromium (Debian's, for the browser test; never a downloaded browser)"
-if [ -x /usr/bin/chromium ]; then
-  echo "present"
-elif [ "$(id -u)" = 0 ]; then
-  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
-else
-  sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
-fi
