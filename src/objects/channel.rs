@@ -82,8 +82,8 @@ impl Channel {
         self.state.storage().sql()
     }
 
-    fn max_messages(&self) -> i64 {
-        channel::parse_max_messages(self.env.var("CHANNEL_MAX_MESSAGES").ok().map(|v| v.to_string()).as_deref())
+    fn retention(&self) -> channel::Retention {
+        channel::Retention::from_vars(|k| self.env.var(k).ok().map(|v| v.to_string()))
     }
 
     /// Create the channel row on first use (its name lets the constructor log wakes).
@@ -123,7 +123,7 @@ impl Channel {
             ],
         )?;
         sql::exec(&db, "UPDATE channel SET latest_seq = ? WHERE id = 1", vec![sql::int(message.sequence)])?;
-        let outcome = self.core.borrow_mut().commit(&message, now, self.max_messages());
+        let outcome = self.core.borrow_mut().commit(&message, now, self.retention());
         Ok(Posted::New { sequence: message.sequence, outcome })
     }
 
@@ -346,7 +346,7 @@ impl DurableObject for Channel {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        let outcome = self.core.borrow_mut().on_alarm(kit::now(), self.max_messages());
+        let outcome = self.core.borrow_mut().on_alarm(kit::now(), self.retention().max_messages);
         self.apply(None, &outcome);
         // The alarm that fired is spent: always point it at the next deadline.
         self.sync_timers().await;

@@ -20,6 +20,7 @@ pub fn tests() -> Vec<Trial> {
         trial("channel::concurrent_writers_gapless_same_order", concurrent),
         trial("channel::reconnect_with_since_during_writes", reconnect_since),
         trial("channel::sequence_survives_hibernation", hibernation),
+        trial("channel::pruning_keeps_newest_and_since_resyncs", pruning),
         restart_trial("channel::sequence_survives_wrangler_restart", restart),
     ]
 }
@@ -428,4 +429,46 @@ async fn restart() -> TestResult {
     let seqs: Vec<i64> = all_history(&c).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
     ensure_eq!(seqs, vec![1, 2, 3, 4, 5]);
     a.close().await
+}
+
+/// The e2e run keeps `CHANNEL_MAX_MESSAGES=250` and may prune every 2 s (tests/e2e/support.rs).
+async fn pruning() -> TestResult {
+    const KEEP: i64 = crate::support::CHANNEL_MAX_MESSAGES;
+    let channel = unique("prune");
+    let total = KEEP + 10;
+    for chunk in (1..=total).collect::<Vec<_>>().chunks(10) {
+        let posts = chunk.iter().map(|i| {
+            let channel = channel.clone();
+            let i = *i;
+            tokio::spawn(async move { post(&channel, "pruner", json!({"content": format!("m{i}")})).await })
+        });
+        for p in posts.collect::<Vec<_>>() {
+            p.await??;
+        }
+    }
+    // The prune alarm fires ~2 s after the channel went over the limit.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let r = http().get(&format!("/api/channel/{channel}/messages?after=0&limit=1"), &server().token("reader")).await?;
+        let first = r.body["messages"][0]["sequence"].as_i64().unwrap_or(0);
+        if first > 1 || Instant::now() > deadline {
+            break first;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    ensure_eq!(first, total - KEEP + 1);
+    let kept: Vec<i64> = all_history(&channel).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
+    ensure_eq!(kept, (total - KEEP + 1..=total).collect::<Vec<_>>());
+    // Missing pruned messages: resync, never a partial replay.
+    let (mut stale, _) = connect(&channel, "late", &format!("?since={}", total - KEEP - 1)).await?;
+    ensure_eq!(stale.recv().await?, json!({"type":"resync_required","latestSeq":total}));
+    stale.expect_silence(QUIET).await?;
+    // Exactly at the cut: a complete replay is still possible.
+    let (mut edge, _) = connect(&channel, "edge", &format!("?since={}", total - 3)).await?;
+    for seq in total - 2..=total {
+        ensure_eq!(edge.recv().await?["sequence"], json!(seq));
+    }
+    ensure_eq!(post(&channel, "pruner", json!({"content": "after"})).await?, total + 1);
+    stale.close().await?;
+    edge.close().await
 }

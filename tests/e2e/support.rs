@@ -230,11 +230,24 @@ fn spawn_wrangler(port: u16, persist: &std::path::Path, log: &Arc<Mutex<Vec<Stri
 /// exhausts it on purpose with its own user (and reads the limit from `RateLimit-Limit`).
 pub const WS_UPGRADES_PER_MINUTE: u32 = 200;
 
+/// Channel history kept in the e2e run (the concurrency test needs 200 rows; the pruning test
+/// goes past it), pruned at most every 2 s.
+pub const CHANNEL_MAX_MESSAGES: i64 = 250;
+
 /// Small limits so pruning is testable quickly; kept in one place. Chat keeps 30 messages and
 /// may prune every 2 s (tests/e2e/chat.rs keeps its other rooms under 30 rows).
 fn e2e_vars() -> Vec<String> {
     let upgrades = format!("WS_UPGRADES_PER_MINUTE:{WS_UPGRADES_PER_MINUTE}");
-    ["COUNTER_MAX_HISTORY:10000", "CHAT_MAX_MESSAGES:30", "CHAT_PRUNE_INTERVAL_MS:2000", upgrades.as_str()]
+    let channel_max = format!("CHANNEL_MAX_MESSAGES:{CHANNEL_MAX_MESSAGES}");
+    let vars = [
+        "COUNTER_MAX_HISTORY:10000",
+        "CHAT_MAX_MESSAGES:30",
+        "CHAT_PRUNE_INTERVAL_MS:2000",
+        upgrades.as_str(),
+        channel_max.as_str(),
+        "CHANNEL_PRUNE_INTERVAL_MS:2000",
+    ];
+    vars
         .iter()
         .flat_map(|v| ["--var".to_owned(), (*v).to_owned()])
         .collect()

@@ -43,7 +43,7 @@ use crate::MAX_SAFE_INTEGER;
 pub const MAX_CONTENT_CHARS: usize = 4_000;
 /// A typing flag lasts this long after its last refresh.
 pub const TYPING_TTL_MS: Millis = 3_000;
-/// Pruning runs at most this often.
+/// Pruning runs at most this often (`CHANNEL_PRUNE_INTERVAL_MS` may change it).
 pub const PRUNE_INTERVAL_MS: Millis = 60_000;
 /// `CHANNEL_MAX_MESSAGES` when unset or invalid.
 pub const DEFAULT_MAX_MESSAGES: i64 = 10_000;
@@ -71,6 +71,30 @@ pub fn parse_max_messages(raw: Option<&str>) -> i64 {
     raw.and_then(|s| s.trim().parse::<i64>().ok())
         .filter(|n| (1..=MAX_SAFE_INTEGER).contains(n))
         .unwrap_or(DEFAULT_MAX_MESSAGES)
+}
+
+/// How much history a channel keeps and how often it may prune (vars `CHANNEL_MAX_MESSAGES`,
+/// `CHANNEL_PRUNE_INTERVAL_MS`; invalid values fall back to the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_messages: i64,
+    pub prune_interval_ms: Millis,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { max_messages: DEFAULT_MAX_MESSAGES, prune_interval_ms: PRUNE_INTERVAL_MS }
+    }
+}
+
+impl Retention {
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
+        let prune_interval_ms = get("CHANNEL_PRUNE_INTERVAL_MS")
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| (1..=MAX_SAFE_INTEGER).contains(n))
+            .unwrap_or(PRUNE_INTERVAL_MS);
+        Self { max_messages: parse_max_messages(get("CHANNEL_MAX_MESSAGES").as_deref()), prune_interval_ms }
+    }
 }
 
 /// A validated message waiting for its sequence.
@@ -394,13 +418,13 @@ impl Channel {
 
     /// `message` was stored: advance, arm pruning if the channel is over `max_messages`, and
     /// broadcast it to everyone (sender included; a WS sender also gets [`ack_frame`]).
-    pub fn commit(&mut self, message: &ChannelMessage, now: Millis, max_messages: i64) -> Outcome {
+    pub fn commit(&mut self, message: &ChannelMessage, now: Millis, retention: Retention) -> Outcome {
         self.latest_seq = self.latest_seq.max(message.sequence);
         let mut timers_changed = false;
-        let over = replay::prune_through(self.latest_seq, self.pruned_through, max_messages).is_some();
+        let over = replay::prune_through(self.latest_seq, self.pruned_through, retention.max_messages).is_some();
         if over && self.timers.get(PRUNE_TIMER).is_none() {
-            // Arming from "now" (not re-arming after each run) keeps prunes ≥ 1 minute apart.
-            self.timers.set(PRUNE_TIMER, now.saturating_add(PRUNE_INTERVAL_MS));
+            // Arming from "now" (not re-arming after each run) keeps prunes ≥ the interval apart.
+            self.timers.set(PRUNE_TIMER, now.saturating_add(retention.prune_interval_ms));
             timers_changed = true;
         }
         Outcome { to_all: vec![message.frame()], timers_changed, ..Outcome::default() }
@@ -501,6 +525,22 @@ fn to_json<T: Serialize>(frame: &T) -> String {
 mod tests {
     use super::*;
 
+    fn keep(max_messages: i64) -> Retention {
+        Retention { max_messages, prune_interval_ms: PRUNE_INTERVAL_MS }
+    }
+
+    #[test]
+    fn retention_from_vars() {
+        let r = Retention::from_vars(|k| match k {
+            "CHANNEL_MAX_MESSAGES" => Some("250".into()),
+            "CHANNEL_PRUNE_INTERVAL_MS" => Some("2000".into()),
+            _ => None,
+        });
+        assert_eq!(r, Retention { max_messages: 250, prune_interval_ms: 2000 });
+        let r = Retention::from_vars(|_| Some("0".into()));
+        assert_eq!(r, Retention::default());
+    }
+
     const MAX: i64 = DEFAULT_MAX_MESSAGES;
 
     fn users(ids: &[&str]) -> BTreeSet<String> {
@@ -529,7 +569,7 @@ mod tests {
     fn send(c: &mut Channel, user: &str, content: &str, now: Millis) -> (ChannelMessage, Outcome) {
         let p = post(c.on_message(user, &serde_json::json!({"type": "message", "content": content}).to_string(), now));
         let m = c.prepare(user, p, now).unwrap();
-        let out = c.commit(&m, now, MAX);
+        let out = c.commit(&m, now, keep(MAX));
         (m, out)
     }
 
@@ -576,7 +616,7 @@ mod tests {
         let p = Post { content: "x".into(), client_id: None };
         let m1 = c.prepare("a", p.clone(), 10).unwrap();
         assert_eq!(c.prepare("a", p.clone(), 10).unwrap().sequence, 1, "prepare must not consume");
-        let out = c.commit(&m1, 10, MAX);
+        let out = c.commit(&m1, 10, keep(MAX));
         assert_eq!(out.to_all, vec![m1.frame()]);
         assert!(out.to_self.is_empty() && out.to_others.is_empty());
         for expected in 2..=50 {
@@ -772,11 +812,11 @@ mod tests {
             assert!(!out.timers_changed, "within the limit no prune is armed");
         }
         let msg = c.prepare("a", Post { content: "m".into(), client_id: None }, 4).unwrap();
-        let out = c.commit(&msg, 4, 2);
+        let out = c.commit(&msg, 4, keep(2));
         assert!(out.timers_changed);
         assert_eq!(c.poll_timeout(), Some(60_004));
         let msg = c.prepare("a", Post { content: "m".into(), client_id: None }, 5).unwrap();
-        assert!(!c.commit(&msg, 5, 2).timers_changed, "an armed prune is not postponed");
+        assert!(!c.commit(&msg, 5, keep(2)).timers_changed, "an armed prune is not postponed");
 
         assert_eq!(c.on_alarm(60_003, 2), Outcome::default());
         let out = c.on_alarm(60_004, 2);
@@ -785,7 +825,7 @@ mod tests {
         assert_eq!((c.pruned_through(), c.poll_timeout()), (3, None));
 
         let msg = c.prepare("a", Post { content: "m".into(), client_id: None }, 60_010).unwrap();
-        c.commit(&msg, 60_010, 2);
+        c.commit(&msg, 60_010, keep(2));
         assert_eq!(c.poll_timeout(), Some(120_010), "next prune a full minute later");
         assert_eq!(c.on_alarm(120_010, 2).prune_through, Some(4));
     }
