@@ -3,12 +3,12 @@
 //! `--persist-to` directory, started on first use and killed as a process group (npx → node →
 //! workerd) when dropped, Ctrl-C included.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use edge_realtime_devserver as devserver;
 
 use crate::{fail, Res};
 
@@ -62,25 +62,16 @@ pub struct Services {
 }
 
 pub fn project_root() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent().map(Path::to_path_buf).unwrap_or(here)
+    devserver::project_root()
 }
 
 fn free_port() -> Res<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(devserver::free_port()?)
 }
 
 /// `AUTH_SECRET` from `.dev.vars` (what `wrangler dev` gives the Worker), or `BENCH_AUTH_SECRET`.
 fn read_secret() -> Res<String> {
-    if let Ok(s) = std::env::var("BENCH_AUTH_SECRET") {
-        return Ok(s);
-    }
-    let text = std::fs::read_to_string(project_root().join(".dev.vars"))
-        .map_err(|_| fail("no .dev.vars: run `make setup` first"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("AUTH_SECRET="))
-        .map(|s| s.trim().trim_matches('"').to_owned())
-        .ok_or_else(|| fail("AUTH_SECRET missing from .dev.vars"))
+    devserver::read_secret("BENCH_AUTH_SECRET").map_err(fail)
 }
 
 impl Services {
@@ -171,66 +162,22 @@ impl Drop for Service {
 }
 
 fn spawn(kind: Kind, port: u16, persist: &Path, log: &Arc<Mutex<Vec<String>>>) -> Res<Child> {
-    use std::os::unix::process::CommandExt;
-    let inspector = free_port()?;
-    let mut cmd = Command::new("npx");
-    cmd.args(["wrangler", "dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--inspector-port", &inspector.to_string(), "--show-interactive-dev-session=false", "--persist-to"])
-        .arg(persist);
-    match kind {
-        Kind::Edge => {
-            for var in EDGE_VARS {
-                cmd.args(["--var", var]);
-            }
-        }
-        Kind::Baseline => {
-            cmd.args(["--config", "bench/baseline/wrangler.toml"]);
-        }
-    }
-    let mut child = cmd
-        .current_dir(project_root())
-        .env("WRANGLER_SEND_METRICS", "false")
-        .env("CI", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| fail(format!("failed to start `npx wrangler dev` ({e}); run `make setup` first")))?;
-    let streams = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ];
-    let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
-    for stream in streams.into_iter().flatten() {
-        let log = Arc::clone(log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if verbose {
-                    eprintln!("[wrangler {kind:?}] {line}");
-                }
-                // Per-request lines are not kept: only what a scenario may look for.
-                if line.contains("wake ") || line.contains("rror") || !line.contains("[wrangler:info]") {
-                    if let Ok(mut l) = log.lock() {
-                        l.push(line);
-                    }
-                }
-            }
-        });
-    }
-    Ok(child)
+    let args: Vec<String> = match kind {
+        Kind::Edge => EDGE_VARS.iter().flat_map(|v| ["--var".to_owned(), (*v).to_owned()]).collect(),
+        Kind::Baseline => vec!["--config".into(), "bench/baseline/wrangler.toml".into()],
+    };
+    let label = match kind {
+        Kind::Edge => "wrangler Edge",
+        Kind::Baseline => "wrangler Baseline",
+    };
+    // Per-request lines are not kept: only what a scenario may look for.
+    let keep: fn(&str) -> bool =
+        |line| line.contains("wake ") || line.contains("rror") || !line.contains("[wrangler:info]");
+    let opts = devserver::Options { port, persist, args, verbose_env: "BENCH_VERBOSE", label, keep };
+    devserver::spawn(&opts, log)
+        .map_err(|e| fail(format!("failed to start `npx wrangler dev` ({e}); run `make setup` first")))
 }
 
 fn kill_group(child: &mut Child) {
-    let group = format!("-{}", child.id());
-    // SIGTERM the whole group (npx → node → workerd), then make sure.
-    let _ = Command::new("kill").args(["-s", "TERM", "--", &group]).stderr(Stdio::null()).status();
-    for _ in 0..50 {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).stderr(Stdio::null()).status();
-    let _ = child.wait();
+    devserver::kill_group(child);
 }

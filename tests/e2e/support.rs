@@ -2,14 +2,13 @@
 #![allow(dead_code)] // helpers used by some DO suites only
 //! the project's own signer, and small HTTP / WebSocket clients that time out every receive.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edge_realtime_core::auth::{mint, Claims};
+use edge_realtime_devserver as devserver;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -75,25 +74,18 @@ pub fn server() -> &'static Server {
     SERVER.get_or_init(Server::start)
 }
 
+
+
+fn read_secret() -> String {
+    devserver::read_secret("E2E_AUTH_SECRET").expect("AUTH_SECRET (run `make setup`)")
+}
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18787)
+    devserver::free_port().unwrap_or(18787)
 }
 
 fn project_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read_secret() -> String {
-    if let Ok(s) = std::env::var("E2E_AUTH_SECRET") {
-        return s;
-    }
-    let text = std::fs::read_to_string(project_root().join(".dev.vars"))
-        .or_else(|_| std::fs::read_to_string(project_root().join(".dev.vars.example")))
-        .expect("no .dev.vars: run `make setup`");
-    text.lines()
-        .find_map(|l| l.strip_prefix("AUTH_SECRET="))
-        .map(|s| s.trim().trim_matches('"').to_owned())
-        .expect("AUTH_SECRET missing from .dev.vars")
+    devserver::project_root()
 }
 
 impl Server {
@@ -189,40 +181,10 @@ impl Server {
 }
 
 fn spawn_wrangler(port: u16, persist: &std::path::Path, log: &Arc<Mutex<Vec<String>>>) -> Child {
-    use std::os::unix::process::CommandExt;
-    let inspector = free_port();
-    let mut child = Command::new("npx")
-        .args(["wrangler", "dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--inspector-port", &inspector.to_string(), "--persist-to"])
-        .arg(persist)
-        .args(["--var", "DEBUG_WAKE:1", "--show-interactive-dev-session=false"])
-        .args(e2e_vars())
-        .current_dir(project_root())
-        .env("WRANGLER_SEND_METRICS", "false")
-        .env("CI", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("failed to start `npx wrangler dev` (run `make setup` first)");
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)]
-        .into_iter()
-        .flatten()
-    {
-        let log = Arc::clone(log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if std::env::var_os("E2E_VERBOSE").is_some() {
-                    eprintln!("[wrangler] {line}");
-                }
-                if let Ok(mut l) = log.lock() {
-                    l.push(line);
-                }
-            }
-        });
-    }
-    child
+    let mut args: Vec<String> = vec!["--var".into(), "DEBUG_WAKE:1".into()];
+    args.extend(e2e_vars());
+    let opts = devserver::Options { port, persist, args, verbose_env: "E2E_VERBOSE", label: "wrangler", keep: |_| true };
+    devserver::spawn(&opts, log).expect("failed to start `npx wrangler dev` (run `make setup` first)")
 }
 
 /// WebSocket upgrades per user per minute in the e2e run. Raised from the default 30 so suites
@@ -254,17 +216,7 @@ fn e2e_vars() -> Vec<String> {
 }
 
 fn kill_group(child: &mut Child) {
-    let pid = child.id() as i32;
-    // SIGTERM the whole group (npx → node → workerd), then make sure.
-    let _ = Command::new("kill").args(["-s", "TERM", "--", &format!("-{pid}")]).status();
-    for _ in 0..50 {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pid}")]).status();
-    let _ = child.wait();
+    devserver::kill_group(child);
 }
 
 pub fn now_secs() -> i64 {
