@@ -229,13 +229,8 @@ async fn bad_input() -> TestResult {
     ];
     for (what, frame, code) in closes {
         let (mut bad, _) = connect(&c, "mallory", "").await?;
-        match frame {
-            Some(text) => bad.send_text(&text).await?,
-            None => bad.send_binary(vec![1, 2, 3]).await?,
-        }
-        let closed = bad.expect_close().await?;
+        let closed = bad.send_bad_frame(frame.as_deref()).await?;
         ensure_eq!((what, closed.code), (what, code));
-        ensure!(closed.reason.len() <= 123, "reason too long");
     }
     let (mut a, _) = connect(&c, "alice", "").await?;
     for (frame, code) in [

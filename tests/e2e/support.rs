@@ -403,6 +403,20 @@ impl Ws {
         }
     }
 
+    /// Send a frame the server must reject (`None`: a binary frame) and return how it closed,
+    /// checking the close reason fits the protocol's 123 bytes.
+    pub async fn send_bad_frame(&mut self, frame: Option<&str>) -> Result<Closed, Box<dyn std::error::Error + Send + Sync>> {
+        match frame {
+            Some(text) => self.send_text(text).await?,
+            None => self.send_binary(vec![1, 2, 3]).await?,
+        }
+        let closed = self.expect_close().await?;
+        if closed.reason.len() > 123 {
+            return Err(fail(format!("close reason longer than 123 bytes: {}", closed.reason.len())));
+        }
+        Ok(closed)
+    }
+
     /// Wait for the server's Close frame (skipping data frames) and return its code and reason.
     pub async fn expect_close(&mut self) -> Result<Closed, Box<dyn std::error::Error + Send + Sync>> {
         let deadline = tokio::time::Instant::now() + RECV;
