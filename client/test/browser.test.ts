@@ -23,7 +23,7 @@ let base = "";
 let browser: Browser | undefined;
 before(async () => {
   ({ base } = await server());
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run ./scripts/setup.sh (apt-get install chromium)`);
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run ./scripts/setup-browser.sh (apt-get install chromium; never a downloaded browser)`);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,

@@ -213,7 +213,9 @@ export async function startWrangler(): Promise<Server> {
     }
     rmSync(persist, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 600_000;
+  // A cold tree compiles the whole worker first; on a busy 2-core machine that can take many
+  // minutes. The deadline only bounds a run that would never become ready.
+  const deadline = Date.now() + 1_800_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`wrangler dev exited (${child.exitCode}):\n${log.join("").slice(-4000)}`);
     try {
@@ -361,7 +363,8 @@ export class RawSocket {
   }
 
   static open(base: string, path: string, token: string): Promise<RawSocket> {
-    const ws = new WebSocket(base.replace(/^http/, "ws") + path, ["bearer", token]);
+    // A handshake that never completes fails the test (after a generous minute), never hangs it.
+    const ws = new WebSocket(base.replace(/^http/, "ws") + path, ["bearer", token], { handshakeTimeout: 60_000 });
     return new Promise((ok, fail) => {
       const raw = new RawSocket(ws);
       ws.once("open", () => ok(raw));
