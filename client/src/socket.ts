@@ -77,6 +77,15 @@ export interface BackoffOptions {
   factor?: number;
 }
 
+/**
+ * The timer functions the socket schedules retries and heartbeats with. They are called as
+ * plain functions (not as methods), so `{ setTimeout, clearTimeout }` works in a browser too.
+ */
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+}
+
 export interface SocketOptions {
   /** WebSocket URL (`ws://` / `wss://`) with any query parameters except `token` and `since`. */
   url: string | (() => string);
@@ -106,6 +115,11 @@ export interface SocketOptions {
   autoStart?: boolean;
   /** Randomness for the jitter (tests). Default Math.random. */
   random?: () => number;
+  /**
+   * Timers for the retry delay and the heartbeat (tests: count what is pending, or fake time).
+   * Default `globalThis.setTimeout` / `clearTimeout`.
+   */
+  timers?: Timers;
   onStatus?: (status: Status, info: StatusInfo) => void;
   /** Every JSON object frame except `pong` and duplicates of already-seen events. */
   onMessage?: (frame: Record<string, unknown>) => void;
@@ -117,9 +131,9 @@ export interface SocketOptions {
 
 const OPEN = 1;
 
-const timers = globalThis as unknown as {
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(id: unknown): void;
+const globalTimers: Timers = {
+  setTimeout: (fn, ms) => (globalThis as unknown as Timers).setTimeout(fn, ms),
+  clearTimeout: (id) => (globalThis as unknown as Timers).clearTimeout(id),
 };
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -139,9 +153,14 @@ export class ReconnectingSocket {
   /** Bumped on every connect/stop, so stale callbacks (old sockets, old token promises) do nothing. */
   private generation = 0;
   private readonly opts: SocketOptions;
+  private readonly later: Timers["setTimeout"];
+  private readonly cancel: Timers["clearTimeout"];
 
   constructor(options: SocketOptions) {
     this.opts = options;
+    const { setTimeout: set, clearTimeout: clear } = options.timers ?? globalTimers;
+    this.later = (fn, ms) => set(fn, ms);
+    this.cancel = (id) => clear(id);
     this.seq = options.since;
     if (options.autoStart !== false) this.start();
   }
@@ -334,7 +353,7 @@ export class ReconnectingSocket {
     const delay = this.delay(this.attempt);
     this.emit("closed", { ...info, retryInMs: delay });
     const gen = this.generation;
-    this.retryTimer = timers.setTimeout(() => {
+    this.retryTimer = this.later(() => {
       this.retryTimer = null;
       if (gen === this.generation && !this.stopped) void this.connect();
     }, delay);
@@ -354,7 +373,7 @@ export class ReconnectingSocket {
     this.stopped = true;
     this.generation += 1;
     this.clearHeartbeat();
-    if (this.retryTimer !== null) timers.clearTimeout(this.retryTimer);
+    if (this.retryTimer !== null) this.cancel(this.retryTimer);
     this.retryTimer = null;
     const ws = this.ws;
     this.ws = null;
@@ -373,14 +392,14 @@ export class ReconnectingSocket {
     const every = this.opts.heartbeatMs ?? 25_000;
     if (every <= 0) return;
     this.clearHeartbeat();
-    this.pingTimer = timers.setTimeout(() => {
+    this.pingTimer = this.later(() => {
       if (gen !== this.generation || !this.ws) return;
       try {
         this.ws.send(PING_FRAME);
       } catch {
         return;
       }
-      this.pongTimer = timers.setTimeout(() => this.dead(gen), this.opts.heartbeatTimeoutMs ?? 10_000);
+      this.pongTimer = this.later(() => this.dead(gen), this.opts.heartbeatTimeoutMs ?? 10_000);
     }, every);
   }
 
@@ -406,8 +425,8 @@ export class ReconnectingSocket {
   }
 
   private clearHeartbeat(): void {
-    if (this.pingTimer !== null) timers.clearTimeout(this.pingTimer);
-    if (this.pongTimer !== null) timers.clearTimeout(this.pongTimer);
+    if (this.pingTimer !== null) this.cancel(this.pingTimer);
+    if (this.pongTimer !== null) this.cancel(this.pongTimer);
     this.pingTimer = null;
     this.pongTimer = null;
   }

@@ -8,7 +8,7 @@ import {
   ChannelClient, ChatClient, CounterClient, QueueFullError, UserSessionClient,
   type ChatMessage, type CounterEvent, type Status, type StatusInfo,
 } from "../src/index.js";
-import { NodeWebSocket, Proxy, api, mintToken, server, sleep, stopOwnServer, unique, waitFor } from "./support.js";
+import { NodeWebSocket, Proxy, api, mintToken, pingSentinel, server, stopOwnServer, trackedTimers, unique, waitFor, wireTap } from "./support.js";
 
 let base = "";
 let port = 0;
@@ -69,7 +69,8 @@ test("resume: a chat room after a dropped connection — nothing lost, nothing d
   const alice = unique("alice");
   const bob = unique("bob");
   const seen: ChatMessage[] = [];
-  const a = new ChatClient(room, { baseUrl: p.base, token: mintToken(alice), ...fast });
+  const tap = wireTap();
+  const a = new ChatClient(room, { baseUrl: p.base, token: mintToken(alice), ...fast, WebSocket: tap.WebSocket });
   a.on("message", (f) => seen.push(f.message));
   await waitFor(() => seen.some((m) => m.content.endsWith("joined")), "alice's join");
   const b = new ChatClient(room, { baseUrl: base, token: mintToken(bob), ...fast });
@@ -85,7 +86,7 @@ test("resume: a chat room after a dropped connection — nothing lost, nothing d
   await waitFor(() => bSeen.includes("m8"), "bob's m8 echo");
   p.refusing = false;
   await waitFor(() => seen.some((m) => m.content === "m8"), "m8 after resuming");
-  await sleep(300);
+  await pingSentinel(a.socket, tap); // anything sent before the pong (a duplicate) is in `seen` now
   a.close();
   b.close();
 
@@ -103,7 +104,8 @@ test("resume: a counter after a dropped connection — every event once, value e
   const user = unique("cy");
   const token = mintToken(user);
   const events: CounterEvent[] = [];
-  const c = new CounterClient(name, { baseUrl: p.base, token, ...fast });
+  const tap = wireTap();
+  const c = new CounterClient(name, { baseUrl: p.base, token, ...fast, WebSocket: tap.WebSocket });
   for (const t of ["increment", "decrement", "setValue", "reset"] as const) c.on(t, (e) => events.push(e));
   await waitFor(() => c.value === 0, "snapshot");
   for (let i = 0; i < 3; i++) await api(base, token, "POST", `/api/counter/${name}/increment`, { amount: 1 });
@@ -114,7 +116,7 @@ test("resume: a counter after a dropped connection — every event once, value e
   for (let i = 0; i < 5; i++) await api(base, token, "POST", `/api/counter/${name}/increment`, { amount: 2 });
   p.refusing = false;
   await waitFor(() => events.length >= 8, "the five missed events");
-  await sleep(300);
+  await pingSentinel(c.socket, tap);
   c.close();
   assert.deepEqual(events.map((e) => e.seq), [1, 2, 3, 4, 5, 6, 7, 8]);
   assert.equal(c.value, 13);
@@ -129,7 +131,8 @@ test("resume: a channel from since=0, across a dropped connection, in sequence o
   const token = mintToken(user);
   await api(base, token, "POST", `/api/channel/${id}/message`, { content: "before" });
   const seqs: number[] = [];
-  const ch = new ChannelClient(id, { baseUrl: p.base, token, since: 0, ...fast });
+  const tap = wireTap();
+  const ch = new ChannelClient(id, { baseUrl: p.base, token, since: 0, ...fast, WebSocket: tap.WebSocket });
   ch.on("message", (m) => seqs.push(m.sequence));
   await waitFor(() => seqs.length === 1, "replay of the first message");
   ch.send("live-1");
@@ -142,7 +145,7 @@ test("resume: a channel from since=0, across a dropped connection, in sequence o
   await api(base, token, "POST", `/api/channel/${id}/message`, { content: "away-0", id: "away-0" });
   p.refusing = false;
   await waitFor(() => seqs.length >= 6, "the missed messages");
-  await sleep(300);
+  await pingSentinel(ch.socket, tap);
   ch.close();
   assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6]);
 });
@@ -169,22 +172,27 @@ test("logout_all: every socket of the user stops on 4001 and never reconnects", 
   };
   const recS = recorder();
   const recC = recorder();
-  const s = new UserSessionClient(user, "phone", { baseUrl: base, token, ...fast, onStatus: recS.onStatus });
-  const c = new CounterClient(unique("gus-counter"), { baseUrl: base, token, ...fast, onStatus: recC.onStatus });
+  const timersS = trackedTimers();
+  const timersC = trackedTimers();
+  const s = new UserSessionClient(user, "phone", { baseUrl: base, token, ...fast, onStatus: recS.onStatus, timers: timersS.timers });
+  const c = new CounterClient(unique("gus-counter"), { baseUrl: base, token, ...fast, onStatus: recC.onStatus, timers: timersC.timers });
   let loggedOut = 0;
   s.on("logged_out", () => (loggedOut += 1));
   c.on("logged_out", () => (loggedOut += 1));
   await waitFor(() => s.state !== undefined && c.value !== undefined, "both connected");
   s.logoutAll();
-  await waitFor(() => s.socket.status === "stopped" && c.socket.status === "stopped", `both stopped: ${JSON.stringify([recS.statuses, recC.statuses])}`).catch((e) => { throw new Error(`${e} ${JSON.stringify([recS.statuses, recC.statuses])}`); });
-  const calls = tokenCalls;
-  await sleep(1500);
-  assert.equal(tokenCalls, calls, "no reconnect attempt");
-  assert.equal(loggedOut, 2);
-  for (const rec of [recS, recC]) {
+  await waitFor(() => s.socket.status === "stopped" && c.socket.status === "stopped", "both stopped")
+    .catch((e) => { throw new Error(`${e} ${JSON.stringify([recS.statuses, recC.statuses])}`); });
+  // No reconnect, proven without waiting for one: each socket connected once, never entered
+  // a retry ("closed"), and has no timer left that could start one.
+  assert.equal(tokenCalls, 2, "one connect per socket");
+  for (const [rec, t] of [[recS, timersS], [recC, timersC]] as const) {
+    assert.deepEqual(rec.statuses.map(([st]) => st), ["connecting", "open", "stopped"]);
     const last = rec.statuses.at(-1);
     assert.deepEqual([last?.[0], last?.[1].code, last?.[1].stoppedBy], ["stopped", 4001, "terminal_code"]);
+    assert.equal(t.pending, 0, "no retry or heartbeat timer pending");
   }
+  assert.equal(loggedOut, 2);
   assert.throws(() => c.increment(), { name: "SocketStoppedError" });
 });
 

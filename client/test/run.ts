@@ -1,5 +1,6 @@
 // `npm test` runner: start one `wrangler dev` for every test file, run them with node's test
 // runner (one file at a time: they share the server and the machine is small), stop wrangler.
+// A test that hangs fails after 5 minutes (every wait inside has its own, shorter deadline).
 
 import { spawn } from "node:child_process";
 import { readdirSync } from "node:fs";
@@ -22,7 +23,7 @@ console.log(`wrangler dev ready at ${server.base} in ${((Date.now() - started) /
 let code = 1;
 try {
   code = await new Promise<number>((ok) => {
-    const child = spawn(process.execPath, ["--test", "--test-concurrency=1", ...files], {
+    const child = spawn(process.execPath, ["--test", "--test-concurrency=1", "--test-timeout=300000", ...files], {
       stdio: "inherit",
       env: { ...process.env, EDGE_BASE_URL: server.base },
     });

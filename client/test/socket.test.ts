@@ -6,17 +6,34 @@ import { after, test } from "node:test";
 import { WebSocketServer, type WebSocket as ServerSocket } from "ws";
 
 import { PING_FRAME, ReconnectingSocket, type Status, type StatusInfo } from "../src/index.js";
-import { NodeWebSocket, freePort, sleep, waitFor } from "./support.js";
+import net from "node:net";
 
+import { NodeWebSocket, trackedTimers, waitFor } from "./support.js";
+
+/** A `ws` server on an OS-assigned port (listening before this returns), closed after the test. */
 async function localServer(onConnection: (ws: ServerSocket, url: string, protocol: string | undefined) => void) {
-  const port = await freePort();
-  const wss = new WebSocketServer({ port, host: "127.0.0.1", handleProtocols: (p) => (p.has("bearer") ? "bearer" : false) });
+  const wss = new WebSocketServer({ port: 0, host: "127.0.0.1", handleProtocols: (p) => (p.has("bearer") ? "bearer" : false) });
+  await new Promise<void>((ok) => wss.once("listening", () => ok()));
   wss.on("connection", (ws, req) => onConnection(ws, req.url ?? "", req.headers["sec-websocket-protocol"]));
   after(() => {
     for (const c of wss.clients) c.terminate();
     wss.close();
   });
+  const addr = wss.address();
+  const port = typeof addr === "object" && addr ? addr.port : 0;
   return { url: `ws://127.0.0.1:${port}/x`, wss };
+}
+
+/**
+ * A TCP server that drops every connection at once: each connect attempt fails (1006) for
+ * sure, unlike a "free" port another process on the machine may start listening on.
+ */
+async function droppingServer(): Promise<string> {
+  const srv = net.createServer((c) => c.destroy());
+  await new Promise<void>((ok) => srv.listen(0, "127.0.0.1", () => ok()));
+  after(() => srv.close());
+  const addr = srv.address();
+  return `ws://127.0.0.1:${typeof addr === "object" && addr ? addr.port : 0}/`;
 }
 
 function recorder() {
@@ -57,35 +74,54 @@ test("a silent (half-open) connection is dropped after the heartbeat timeout and
 });
 
 test("the token provider is called on every connect; subprotocol or query transport", async () => {
-  const seen: { url: string; protocol: string | undefined }[] = [];
-  const { url } = await localServer((ws, u, p) => {
-    seen.push({ url: u, protocol: p });
+  // Each part has its own server: a reconnect of the first socket still in flight when it is
+  // closed can only ever land on the first server's list.
+  const seenA: { url: string; protocol: string | undefined }[] = [];
+  const { url: urlA } = await localServer((ws, u, p) => {
+    seenA.push({ url: u, protocol: p });
     ws.send('{"type":"hello"}');
-    setTimeout(() => ws.close(1012, "restart"), 10);
+    ws.close(1012, "restart");
   });
   let n = 0;
-  const a = new ReconnectingSocket({ url, WebSocket: NodeWebSocket, token: () => `t${++n}`, backoff: { initialMs: 5, maxMs: 5 } });
-  await waitFor(() => seen.length >= 3, "three connects");
+  const a = new ReconnectingSocket({ url: urlA, WebSocket: NodeWebSocket, token: () => `t${++n}`, backoff: { initialMs: 5, maxMs: 5 } });
+  await waitFor(() => seenA.length >= 3, "three connects");
   a.close();
-  assert.deepEqual(seen.slice(0, 3).map((s) => s.protocol?.split(",").map((p) => p.trim())), [["bearer", "t1"], ["bearer", "t2"], ["bearer", "t3"]]);
-  seen.length = 0;
-  const b = new ReconnectingSocket({ url, WebSocket: NodeWebSocket, token: async () => "a b", tokenTransport: "query" });
-  await waitFor(() => seen.length >= 1, "a connect");
+  // Connects are strictly sequential (the next starts after the previous closed), so the first
+  // three are the first three tokens, in order.
+  assert.deepEqual(seenA.slice(0, 3).map((s) => s.protocol?.split(",").map((p) => p.trim())), [["bearer", "t1"], ["bearer", "t2"], ["bearer", "t3"]]);
+  assert.ok(seenA.slice(0, 3).every((s) => s.url === "/x"), "no token in the URL with the subprotocol transport");
+
+  const seenB: { url: string; protocol: string | undefined }[] = [];
+  const { url: urlB } = await localServer((ws, u, p) => {
+    seenB.push({ url: u, protocol: p });
+    ws.send('{"type":"hello"}');
+  });
+  const b = new ReconnectingSocket({ url: urlB, WebSocket: NodeWebSocket, token: async () => "a b", tokenTransport: "query" });
+  await waitFor(() => seenB.length >= 1 && b.status === "open", "a connect");
   b.close();
-  assert.equal(seen[0]?.url, "/x?token=a%20b");
-  assert.equal(seen[0]?.protocol, undefined);
+  assert.equal(seenB.length, 1);
+  assert.equal(seenB[0]?.url, "/x?token=a%20b");
+  assert.equal(seenB[0]?.protocol, undefined);
 });
 
 test("backoff: full jitter within min(max, initial·2^(n−1)), capped", async () => {
-  const port = await freePort(); // nothing listens: every attempt fails
-  const rec = recorder();
-  const s = new ReconnectingSocket({
-    url: `ws://127.0.0.1:${port}/`, WebSocket: NodeWebSocket, random: () => 0.999, backoff: { initialMs: 4, maxMs: 20 }, onStatus: rec.onStatus,
-  });
-  await waitFor(() => rec.statuses.filter(([st]) => st === "closed").length >= 5, "five failures");
-  s.close();
-  const delays = rec.statuses.filter(([st]) => st === "closed").map(([, i]) => i.retryInMs);
-  assert.deepEqual(delays.slice(0, 5), [3, 7, 15, 19, 19]);
+  // Computed values only: the jitter source is injected and every delay is read back from what
+  // was reported and what was scheduled, never measured on the wall clock.
+  const url = await droppingServer(); // every attempt fails
+  for (const [r, want] of [[0.999, [3, 7, 15, 19, 19]], [0.5, [2, 4, 8, 10, 10]], [0, [0, 0, 0, 0, 0]]] as const) {
+    const rec = recorder();
+    const t = trackedTimers();
+    const s = new ReconnectingSocket({
+      url, WebSocket: NodeWebSocket, random: () => r, backoff: { initialMs: 4, maxMs: 20 }, onStatus: rec.onStatus, timers: t.timers, heartbeatMs: 0,
+    });
+    await waitFor(() => rec.statuses.filter(([st]) => st === "closed").length >= 5, "five failures");
+    s.close();
+    const closed = rec.statuses.filter(([st]) => st === "closed").slice(0, 5);
+    assert.deepEqual(closed.map(([, i]) => i.retryInMs), want, `random ${r}`);
+    assert.deepEqual(closed.map(([, i]) => i.attempt), [1, 2, 3, 4, 5], "consecutive failures count up");
+    assert.deepEqual(t.delays.slice(0, 5), want, `random ${r}: the retry timers use the reported delays`);
+    assert.equal(t.pending, 0, "close() cancels the pending retry");
+  }
 });
 
 test("terminal codes (4001, 4003, 1008, 1007) stop; 1000, 1009 and 1011 reconnect", async () => {
@@ -94,13 +130,17 @@ test("terminal codes (4001, 4003, 1008, 1007) stop; 1000, 1009 and 1011 reconnec
     const { url, wss } = await localServer((ws) => {
       connections += 1;
       ws.send('{"type":"hello"}');
-      setTimeout(() => ws.close(code, "bye"), 5);
+      ws.close(code, "bye"); // after the hello: one connection is ordered
     });
     const rec = recorder();
-    const s = new ReconnectingSocket({ url, WebSocket: NodeWebSocket, backoff: { initialMs: 5, maxMs: 5 }, onStatus: rec.onStatus });
+    const t = trackedTimers();
+    const s = new ReconnectingSocket({ url, WebSocket: NodeWebSocket, backoff: { initialMs: 5, maxMs: 5 }, onStatus: rec.onStatus, timers: t.timers });
     if (terminal) {
       await waitFor(() => s.status === "stopped", `stop on ${code}`);
-      await sleep(100);
+      // No reconnect, proven without waiting for one: a reconnect needs a retry ("closed",
+      // then a timer) or a new "connecting"; there is neither, and no timer is pending at all.
+      assert.deepEqual(rec.statuses.map(([st]) => st), ["connecting", "open", "stopped"], `statuses after ${code}`);
+      assert.equal(t.pending, 0, `nothing scheduled after ${code}`);
       assert.equal(connections, 1, `no reconnect after ${code}`);
       const last = rec.statuses.at(-1);
       assert.deepEqual([last?.[0], last?.[1].code, last?.[1].stoppedBy], ["stopped", code, "terminal_code"]);
@@ -110,6 +150,7 @@ test("terminal codes (4001, 4003, 1008, 1007) stop; 1000, 1009 and 1011 reconnec
       assert.equal(rec.statuses.find(([st]) => st === "closed")?.[1].code, code);
     }
     s.close();
+    assert.equal(t.pending, 0, "close() leaves nothing scheduled");
     for (const c of wss.clients) c.terminate();
     wss.close();
   }

@@ -10,7 +10,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
 
-import type { WebSocketConstructor } from "../src/index.js";
+import { PING_FRAME, type ReconnectingSocket, type Timers, type WebSocketConstructor } from "../src/index.js";
 
 /** The `ws` package as the client's WebSocket (Node 20 has no global WebSocket by default). */
 export const NodeWebSocket = WebSocket as unknown as WebSocketConstructor;
@@ -64,13 +64,107 @@ export function freePort(): Promise<number> {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Poll `cond` until it holds (or throw after `ms`). */
-export async function waitFor(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
+/**
+ * Poll `cond` until it holds (or throw after `ms`). The default deadline is generous on
+ * purpose: it only makes a slow (loaded) run slower, never a fast one.
+ */
+export async function waitFor(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await sleep(20);
   }
+}
+
+/**
+ * Real timers for a socket's `timers` option that also track what is scheduled: `pending` is
+ * the number of timers neither fired nor cleared, `delays` every delay asked for, in order.
+ * A stopped socket must have nothing pending (no retry, no heartbeat): that proves "it will not
+ * reconnect" without waiting for a retry that should never come.
+ */
+export function trackedTimers(): { timers: Timers; delays: number[]; readonly pending: number } {
+  const live = new Set<unknown>();
+  const delays: number[] = [];
+  const timers: Timers = {
+    setTimeout: (fn, ms) => {
+      delays.push(ms);
+      const id: unknown = setTimeout(() => {
+        live.delete(id);
+        fn();
+      }, ms);
+      live.add(id);
+      return id;
+    },
+    clearTimeout: (id) => {
+      live.delete(id);
+      clearTimeout(id as ReturnType<typeof setTimeout>);
+    },
+  };
+  return {
+    timers,
+    delays,
+    get pending() {
+      return live.size;
+    },
+  };
+}
+
+/** What one tapped connection carried: pings the client sent, pongs it received. */
+export interface TappedConnection {
+  pings: number;
+  pongs: number;
+  readonly ws: WebSocket;
+}
+
+/**
+ * A `ws` constructor for a client's `WebSocket` option that counts, per connection, the
+ * `{"type":"ping"}` frames sent and the `pong`s received (the socket swallows pongs, so the
+ * app never sees them). `connections` lists every connection in order; the last is current.
+ */
+export function wireTap(): { WebSocket: WebSocketConstructor; connections: TappedConnection[] } {
+  const connections: TappedConnection[] = [];
+  class Tapped extends WebSocket {
+    private readonly tap: TappedConnection;
+    constructor(url: string, protocols?: string | string[]) {
+      super(url, protocols);
+      const tap: TappedConnection = { pings: 0, pongs: 0, ws: this };
+      this.tap = tap;
+      connections.push(tap);
+      this.on("message", (data, isBinary) => {
+        if (isBinary) return;
+        try {
+          if ((JSON.parse(data.toString()) as { type?: unknown }).type === "pong") tap.pongs += 1;
+        } catch {
+          // not JSON: not a pong
+        }
+      });
+    }
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    override send(data: any, ...rest: any[]): void {
+      if (data === PING_FRAME) this.tap.pings += 1;
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      (super.send as (...a: any[]) => void)(data, ...rest);
+    }
+  }
+  return { WebSocket: Tapped as unknown as WebSocketConstructor, connections };
+}
+
+/**
+ * The sentinel that proves "nothing else arrived": send `{"type":"ping"}` on the socket's
+ * current (open) connection and wait for its pong. Every frame the server sent before it
+ * answered has then been delivered to the app (one connection is ordered), so a duplicate or a
+ * stray frame would already be in what the test recorded. Pongs answer pings in order, so
+ * heartbeat pings in between are counted too.
+ */
+export async function pingSentinel(socket: ReconnectingSocket, tap: { connections: TappedConnection[] }): Promise<void> {
+  const conn = tap.connections.at(-1);
+  if (!conn || socket.status !== "open" || conn.ws.readyState !== WebSocket.OPEN) {
+    throw new Error(`sentinel needs an open connection (status ${socket.status})`);
+  }
+  if (!socket.send(PING_FRAME)) throw new Error("sentinel ping was queued, not sent");
+  const want = conn.pings;
+  await waitFor(() => conn.pongs >= want, "the pong answering the sentinel ping");
+  if (tap.connections.at(-1) !== conn) throw new Error("the connection changed during the sentinel");
 }
 
 export interface Server {
@@ -119,11 +213,13 @@ export async function startWrangler(): Promise<Server> {
     }
     rmSync(persist, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 600_000;
+  // A cold tree compiles the whole worker first; on a busy 2-core machine that can take many
+  // minutes. The deadline only bounds a run that would never become ready.
+  const deadline = Date.now() + 1_800_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`wrangler dev exited (${child.exitCode}):\n${log.join("").slice(-4000)}`);
     try {
-      const res = await fetch(`${base}/health`);
+      const res = await fetch(`${base}/health`, { signal: AbortSignal.timeout(10_000) });
       if (res.ok) break;
     } catch {
       // not up yet
@@ -267,7 +363,8 @@ export class RawSocket {
   }
 
   static open(base: string, path: string, token: string): Promise<RawSocket> {
-    const ws = new WebSocket(base.replace(/^http/, "ws") + path, ["bearer", token]);
+    // A handshake that never completes fails the test (after a generous minute), never hangs it.
+    const ws = new WebSocket(base.replace(/^http/, "ws") + path, ["bearer", token], { handshakeTimeout: 60_000 });
     return new Promise((ok, fail) => {
       const raw = new RawSocket(ws);
       ws.once("open", () => ok(raw));
