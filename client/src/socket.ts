@@ -388,24 +388,34 @@ export class ReconnectingSocket {
     if (!wasStopped || this.state !== "stopped") this.emit("stopped", info);
   }
 
+  /**
+   * Ping every `heartbeatMs` while open, whatever else arrives: the server counts only pings as
+   * proof of life (its heartbeat sweep closes sockets that have not pinged for
+   * `HEARTBEAT_TIMEOUT_MS`, default 90 s), so a socket that only receives must still ping.
+   */
   private armHeartbeat(gen: number): void {
     const every = this.opts.heartbeatMs ?? 25_000;
     if (every <= 0) return;
     this.clearHeartbeat();
-    this.pingTimer = this.later(() => {
+    const tick = () => {
       if (gen !== this.generation || !this.ws) return;
       try {
         this.ws.send(PING_FRAME);
       } catch {
         return;
       }
-      this.pongTimer = this.later(() => this.dead(gen), this.opts.heartbeatTimeoutMs ?? 10_000);
-    }, every);
+      if (this.pongTimer === null) {
+        this.pongTimer = this.later(() => this.dead(gen), this.opts.heartbeatTimeoutMs ?? 10_000);
+      }
+      this.pingTimer = this.later(tick, every);
+    };
+    this.pingTimer = this.later(tick, every);
   }
 
-  /** Any frame proves the connection alive: cancel the pending timeout, schedule the next ping. */
-  private alive(gen: number): void {
-    this.armHeartbeat(gen);
+  /** Any frame proves the connection alive: cancel the pending "no answer" timeout. */
+  private alive(_gen: number): void {
+    if (this.pongTimer !== null) this.cancel(this.pongTimer);
+    this.pongTimer = null;
   }
 
   /** No answer to a ping: a half-open connection. Drop it without waiting for a close handshake. */

@@ -58,6 +58,26 @@ test("heartbeat sends exactly {\"type\":\"ping\"}, and pong is not passed to the
   assert.deepEqual(frames, []);
 });
 
+test("a socket that keeps receiving frames still pings every heartbeatMs (the server counts only pings)", async () => {
+  let pings = 0;
+  const { url } = await localServer((ws) => {
+    // A frame every 5 ms: far more often than the heartbeat interval.
+    const flood = setInterval(() => ws.readyState === ws.OPEN && ws.send('{"type":"tick"}'), 5);
+    ws.on("close", () => clearInterval(flood));
+    ws.on("message", (d) => {
+      if (d.toString() === PING_FRAME) {
+        pings += 1;
+        ws.send('{"type":"pong"}');
+      }
+    });
+  });
+  let ticks = 0;
+  const s = new ReconnectingSocket({ url, WebSocket: NodeWebSocket, heartbeatMs: 200, onMessage: () => (ticks += 1) });
+  await waitFor(() => pings >= 3, "three pings while frames keep arriving");
+  s.close();
+  assert.ok(ticks > 3, `frames kept arriving (${ticks})`);
+});
+
 test("a silent (half-open) connection is dropped after the heartbeat timeout and reconnected", async () => {
   let connections = 0;
   const { url } = await localServer(() => {
