@@ -72,7 +72,8 @@ export class GameClient extends TypedClient<GameFrame> {
     if (!s) return;
     if (f.type === "player_joined" || f.type === "player_left") {
       this.state = { ...s, players: f.players, status: f.status, turn: f.turn };
-    } else if (f.type === "moved") {
+    } else if (f.type === "moved" && f.seq > s.seq) {
+      // A replayed move (`?since=`) is already part of the `game_state` before it.
       const players = s.players.map((p) => (p.userId === f.userId ? { ...p, score: p.score + 1 } : p));
       this.state = { ...s, players, turn: f.turn, moves: f.seq, seq: f.seq };
     }
