@@ -10,7 +10,8 @@
 //! - [`entry`]: the entry Worker — route → `Upgrade` check → auth → forward to a DO.
 //! - [`kit`]: the shared hibernation kit every DO uses (accept with tags + attachment,
 //!   auto-response, broadcast, reciprocated close, frame rejection, alarm, SQL, HTTP errors).
-//! - [`objects`]: one file per Durable Object class, each an adapter over its core.
+//! - [`objects`]: one file per Durable Object class, each an adapter over its core;
+//!   `objects::game` is written on the kit's base trait (`kit::object`, docs/custom-object.md).
 //! - `tests/e2e.rs`: the end-to-end suite against the real runtime (`wrangler dev`).
 
 pub mod entry;
@@ -22,6 +23,7 @@ use worker::{event, Context, Env, Request, Response};
 pub use objects::channel::Channel;
 pub use objects::chat::ChatRoom;
 pub use objects::counter::Counter;
+pub use objects::game::GameServer;
 pub use objects::rate_limiter::RateLimiter;
 pub use objects::user_session::UserSession;
 pub use objects::waddle::Waddle;

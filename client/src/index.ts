@@ -5,7 +5,7 @@
 // - socket.ts            ReconnectingSocket: backoff, terminal codes, queue, heartbeat, resume
 // - guards.ts            the schema language: one declaration → TS type + runtime guard
 // - protocols/common.ts  TypedClient base, shared frames, HTTP helper
-// - protocols/*.ts       one file per protocol: frame table, decoder, typed client
+// - protocols/*.ts       one file per protocol: frame table, decoder, typed client (game.ts: GameClient)
 
 export * from "./socket.js";
 export * from "./guards.js";
@@ -15,3 +15,4 @@ export * from "./protocols/chat.js";
 export * from "./protocols/channel.js";
 export * from "./protocols/waddle.js";
 export * from "./protocols/session.js";
+export * from "./protocols/game.js";

@@ -4,6 +4,7 @@
 //! Each DO file then reads as its own protocol.
 
 pub mod http;
+pub mod object;
 pub mod runtime;
 pub mod sql;
 

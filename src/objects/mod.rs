@@ -3,6 +3,7 @@
 pub mod channel;
 pub mod chat;
 pub mod counter;
+pub mod game;
 pub mod rate_limiter;
 pub mod user_session;
 pub mod waddle;

@@ -22,6 +22,8 @@ use crate::kit::{self, http, sql, Identity};
 
 /// Internal op the entry Worker calls before forwarding any WebSocket connect.
 pub const CHECK_OP: &str = "check";
+/// Internal op a GameServer calls when the user joins or leaves a game.
+pub const GAMES_OP: &str = "games";
 /// How many (class, object) pairs the registry keeps: the newest by last connect.
 const MAX_REGISTRY: i64 = 200;
 
@@ -243,6 +245,26 @@ impl UserSession {
         ok_json(&serde_json::json!({"delivered": devices.len()}))
     }
 
+    /// Internal `games?gameId=&action=join|leave` from a GameServer, after it stored the
+    /// change: the `join_game` / `leave_game` rules, told to every device of the user.
+    fn games(&self, req: &Request) -> Result<Response, ApiError> {
+        let game_id = http::query_param(req, "gameId").unwrap_or_default();
+        let joined = match http::query_param(req, "action").as_deref() {
+            Some("join") => true,
+            Some("leave") => false,
+            _ => return Err(ApiError::bad_request("invalid_action", "action must be join or leave")),
+        };
+        let outcome = session::on_game(&self.ensure(req)?, &game_id, joined, kit::now())
+            .map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?;
+        if let Some(next) = &outcome.state {
+            self.persist(next)?;
+        }
+        for delivery in outcome.sends.iter().filter(|d| d.to == To::All) {
+            kit::broadcast(&self.state, &delivery.frame, None, None);
+        }
+        ok_json(&serde_json::json!({"ok": true}))
+    }
+
     async fn route(&self, req: Request) -> Result<Response, ApiError> {
         let op = req.path();
         match op.trim_start_matches('/') {
@@ -254,6 +276,7 @@ impl UserSession {
             }
             "clear" => self.clear(&req),
             "notify" => self.notify(req).await,
+            GAMES_OP => self.games(&req),
             "revoke" => {
                 let closed = crate::objects::revoke_sockets(&self.state, &req)?;
                 ok_json(&serde_json::json!({"closed": closed}))

@@ -8,6 +8,7 @@ mod support;
 mod chat;
 mod counter;
 mod foundation;
+mod game;
 mod session;
 mod channel;
 mod waddle;
@@ -64,6 +65,7 @@ fn main() {
     trials.extend(waddle::tests());
     trials.extend(channel::tests());
     trials.extend(ratelimit::tests());
+    trials.extend(game::tests());
 
     let listing = args.list;
     if !listing {

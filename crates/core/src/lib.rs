@@ -20,13 +20,17 @@
 //! - [`session`]: the UserSession protocol: games, presence, logout-all (SPEC §6.1, §3).
 //! - [`waddle`]: the Waddle protocol: community presence and typing relay (SPEC §6.4).
 //! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (SPEC §6.5).
+//! - [`effects`]: what a kit object's hooks decide, as data (store, send, close, timers, calls), and typed ops.
+//! - [`game`]: the GameServer protocol: a turn-based room of up to 4 players (docs/game.md).
 
 pub mod auth;
 pub mod channel;
 pub mod chat;
 pub mod counter;
+pub mod effects;
 pub mod error;
 pub mod frame;
+pub mod game;
 pub mod names;
 pub mod query;
 pub mod ratelimit;

@@ -4,7 +4,9 @@
 //! (404 unknown path, 405 wrong method, 400 bad name). Auth and the `Upgrade` check run after
 //! it in the Worker, still before any Durable Object is touched.
 
+use crate::effects::Op;
 use crate::error::ApiError;
+use crate::game::GameOp;
 use crate::names::is_valid_name;
 
 /// The Durable Object classes, with their binding names in wrangler.toml.
@@ -16,6 +18,7 @@ pub enum DoClass {
     Waddle,
     Channel,
     RateLimiter,
+    Game,
 }
 
 impl DoClass {
@@ -27,6 +30,7 @@ impl DoClass {
             DoClass::Waddle => "WADDLE",
             DoClass::Channel => "CHANNEL",
             DoClass::RateLimiter => "RATE_LIMITER",
+            DoClass::Game => "GAME_SERVER",
         }
     }
     /// Short stable name, used when one object registers in another (e.g. logout fan-out).
@@ -38,10 +42,11 @@ impl DoClass {
             DoClass::Waddle => "waddle",
             DoClass::Channel => "channel",
             DoClass::RateLimiter => "rate_limiter",
+            DoClass::Game => "game",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::UserSession, Self::Counter, Self::ChatRoom, Self::Waddle, Self::Channel, Self::RateLimiter]
+        [Self::UserSession, Self::Counter, Self::ChatRoom, Self::Waddle, Self::Channel, Self::RateLimiter, Self::Game]
             .into_iter()
             .find(|c| c.as_str() == s)
     }
@@ -97,6 +102,11 @@ fn object(class: DoClass, name: String, op: &'static str, websocket: bool, acces
     Endpoint::Object { class, name, op, websocket, access }
 }
 
+/// An endpoint named by an object's typed op (kit objects, `crate::effects::ops!`).
+fn endpoint(class: DoClass, name: String, op: impl Op, access: Access) -> Endpoint {
+    object(class, name, op.path(), op.is_websocket(), access)
+}
+
 /// Builds the endpoint once the method matched (name validation may still fail).
 type Build<'a> = Box<dyn FnOnce() -> Result<Endpoint, ApiError> + 'a>;
 
@@ -144,6 +154,8 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         ["ws", "channel", id] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "ws", true, Access::User)))),
         ["api", "channel", id, "message"] => ("POST", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "message", false, Access::User)))),
         ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "messages", false, Access::User)))),
+        ["api", "game", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::Socket, Access::User)))),
+        ["api", "game", id, "state"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::State, Access::User)))),
         ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: "check/fixed-window" }))),
         ["api", "ratelimit", "check", algo @ ("sliding-window" | "token-bucket" | "leaky-bucket" | "gcra")] => {
             let op: &'static str = match *algo {
@@ -246,6 +258,14 @@ mod tests {
     }
 
     #[test]
+    fn game_routes_name_the_typed_ops() {
+        assert_eq!(r("GET", "/api/game/g1"), Ok(object(DoClass::Game, "g1".into(), "ws", true, Access::User)));
+        assert_eq!(r("GET", "/api/game/g1/state"), Ok(object(DoClass::Game, "g1".into(), "state", false, Access::User)));
+        assert_eq!(status(r("GET", "/api/game/bad%20id")), 400);
+        assert_eq!(status(r("POST", "/api/game/g1/state")), 405);
+    }
+
+    #[test]
     fn allow_header_value() {
         let e = r("GET", "/api/counter/a/reset").unwrap_err();
         assert_eq!(allowed_method(&e), Some("POST"));
@@ -253,7 +273,7 @@ mod tests {
 
     #[test]
     fn do_class_names_round_trip() {
-        for c in [DoClass::UserSession, DoClass::Counter, DoClass::ChatRoom, DoClass::Waddle, DoClass::Channel, DoClass::RateLimiter] {
+        for c in [DoClass::UserSession, DoClass::Counter, DoClass::ChatRoom, DoClass::Waddle, DoClass::Channel, DoClass::RateLimiter, DoClass::Game] {
             assert_eq!(DoClass::parse(c.as_str()), Some(c));
         }
     }

@@ -343,6 +343,13 @@ pub fn on_clear(state: &SessionState, devices: &[DeviceConn], now: Millis) -> Ou
     Outcome { state: Some(fresh), ..Outcome::default() }.send(To::All, frame)
 }
 
+/// A GameServer stored that the user joined (`joined`) or left `game_id` (UserSession's internal
+/// `games` op): the rules of the `join_game` / `leave_game` frames with no sending device — a
+/// change goes `To::All`; a no-op only `To::This`, which an internal call has no socket for.
+pub fn on_game(state: &SessionState, game_id: &str, joined: bool, now: Millis) -> Result<Outcome, SessionError> {
+    if joined { join_game(state, game_id, now) } else { leave_game(state, game_id, now) }
+}
+
 fn join_game(state: &SessionState, game_id: &str, now: Millis) -> Result<Outcome, SessionError> {
     if !is_valid_name(game_id) {
         return Err(SessionError::InvalidGameId);

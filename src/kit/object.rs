@@ -1,0 +1,493 @@
+//! The kit as a base: one trait, [`RealtimeObject`], that owns the Durable Object shell, so an
+//! object file reads as its protocol (PartyServer's idea in Rust types; docs/custom-object.md).
+//!
+//! An object declares its schema, typed ops, socket attachment and the hooks its protocol
+//! needs. Hooks are synchronous, get a [`Ctx`] (clock, vars, SQL reads) and return
+//! [`Effects`] — they never touch the runtime. [`Host`] does the rest, the same way for every
+//! object:
+//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake log;
+//! - `fetch`: the built-in `revoke` op, else the typed op (unknown → 404); the WebSocket op
+//!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment;
+//! - frames: binary → 1007, lost attachment → 1011, a `Reject` → close or in-band error;
+//! - close/error: reciprocate (or 1011), then [`RealtimeObject::on_gone`];
+//! - TCP `connect`: refused with an error (the trait's default would panic);
+//! - alarm: the due timers of the persisted schedule, each through `on_timer`.
+//!
+//! Every outcome runs in one order: **store → send → close → timers → calls**. The store is
+//! one `transactionSync`, so it lands whole or not at all; if it fails nothing is sent, the
+//! socket is closed 1011 (HTTP: 500) and the object is rebuilt with `restore`, so memory never
+//! runs ahead of disk. No `RefCell` borrow is held across an `.await`: hooks run between them.
+
+use std::cell::RefCell;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage};
+
+use edge_realtime_core::effects::{self, Effects, Op, Statement, Timer, To};
+use edge_realtime_core::error::{close, ApiError};
+use edge_realtime_core::frame::Reject;
+use edge_realtime_core::time::Millis;
+
+use crate::kit::{self, http, sql, Identity};
+
+/// A Durable Object protocol, hosted by [`Host`] (declare the class with [`durable_object!`]).
+pub trait RealtimeObject: Sized + 'static {
+    /// Class name, for logs (`wake <CLASS> <name>`).
+    const CLASS: &'static str;
+    /// `CREATE ... IF NOT EXISTS` statements, run by every constructor (the kit adds `_schedule`).
+    const SCHEMA: &'static [&'static str];
+    /// The internal operations (`edge_realtime_core::ops!`), also named by the route table.
+    type Op: Op;
+    /// The object's part of each socket's attachment (the kit wraps it in [`Connection`]).
+    type Conn: Serialize + DeserializeOwned + Clone + PartialEq;
+
+    /// The constructor: rebuild memory from storage. Runs again after every wake.
+    fn restore(ctx: &Ctx<'_>) -> Self;
+
+    /// The object's name once known, for the wake log.
+    fn name(&self) -> Option<String> {
+        None
+    }
+
+    /// An HTTP op. A hook that fails must leave `self` unchanged.
+    fn on_request(&mut self, _ctx: &Ctx<'_>, op: Self::Op, _req: &Incoming) -> Result<Reply, ApiError> {
+        Err(ApiError::not_found(format!("{} does not serve {}", Self::CLASS, op.path())))
+    }
+
+    /// A WebSocket connect, before it is accepted: the socket's attachment and the effects
+    /// (`To::This` is the new socket). The store runs before the accept.
+    fn on_connect(&mut self, _ctx: &Ctx<'_>, _who: &Identity, _req: &Incoming) -> Result<(Self::Conn, Effects), ApiError> {
+        Err(ApiError::not_found(format!("{} accepts no WebSockets", Self::CLASS)))
+    }
+
+    /// Tags after the kit's `u:<userId>` (at most 9).
+    fn tags(_conn: &Self::Conn) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A text frame. Changes to `conn` are written back to the attachment after the store.
+    fn on_message(&mut self, _ctx: &Ctx<'_>, _conn: &mut Connection<Self::Conn>, _text: &str) -> Result<Effects, Reject> {
+        Err(Reject::close(close::POLICY, "this object accepts no messages"))
+    }
+
+    /// A socket closed or errored; `remaining` is how many other open sockets its user has.
+    fn on_gone(&mut self, _ctx: &Ctx<'_>, _conn: &Connection<Self::Conn>, _remaining: usize) -> Effects {
+        Effects::none()
+    }
+
+    /// A named timer came due (at most once; `ctx.now` is the alarm's time).
+    fn on_timer(&mut self, _ctx: &Ctx<'_>, _name: &str) -> Effects {
+        Effects::none()
+    }
+}
+
+/// Every socket's attachment: who opened it (the kit's revocation reads `token_iat`), when,
+/// and the object's own part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection<C> {
+    pub user_id: String,
+    pub user_name: String,
+    /// `iat` (seconds) of the token the socket was opened with.
+    pub token_iat: i64,
+    pub connected_at: Millis,
+    pub conn: C,
+}
+
+/// What a hook may read: the clock, vars, SQL, how many sockets are open.
+pub struct Ctx<'a> {
+    /// The event's time (ms): the only clock a hook sees.
+    pub now: Millis,
+    state: &'a State,
+    env: &'a Env,
+}
+
+impl Ctx<'_> {
+    /// A var (wrangler.toml `[vars]`, `--var`).
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.env.var(name).ok().map(|v| v.to_string())
+    }
+    pub fn rows<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Vec<R>, ApiError> {
+        sql::rows(&self.state.storage().sql(), query, binds.into_iter().map(sql_value).collect())
+    }
+    pub fn first<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
+        Ok(self.rows(query, binds)?.into_iter().next())
+    }
+    /// Open sockets (with `tag`, if given).
+    pub fn open_sockets(&self, tag: Option<&str>) -> usize {
+        kit::sockets(self.state, tag).iter().filter(|ws| kit::is_open(ws)).count()
+    }
+}
+
+/// A request, already read: identity (absent on internal calls), object name, query, body.
+pub struct Incoming {
+    pub identity: Option<Identity>,
+    pub object_name: Option<String>,
+    query: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    async fn read(req: &mut Request, with_body: bool) -> Result<Self, ApiError> {
+        let query = req.url().map(|u| u.query_pairs().into_owned().collect()).unwrap_or_default();
+        let body = if with_body && !matches!(req.method(), Method::Get | Method::Head) {
+            let bytes = req.bytes().await.map_err(|_| ApiError::bad_request("invalid_body", "could not read the body"))?;
+            if bytes.len() > http::MAX_BODY_BYTES {
+                return Err(ApiError::payload_too_large("body is larger than 64 KiB"));
+            }
+            bytes
+        } else {
+            Vec::new()
+        };
+        Ok(Self { identity: Identity::from_request(req).ok(), object_name: http::object_name(req), query, body })
+    }
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    /// The caller, as the entry Worker authenticated them (401 if it did not).
+    pub fn identity(&self) -> Result<&Identity, ApiError> {
+        self.identity.as_ref().ok_or_else(|| {
+            ApiError::unauthorized("missing_identity", "request did not come through the authenticated entry Worker")
+        })
+    }
+    /// The object's name, as the Worker addressed it.
+    pub fn object_name(&self) -> Result<&str, ApiError> {
+        self.object_name.as_deref().ok_or_else(|| ApiError::bad_request("missing_name", "object name missing"))
+    }
+    /// The body as JSON (empty → `null`; over 64 KiB → 413; not JSON → 400).
+    pub fn json(&self) -> Result<serde_json::Value, ApiError> {
+        http::parse_json_body(&self.body)
+    }
+}
+
+/// An HTTP op's answer: exact JSON text and the effects to execute first.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub effects: Effects,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &serde_json::Value) -> Self {
+        Self { status, body: body.to_string(), effects: Effects::none() }
+    }
+    /// Execute `effects` (store first) before answering; a failed store answers 500 instead.
+    pub fn with(self, effects: Effects) -> Self {
+        Self { effects: self.effects.and(effects), ..self }
+    }
+}
+
+/// The internal op every object serves: `POST /revoke?userId=&before=` (logout_all fan-out).
+const REVOKE_OP: &str = "revoke";
+
+/// Runs a [`RealtimeObject`] on the runtime: the generic Durable Object shell.
+pub struct Host<T: RealtimeObject> {
+    state: State,
+    env: Env,
+    object: RefCell<T>,
+}
+
+impl<T: RealtimeObject> Host<T> {
+    pub fn new(state: State, env: Env) -> Self {
+        let db = state.storage().sql();
+        for statement in T::SCHEMA.iter().chain(std::iter::once(&kit::SCHEDULE_SCHEMA)) {
+            let _ = sql::exec(&db, statement, vec![]);
+        }
+        kit::install_auto_response(&state);
+        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env });
+        if let Some(name) = object.name() {
+            kit::log_wake(&env, T::CLASS, &name);
+        }
+        Self { state, env, object: RefCell::new(object) }
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx { now: kit::now(), state: &self.state, env: &self.env }
+    }
+
+    /// Run a hook on the object. Hooks are synchronous, so the borrow ends before any `.await`;
+    /// `None` only if that rule were broken (logged, never a panic).
+    fn hook<R>(&self, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
+        let ctx = self.ctx();
+        match self.object.try_borrow_mut() {
+            Ok(mut object) => Some(f(&mut object, &ctx)),
+            Err(_) => {
+                worker::console_error!("{}: object busy (a borrow was held across an await)", T::CLASS);
+                None
+            }
+        }
+    }
+
+    pub async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        http::respond(self.route(&mut req).await)
+    }
+
+    async fn route(&self, req: &mut Request) -> Result<Response, ApiError> {
+        let path = req.path();
+        let path = path.trim_start_matches('/');
+        if path == REVOKE_OP {
+            let closed = crate::objects::revoke_sockets(&self.state, req)?;
+            return http::json_text_response(200, serde_json::json!({"closed": closed}).to_string());
+        }
+        let op = T::Op::parse(path).ok_or_else(|| ApiError::not_found(format!("unknown {} operation", T::CLASS)))?;
+        let incoming = Incoming::read(req, !op.is_websocket()).await?;
+        if op.is_websocket() {
+            return self.open(req, &incoming).await;
+        }
+        let reply = self.hook(|o, ctx| o.on_request(ctx, op, &incoming)).ok_or_else(ApiError::internal)??;
+        self.commit(None, &reply.effects.store)?;
+        self.finish(None, reply.effects).await;
+        http::json_text_response(reply.status, reply.body)
+    }
+
+    /// The WebSocket op: `on_connect`, store, accept, then the rest of the effects.
+    async fn open(&self, req: &Request, incoming: &Incoming) -> Result<Response, ApiError> {
+        let who = incoming.identity()?.clone();
+        let (conn, effects) = self.hook(|o, ctx| o.on_connect(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
+        let mut tags = vec![format!("u:{}", who.user_id)];
+        tags.extend(T::tags(&conn));
+        let attachment = Connection {
+            user_id: who.user_id,
+            user_name: who.user_name,
+            token_iat: who.token_iat,
+            connected_at: kit::now(),
+            conn,
+        };
+        // Before the accept: a socket never sees state that is not on disk.
+        self.commit(None, &effects.store)?;
+        let (ws, response) = kit::accept(&self.state, req, &tags, &attachment)?;
+        self.finish(Some(&ws), effects).await;
+        Ok(response)
+    }
+
+    pub async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
+        let text = match kit::frame_text(message) {
+            Ok(text) => text,
+            Err(rejection) => {
+                kit::reject(&ws, &rejection);
+                return Ok(());
+            }
+        };
+        let Some(mut conn) = kit::attachment::<Connection<T::Conn>>(&ws) else {
+            kit::close(&ws, close::INTERNAL, "lost connection state");
+            return Ok(());
+        };
+        let before = conn.clone();
+        match self.hook(|o, ctx| o.on_message(ctx, &mut conn, &text)) {
+            None => kit::close(&ws, close::INTERNAL, "internal error"),
+            Some(Err(rejection)) => kit::reject(&ws, &rejection),
+            Some(Ok(effects)) => {
+                if self.commit(Some(&ws), &effects.store).is_ok() {
+                    if conn != before {
+                        kit::set_attachment(&ws, &conn);
+                    }
+                    self.finish(Some(&ws), effects).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _was_clean: bool) -> worker::Result<()> {
+        kit::reciprocate_close(&ws, code, &reason);
+        self.gone(&ws).await;
+        Ok(())
+    }
+
+    pub async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
+        kit::close(&ws, close::INTERNAL, "socket error");
+        self.gone(&ws).await;
+        Ok(())
+    }
+
+    async fn gone(&self, ws: &WebSocket) {
+        let Some(conn) = kit::attachment::<Connection<T::Conn>>(ws) else { return };
+        let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
+        if let Some(effects) = self.hook(|o, ctx| o.on_gone(ctx, &conn, remaining)) {
+            self.execute(Some(ws), effects).await;
+        }
+    }
+
+    /// Raw TCP is not part of any protocol: refuse it (the trait's default would panic).
+    pub async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
+        Err(worker::Error::RustError(format!("{} does not accept raw TCP connections", T::CLASS)))
+    }
+
+    /// The due timers, each through `on_timer`. Their removal is saved first: a timer fires at
+    /// most once, even if a handler's effects fail.
+    pub async fn alarm(&self) -> worker::Result<Response> {
+        let mut schedule = kit::load_schedule(&self.state.storage().sql());
+        let due = schedule.take_due(kit::now());
+        if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+            worker::console_error!("{} alarm: saving the schedule failed: {e}", T::CLASS);
+        }
+        for name in due {
+            if let Some(effects) = self.hook(|o, ctx| o.on_timer(ctx, &name)) {
+                self.execute(None, effects).await;
+            }
+        }
+        Response::ok("ok")
+    }
+
+    async fn execute(&self, origin: Option<&WebSocket>, effects: Effects) {
+        if self.commit(origin, &effects.store).is_ok() {
+            self.finish(origin, effects).await;
+        }
+    }
+
+    /// Store: all statements in one transaction. On failure: nothing was written, `origin` is
+    /// closed 1011, and the object is rebuilt from storage.
+    fn commit(&self, origin: Option<&WebSocket>, statements: &[Statement]) -> Result<(), ApiError> {
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let Err(e) = transaction(&self.state, statements.to_vec()) else { return Ok(()) };
+        worker::console_error!("{} store failed: {e}", T::CLASS);
+        if let Some(ws) = origin {
+            kit::close(ws, close::INTERNAL, "storage failed");
+        }
+        let restored = T::restore(&self.ctx());
+        if let Ok(mut object) = self.object.try_borrow_mut() {
+            *object = restored;
+        }
+        Err(ApiError::internal())
+    }
+
+    /// Everything after a successful store: send → close → timers → calls.
+    async fn finish(&self, origin: Option<&WebSocket>, effects: Effects) {
+        for send in &effects.sends {
+            match (&send.to, origin) {
+                (To::This, Some(ws)) => kit::send(ws, &send.frame),
+                (To::This, None) => {}
+                (To::All, _) | (To::Others, None) => kit::broadcast(&self.state, &send.frame, None, None),
+                (To::Others, Some(ws)) => kit::broadcast(&self.state, &send.frame, None, Some(ws)),
+                (To::Tag(tag), _) => kit::broadcast(&self.state, &send.frame, Some(tag), None),
+            }
+        }
+        if let (Some(ws), Some(c)) = (origin, &effects.close) {
+            kit::close(ws, c.code, &c.reason);
+        }
+        if !effects.timers.is_empty() {
+            let mut schedule = kit::load_schedule(&self.state.storage().sql());
+            for timer in &effects.timers {
+                match timer {
+                    Timer::Set { name, at } => schedule.set(name, *at),
+                    Timer::Cancel { name } => schedule.cancel(name),
+                }
+            }
+            if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+                worker::console_error!("{} schedule failed: {e}", T::CLASS);
+            }
+        }
+        futures::future::join_all(effects.calls.iter().map(|c| self.call(c))).await;
+    }
+
+    /// POST `call.op` to another object; failures are logged (what was stored stands).
+    async fn call(&self, call: &effects::Call) {
+        let result = async {
+            let headers = Headers::new();
+            headers.set(http::OBJECT_NAME, &http::encode_header_text(&call.object))?;
+            let mut init = RequestInit::new();
+            init.with_method(Method::Post).with_headers(headers);
+            let req = Request::new_with_init(&format!("https://do.internal/{}", call.op), &init)?;
+            let stub = self.env.durable_object(call.binding)?.get_by_name(&call.object)?;
+            stub.fetch_with_request(req).await
+        };
+        match result.await {
+            Ok(r) if r.status_code() == 200 => {}
+            Ok(r) => worker::console_error!("{} → {} {}: answered {}", T::CLASS, call.binding, call.op, r.status_code()),
+            Err(e) => worker::console_error!("{} → {} {}: {e}", T::CLASS, call.binding, call.op),
+        }
+    }
+}
+
+fn sql_value(v: effects::Value) -> SqlStorageValue {
+    match v {
+        effects::Value::Null => SqlStorageValue::Null,
+        effects::Value::Int(i) => SqlStorageValue::Integer(i),
+        effects::Value::Real(f) => SqlStorageValue::Float(f),
+        effects::Value::Text(s) => SqlStorageValue::String(s),
+    }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// `ctx.storage`, seen through `transactionSync` (workers-rs 0.8.7 does not bind it).
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type RawStorage;
+
+    #[wasm_bindgen(method, catch, js_name = transactionSync)]
+    fn transaction_sync(this: &RawStorage, f: &js_sys::Function) -> Result<JsValue, JsValue>;
+}
+
+use worker::js_sys;
+
+/// Run `statements` in one `storage.transactionSync`: a failing statement rolls back the rest.
+fn transaction(state: &State, statements: Vec<Statement>) -> Result<(), String> {
+    let storage = state.as_raw().storage().map_err(|e| format!("storage: {e:?}"))?;
+    let db = state.storage().sql();
+    let run = move || -> Result<(), JsValue> {
+        for s in statements {
+            let binds: Vec<SqlStorageValue> = s.binds.into_iter().map(sql_value).collect();
+            db.exec(s.sql, binds).map_err(|e| JsValue::from_str(&format!("{}: {e}", s.sql)))?;
+        }
+        Ok(())
+    };
+    let f = Closure::<dyn FnMut() -> Result<(), JsValue>>::once_into_js(run);
+    storage
+        .unchecked_ref::<RawStorage>()
+        .transaction_sync(f.unchecked_ref())
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Declare the `#[durable_object]` class `$name` hosting the [`RealtimeObject`] `$object`
+/// (`#[durable_object]` cannot be generic, so this writes the one-line delegations).
+#[macro_export]
+macro_rules! durable_object {
+    ($(#[$meta:meta])* $name:ident => $object:ty) => {
+        $(#[$meta])*
+        #[::worker::durable_object]
+        pub struct $name {
+            host: $crate::kit::object::Host<$object>,
+        }
+
+        impl ::worker::DurableObject for $name {
+            fn new(state: ::worker::State, env: ::worker::Env) -> Self {
+                Self { host: $crate::kit::object::Host::new(state, env) }
+            }
+            async fn fetch(&self, req: ::worker::Request) -> ::worker::Result<::worker::Response> {
+                self.host.fetch(req).await
+            }
+            async fn websocket_message(
+                &self,
+                ws: ::worker::WebSocket,
+                message: ::worker::WebSocketIncomingMessage,
+            ) -> ::worker::Result<()> {
+                self.host.websocket_message(ws, message).await
+            }
+            async fn websocket_close(
+                &self,
+                ws: ::worker::WebSocket,
+                code: usize,
+                reason: String,
+                was_clean: bool,
+            ) -> ::worker::Result<()> {
+                self.host.websocket_close(ws, code, reason, was_clean).await
+            }
+            async fn websocket_error(&self, ws: ::worker::WebSocket, error: ::worker::Error) -> ::worker::Result<()> {
+                self.host.websocket_error(ws, error).await
+            }
+            async fn connect(&self, socket: ::worker::Socket) -> ::worker::Result<()> {
+                self.host.connect(socket).await
+            }
+            async fn alarm(&self) -> ::worker::Result<::worker::Response> {
+                self.host.alarm().await
+            }
+        }
+    };
+}
+
+pub use crate::durable_object;
