@@ -73,6 +73,13 @@ pub trait RealtimeObject: Sized + 'static {
         Err(Reject::close(close::POLICY, "this object accepts no messages"))
     }
 
+    /// Whether a change to a socket's `conn` must survive hibernation (default: always). Say
+    /// `false` for state that is worthless after a wake — e.g. counts inside a rate window
+    /// shorter than the eviction delay — and it stays in memory only (no serialization per frame).
+    fn must_persist(_before: &Self::Conn, _after: &Self::Conn) -> bool {
+        true
+    }
+
     /// A socket closed or errored; `remaining` is how many other open sockets its user has.
     fn on_gone(&mut self, _ctx: &Ctx<'_>, _conn: &Connection<Self::Conn>, _remaining: usize) -> Effects {
         Effects::none()
@@ -187,6 +194,8 @@ pub struct Host<T: RealtimeObject> {
     state: State,
     env: Env,
     object: RefCell<T>,
+    /// Attachments in memory: the frame path neither deserializes nor rewrites them.
+    attachments: kit::AttachmentCache<Connection<T::Conn>>,
 }
 
 impl<T: RealtimeObject> Host<T> {
@@ -200,7 +209,7 @@ impl<T: RealtimeObject> Host<T> {
         if let Some(name) = object.name() {
             kit::log_wake(&env, T::CLASS, &name);
         }
-        Self { state, env, object: RefCell::new(object) }
+        Self { state, env, object: RefCell::new(object), attachments: kit::AttachmentCache::default() }
     }
 
     fn ctx(&self) -> Ctx<'_> {
@@ -258,6 +267,7 @@ impl<T: RealtimeObject> Host<T> {
         // Before the accept: a socket never sees state that is not on disk.
         self.commit(None, &effects.store)?;
         let (ws, response) = kit::accept(&self.state, req, &tags, &attachment)?;
+        self.attachments.put(&ws, &attachment, false);
         self.finish(Some(&ws), effects).await;
         Ok(response)
     }
@@ -270,7 +280,7 @@ impl<T: RealtimeObject> Host<T> {
                 return Ok(());
             }
         };
-        let Some(mut conn) = kit::attachment::<Connection<T::Conn>>(&ws) else {
+        let Some(mut conn) = self.attachments.get(&ws) else {
             kit::close(&ws, close::INTERNAL, "lost connection state");
             return Ok(());
         };
@@ -281,7 +291,7 @@ impl<T: RealtimeObject> Host<T> {
             Some(Ok(effects)) => {
                 if self.commit(Some(&ws), &effects.store).is_ok() {
                     if conn != before {
-                        kit::set_attachment(&ws, &conn);
+                        self.attachments.put(&ws, &conn, T::must_persist(&before.conn, &conn.conn));
                     }
                     self.finish(Some(&ws), effects).await;
                 }
@@ -303,7 +313,8 @@ impl<T: RealtimeObject> Host<T> {
     }
 
     async fn gone(&self, ws: &WebSocket) {
-        let Some(conn) = kit::attachment::<Connection<T::Conn>>(ws) else { return };
+        let Some(conn) = self.attachments.get(ws) else { return };
+        self.attachments.forget(ws);
         let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
         if let Some(effects) = self.hook(|o, ctx| o.on_gone(ctx, &conn, remaining)) {
             self.execute(Some(ws), effects).await;
@@ -425,7 +436,14 @@ extern "C" {
 use worker::js_sys;
 
 /// Run `statements` in one `storage.transactionSync`: a failing statement rolls back the rest.
-fn transaction(state: &State, statements: Vec<Statement>) -> Result<(), String> {
+/// A single statement is atomic by itself and runs directly (the hot path: one chat message).
+fn transaction(state: &State, mut statements: Vec<Statement>) -> Result<(), String> {
+    if statements.len() == 1 {
+        if let Some(s) = statements.pop() {
+            let binds: Vec<SqlStorageValue> = s.binds.into_iter().map(sql_value).collect();
+            return sql::exec(&state.storage().sql(), s.sql, binds).map_err(|e| format!("{}: {e:?}", s.sql));
+        }
+    }
     let storage = state.as_raw().storage().map_err(|e| format!("storage: {e:?}"))?;
     let db = state.storage().sql();
     let run = move || -> Result<(), JsValue> {
