@@ -158,18 +158,13 @@ pub fn send(ws: &WebSocket, frame: &str) {
     let _ = ws.send_with_str(frame);
 }
 
-/// Send `frame` to every socket (with `tag`, if given), except `except`.
-///
-/// The frame is turned into a JS string once, not once per socket: with 50+ sockets the
-/// UTF-8 → JS copies dominated fan-out cost.
+/// Send `frame` to every socket (with `tag`, if given), except `except`: one crossing into JS
+/// for the whole fan-out ([`runtime::broadcast_text`]); with 50+ sockets the per-socket
+/// crossings (array access, identity check, send) dominated the cost.
 pub fn broadcast(state: &State, frame: &str, tag: Option<&str>, except: Option<&WebSocket>) {
-    let js_frame = JsValue::from_str(frame);
-    for ws in sockets(state, tag) {
-        if except.is_some_and(|e| same_socket(e, &ws)) {
-            continue;
-        }
-        let raw: &runtime::RawSocket = AsRef::<worker::web_sys::WebSocket>::as_ref(&ws).unchecked_ref();
-        let _ = raw.send_value(&js_frame);
+    let except: Option<&JsValue> = except.map(|ws| AsRef::<worker::web_sys::WebSocket>::as_ref(ws).as_ref());
+    if let Err(e) = runtime::broadcast_text(runtime::raw(state), frame, tag.map(str::to_owned), except) {
+        worker::console_error!("broadcast failed: {e:?}");
     }
 }
 
