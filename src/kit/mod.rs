@@ -247,6 +247,29 @@ pub async fn sync_alarm(state: &State, deadline: Option<Millis>) -> Result<(), A
 /// Create the kit's own table (called by each DO's schema setup).
 pub const SCHEDULE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _schedule (name TEXT PRIMARY KEY, at INTEGER NOT NULL)";
 
+/// Unique ids for server-made records (UUID v4 format): one random seed per instance (one
+/// `crypto.getRandomValues` per wake), then a counter — not one random draw per message. Ids are
+/// unique, not secret: nothing may use them as capabilities.
+pub struct UniqueIds {
+    seed: u128,
+    next: std::cell::Cell<u64>,
+}
+
+impl Default for UniqueIds {
+    fn default() -> Self {
+        Self { seed: uuid::Uuid::new_v4().as_u128(), next: std::cell::Cell::new(0) }
+    }
+}
+
+impl UniqueIds {
+    pub fn next_id(&self) -> String {
+        let n = self.next.get().wrapping_add(1);
+        self.next.set(n);
+        let bytes = self.seed.wrapping_add(u128::from(n)).to_be_bytes();
+        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    }
+}
+
 /// An in-memory copy of each socket's attachment, for per-message hot paths: reading an
 /// attachment is a structured-clone deserialization, writing one a serialization. Keyed by the
 /// socket object (a JS `WeakMap`), refilled from the stored attachment after every wake.
@@ -306,6 +329,25 @@ impl<T: Clone + Serialize + DeserializeOwned> AttachmentCache<T> {
         if let Some(id) = self.id(ws) {
             self.values.borrow_mut().remove(&id);
             self.ids.delete(Self::key(ws));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UniqueIds;
+
+    #[test]
+    fn unique_ids_are_distinct_v4_uuids() {
+        let ids = UniqueIds::default();
+        let other_instance = UniqueIds::default();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            for id in [ids.next_id(), other_instance.next_id()] {
+                let parsed = uuid::Uuid::parse_str(&id).unwrap();
+                assert_eq!(parsed.get_version_num(), 4);
+                assert!(seen.insert(id), "duplicate id");
+            }
         }
     }
 }

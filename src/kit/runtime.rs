@@ -33,6 +33,9 @@ pub fn raw(state: &worker::State) -> &RawState {
 }
 
 #[wasm_bindgen(inline_js = r#"
+export function sql_exec(sql, query, binds) {
+  sql.exec(query, ...JSON.parse(binds));
+}
 export function broadcast_text(state, frame, tag, except) {
   let sent = 0;
   for (const ws of (tag === undefined ? state.getWebSockets() : state.getWebSockets(tag))) {
@@ -49,4 +52,8 @@ extern "C" {
     /// the runtime accepted. `getWebSockets` throwing is the only error.
     #[wasm_bindgen(catch)]
     pub fn broadcast_text(state: &RawState, frame: &str, tag: Option<String>, except: Option<&JsValue>) -> Result<u32, JsValue>;
+
+    /// `sql.exec(query, ...bindings)` with the bindings as one JSON array (see `kit::sql::exec`).
+    #[wasm_bindgen(catch)]
+    pub fn sql_exec(sql: &JsValue, query: &str, binds_json: &str) -> Result<(), JsValue>;
 }
