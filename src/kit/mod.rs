@@ -159,18 +159,13 @@ pub fn send(ws: &WebSocket, frame: &str) {
     let _ = ws.send_with_str(frame);
 }
 
-/// Send `frame` to every socket (with `tag`, if given), except `except`.
-///
-/// The frame is turned into a JS string once, not once per socket: with 50+ sockets the
-/// UTF-8 → JS copies dominated fan-out cost.
+/// Send `frame` to every socket (with `tag`, if given), except `except`: one crossing into JS
+/// for the whole fan-out ([`runtime::broadcast_text`]); with 50+ sockets the per-socket
+/// crossings (array access, identity check, send) dominated the cost.
 pub fn broadcast(state: &State, frame: &str, tag: Option<&str>, except: Option<&WebSocket>) {
-    let js_frame = JsValue::from_str(frame);
-    for ws in sockets(state, tag) {
-        if except.is_some_and(|e| same_socket(e, &ws)) {
-            continue;
-        }
-        let raw: &runtime::RawSocket = AsRef::<worker::web_sys::WebSocket>::as_ref(&ws).unchecked_ref();
-        let _ = raw.send_value(&js_frame);
+    let except: Option<&JsValue> = except.map(|ws| AsRef::<worker::web_sys::WebSocket>::as_ref(ws).as_ref());
+    if let Err(e) = runtime::broadcast_text(runtime::raw(state), frame, tag.map(str::to_owned), except) {
+        worker::console_error!("broadcast failed: {e:?}");
     }
 }
 
@@ -253,6 +248,29 @@ pub async fn sync_alarm(state: &State, deadline: Option<Millis>) -> Result<(), A
 /// Create the kit's own table (called by each DO's schema setup).
 pub const SCHEDULE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _schedule (name TEXT PRIMARY KEY, at INTEGER NOT NULL)";
 
+/// Unique ids for server-made records (UUID v4 format): one random seed per instance (one
+/// `crypto.getRandomValues` per wake), then a counter — not one random draw per message. Ids are
+/// unique, not secret: nothing may use them as capabilities.
+pub struct UniqueIds {
+    seed: u128,
+    next: std::cell::Cell<u64>,
+}
+
+impl Default for UniqueIds {
+    fn default() -> Self {
+        Self { seed: uuid::Uuid::new_v4().as_u128(), next: std::cell::Cell::new(0) }
+    }
+}
+
+impl UniqueIds {
+    pub fn next_id(&self) -> String {
+        let n = self.next.get().wrapping_add(1);
+        self.next.set(n);
+        let bytes = self.seed.wrapping_add(u128::from(n)).to_be_bytes();
+        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    }
+}
+
 /// An in-memory copy of each socket's attachment, for per-message hot paths: reading an
 /// attachment is a structured-clone deserialization, writing one a serialization. Keyed by the
 /// socket object (a JS `WeakMap`), refilled from the stored attachment after every wake.
@@ -312,6 +330,25 @@ impl<T: Clone + Serialize + DeserializeOwned> AttachmentCache<T> {
         if let Some(id) = self.id(ws) {
             self.values.borrow_mut().remove(&id);
             self.ids.delete(Self::key(ws));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UniqueIds;
+
+    #[test]
+    fn unique_ids_are_distinct_v4_uuids() {
+        let ids = UniqueIds::default();
+        let other_instance = UniqueIds::default();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            for id in [ids.next_id(), other_instance.next_id()] {
+                let parsed = uuid::Uuid::parse_str(&id).unwrap();
+                assert_eq!(parsed.get_version_num(), 4);
+                assert!(seen.insert(id), "duplicate id");
+            }
         }
     }
 }

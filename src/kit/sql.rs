@@ -6,12 +6,34 @@ use worker::{SqlStorage, SqlStorageValue};
 
 use edge_realtime_core::error::ApiError;
 
-/// Run a statement for its side effects.
+/// Run a statement for its side effects. The bindings cross into JS as one JSON string (one
+/// crossing per statement, instead of one per binding plus the array); blobs, which JSON cannot
+/// carry, take workers-rs's path.
 pub fn exec(sql: &SqlStorage, query: &str, binds: Vec<SqlStorageValue>) -> Result<(), ApiError> {
-    sql.exec(query, binds).map(|_| ()).map_err(|e| {
+    let failed = |e: String| {
         worker::console_error!("sql exec failed ({query}): {e}");
         ApiError::internal()
-    })
+    };
+    match binds_json(&binds) {
+        Some(json) => crate::kit::runtime::sql_exec(sql.as_ref(), query, &json).map_err(|e| failed(format!("{e:?}"))),
+        None => sql.exec(query, binds).map(|_| ()).map_err(|e| failed(e.to_string())),
+    }
+}
+
+/// The bindings as a JSON array, or `None` if one is a blob.
+fn binds_json(binds: &[SqlStorageValue]) -> Option<String> {
+    let values: Option<Vec<serde_json::Value>> = binds
+        .iter()
+        .map(|v| match v {
+            SqlStorageValue::Null => Some(serde_json::Value::Null),
+            SqlStorageValue::Boolean(b) => Some((*b).into()),
+            SqlStorageValue::Integer(i) => Some((*i).into()),
+            SqlStorageValue::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number),
+            SqlStorageValue::String(s) => Some(s.as_str().into()),
+            SqlStorageValue::Blob(_) => None,
+        })
+        .collect();
+    values.map(|v| serde_json::Value::Array(v).to_string())
 }
 
 /// Run a query and deserialize every row.

@@ -62,10 +62,8 @@ pub struct ChatRoom {
     prune_armed: std::cell::Cell<bool>,
     /// Attachments cached in memory: the message path neither deserializes nor rewrites them.
     attachments: kit::AttachmentCache<ChatAttachment>,
-}
-
-fn server_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    /// Ids of messages the client did not name.
+    ids: kit::UniqueIds,
 }
 
 fn user_tag(user_id: &str) -> String {
@@ -164,7 +162,7 @@ impl ChatRoom {
             kit::send(&ws, f);
         }
         let others = self.live(Some(&tag), Some(&ws)).len();
-        match self.append(|log| log.join(&attachment.conn, others, server_id(), kit::now())) {
+        match self.append(|log| log.join(&attachment.conn, others, self.ids.next_id(), kit::now())) {
             Ok(joined) => {
                 if let Some(m) = joined {
                     kit::broadcast(&self.state, &chat::message_frame(&m), None, None);
@@ -187,7 +185,7 @@ impl ChatRoom {
         attachment.left = true;
         self.attachments.put(ws, &attachment, true);
         let others = self.live(Some(&user_tag(&attachment.conn.user_id)), Some(ws)).len();
-        if let Ok(Some(m)) = self.append(|log| log.leave(&attachment.conn, others, server_id(), kit::now())) {
+        if let Ok(Some(m)) = self.append(|log| log.leave(&attachment.conn, others, self.ids.next_id(), kit::now())) {
             kit::broadcast(&self.state, &chat::message_frame(&m), None, Some(ws));
         }
         kit::broadcast(&self.state, &self.user_count_frame(Some(ws)), None, Some(ws));
@@ -213,7 +211,7 @@ impl ChatRoom {
             }
         }
         let now = kit::now();
-        if let Some(m) = self.append(|log| Some(log.post(conn, post, server_id(), now)))? {
+        if let Some(m) = self.append(|log| Some(log.post(conn, post, self.ids.next_id(), now)))? {
             kit::broadcast(&self.state, &chat::message_frame(&m), None, None);
         }
         Ok(())
@@ -304,6 +302,7 @@ impl DurableObject for ChatRoom {
             log: RefCell::new(log),
             prune_armed: std::cell::Cell::new(prune_armed),
             attachments: kit::AttachmentCache::default(),
+            ids: kit::UniqueIds::default(),
         }
     }
 
