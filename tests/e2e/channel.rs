@@ -213,6 +213,9 @@ async fn typing_expiry() -> TestResult {
     ensure_eq!(a.recv().await?, json!({"type":"typing","users":[bob]}));
     b.send_json(&json!({"type":"typing","isTyping":false})).await?;
     ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
+    // bob hears his own changes too
+    ensure_eq!(b.recv().await?, json!({"type":"typing","users":[bob]}));
+    ensure_eq!(b.recv().await?, json!({"type":"typing","users":[]}));
     // Past the TTL, the (now pointless) expiry must not send a second "nobody types" frame.
     // (On a slow machine the alarm may run later than this wait: the check can then only pass,
     // never fail spuriously.)

@@ -619,6 +619,10 @@ impl Hibernation {
         if !server().is_local() {
             return true;
         }
-        server().log_count_exceeds(&self.needle, self.before, Duration::from_secs(5)).await
+        let woke = server().log_count_exceeds(&self.needle, self.before, Duration::from_secs(5)).await;
+        if woke {
+            eprintln!("e2e: `{}` seen after {} idle round(s)", self.needle, self.round);
+        }
+        woke
     }
 }
