@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 use serde_json::{json, Value};
 
-use crate::support::{http, server, unique, ws, Ws, TestResult};
+use crate::support::{http, server, unique, ws, Hibernation, Ws, TestResult};
 use crate::{ensure, ensure_eq, restart_trial, trial};
 
 pub fn tests() -> Vec<Trial> {
@@ -27,8 +27,6 @@ pub fn tests() -> Vec<Trial> {
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const QUIET: Duration = Duration::from_millis(500);
-
 /// Connect and read the `participants` frame.
 async fn connect(channel: &str, user: &str, query: &str) -> Res<(Ws, Value)> {
     let mut sock = ws(&format!("/ws/channel/{channel}{query}"), &server().token(user)).await?;
@@ -47,7 +45,7 @@ async fn all_history(channel: &str) -> Res<Vec<Value>> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let r = http().get(&format!("/api/channel/{channel}/messages?after={after}&limit=100"), &server().token("reader")).await?;
+        let r = http().get(&format!("/api/channel/{channel}/messages?after={after}&limit=100"), &server().token(&unique("reader"))).await?;
         ensure_eq!(r.status, 200);
         out.extend(r.body["messages"].as_array().ok_or("messages")?.iter().cloned());
         match r.body["nextAfter"].as_i64() {
@@ -57,29 +55,21 @@ async fn all_history(channel: &str) -> Res<Vec<Value>> {
     }
 }
 
-/// Every frame that arrives until `quiet` passes without one.
-async fn drain(sock: &mut Ws, quiet: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Ok(v) = sock.recv_within(quiet).await {
-        out.push(v);
-    }
-    out
-}
-
 /// The next `message` frame (skipping participants / typing).
 async fn next_message(sock: &mut Ws) -> Res<Value> {
     sock.recv_type("message").await
 }
 
 async fn http_and_ws() -> TestResult {
+    let (alice, bob) = (unique("alice"), unique("bob"));
     let c = unique("chseq");
-    let (mut a, _) = connect(&c, "alice", "").await?;
-    let r = http().post(&format!("/api/channel/{c}/message"), &server().token("bob"), r#"{"content":"  hello  "}"#).await?;
+    let (mut a, _) = connect(&c, &alice, "").await?;
+    let r = http().post(&format!("/api/channel/{c}/message"), &server().token(&bob), r#"{"content":"  hello  "}"#).await?;
     ensure_eq!((r.status, r.body.clone()), (200, json!({"success":true,"sequence":1})));
     let m = next_message(&mut a).await?;
     let ts = m["timestamp"].as_str().ok_or("timestamp")?.to_owned();
     ensure!(ts.ends_with('Z') && ts.contains('T'), "timestamp {ts}");
-    ensure_eq!(m, json!({"type":"message","sequence":1,"userId":"bob","content":"hello","timestamp":ts,"id":null}));
+    ensure_eq!(m, json!({"type":"message","sequence":1,"userId":bob,"content":"hello","timestamp":ts,"id":null}));
 
     a.send_json(&json!({"type":"message","content":"from ws","id":"a-1"})).await?;
     let first = a.recv().await?;
@@ -87,50 +77,57 @@ async fn http_and_ws() -> TestResult {
     let (msg, ack) = if first["type"] == "ack" { (second, first) } else { (first, second) };
     ensure_eq!(ack, json!({"type":"ack","id":"a-1","sequence":2}));
     ensure_eq!((msg["type"].clone(), msg["sequence"].clone(), msg["userId"].clone(), msg["content"].clone(), msg["id"].clone()),
-        (json!("message"), json!(2), json!("alice"), json!("from ws"), json!("a-1")));
-    ensure_eq!(post(&c, "bob", json!({"content":"three"})).await?, 3);
+        (json!("message"), json!(2), json!(alice), json!("from ws"), json!("a-1")));
+    ensure_eq!(post(&c, &bob, json!({"content":"three"})).await?, 3);
     ensure_eq!(next_message(&mut a).await?["sequence"], json!(3));
     a.close().await
 }
 
 async fn duplicate_id() -> TestResult {
+    let (alice, bob, watcher_id) = (unique("alice"), unique("bob"), unique("watcher"));
     let c = unique("chdup");
-    let (mut watcher, _) = connect(&c, "watcher", "").await?;
-    let (mut a, _) = connect(&c, "alice", "").await?;
+    let (mut watcher, _) = connect(&c, &watcher_id, "").await?;
+    let (mut a, _) = connect(&c, &alice, "").await?;
     a.send_json(&json!({"type":"message","content":"once","id":"same"})).await?;
     ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"same","sequence":1}));
     a.send_json(&json!({"type":"message","content":"once again","id":"same"})).await?;
     ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"same","sequence":1}));
-    ensure_eq!(post(&c, "alice", json!({"content":"http","id":"same"})).await?, 1);
-    ensure_eq!(post(&c, "alice", json!({"content":"http","id":"h"})).await?, 2);
-    ensure_eq!(post(&c, "alice", json!({"content":"http","id":"h"})).await?, 2);
+    ensure_eq!(post(&c, &alice, json!({"content":"http","id":"same"})).await?, 1);
+    ensure_eq!(post(&c, &alice, json!({"content":"http","id":"h"})).await?, 2);
+    ensure_eq!(post(&c, &alice, json!({"content":"http","id":"h"})).await?, 2);
     // Another user's identical id is a different message.
-    ensure_eq!(post(&c, "bob", json!({"content":"bob","id":"same"})).await?, 3);
+    ensure_eq!(post(&c, &bob, json!({"content":"bob","id":"same"})).await?, 3);
     let seqs: Vec<i64> = all_history(&c).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
     ensure_eq!(seqs, vec![1, 2, 3]);
-    // exactly one broadcast per stored message
-    let frames = drain(&mut watcher, QUIET).await;
-    let broadcast: Vec<&Value> = frames.iter().filter(|f| f["type"] == "message").map(|f| &f["sequence"]).collect();
-    ensure_eq!(broadcast, vec![&json!(1), &json!(2), &json!(3)]);
+    // exactly one broadcast per stored message: read up to the last one (the HTTP answers came
+    // back, so every broadcast is queued), then the sentinel shows nothing follows it.
+    let mut broadcast = Vec::new();
+    while broadcast.last() != Some(&json!(3)) {
+        broadcast.push(next_message(&mut watcher).await?["sequence"].clone());
+        ensure!(broadcast.len() <= 3, "more broadcasts than messages: {broadcast:?}");
+    }
+    ensure_eq!(broadcast, vec![json!(1), json!(2), json!(3)]);
+    watcher.expect_next_is_pong().await?;
     a.close().await?;
     watcher.close().await
 }
 
 async fn history() -> TestResult {
+    let alice = unique("alice");
     let c = unique("chhist");
     for i in 1..=7 {
-        post(&c, "alice", json!({"content":format!("m{i}")})).await?;
+        post(&c, &alice, json!({"content":format!("m{i}")})).await?;
     }
-    let t = server().token("reader");
-    let r = http().get(&format!("/api/channel/{c}/messages?limit=3"), &t).await?;
+    let t = server().token(&unique("reader"));
+    let r = http().get(&format!("/api/channel/{c}/messages?limit=3"), &t).await?.ok()?;
     ensure_eq!(r.body["nextAfter"], json!(3));
     let first = &r.body["messages"][0];
     let ts = first["timestamp"].clone();
-    ensure_eq!(first, &json!({"sequence":1,"userId":"alice","content":"m1","timestamp":ts,"id":null}));
-    let r = http().get(&format!("/api/channel/{c}/messages?after=3&limit=3"), &t).await?;
+    ensure_eq!(first, &json!({"sequence":1,"userId":alice,"content":"m1","timestamp":ts,"id":null}));
+    let r = http().get(&format!("/api/channel/{c}/messages?after=3&limit=3"), &t).await?.ok()?;
     let seqs: Vec<i64> = r.body["messages"].as_array().ok_or("messages")?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
     ensure_eq!((seqs, r.body["nextAfter"].clone()), (vec![4, 5, 6], json!(6)));
-    let r = http().get(&format!("/api/channel/{c}/messages?after=6&limit=3"), &t).await?;
+    let r = http().get(&format!("/api/channel/{c}/messages?after=6&limit=3"), &t).await?.ok()?;
     ensure_eq!((r.body["messages"].as_array().map(Vec::len), r.body["nextAfter"].clone()), (Some(1), json!(null)));
     let all: Vec<Value> = all_history(&c).await?.iter().map(|m| m["content"].clone()).collect();
     ensure_eq!(all, (1..=7).map(|i| json!(format!("m{i}"))).collect::<Vec<_>>());
@@ -138,50 +135,54 @@ async fn history() -> TestResult {
         let r = http().get(&format!("/api/channel/{c}/messages?{bad}"), &t).await?;
         ensure_eq!((bad, r.status), (bad, 400));
     }
-    let r = http().get(&format!("/api/channel/{c}/messages?limit=5000"), &t).await?;
+    let r = http().get(&format!("/api/channel/{c}/messages?limit=5000"), &t).await?.ok()?;
     ensure_eq!(r.body["messages"].as_array().map(Vec::len), Some(7));
     Ok(())
 }
 
 async fn participants() -> TestResult {
+    let (alice, bob) = (unique("alice"), unique("bob"));
     let c = unique("chpart");
-    let (mut a, first) = connect(&c, "alice", "").await?;
-    ensure_eq!(first, json!({"type":"participants","users":["alice"]}));
-    let (mut b, first) = connect(&c, "bob", "").await?;
-    ensure_eq!(first, json!({"type":"participants","users":["alice","bob"]}));
-    ensure_eq!(a.recv().await?, json!({"type":"participants","users":["alice","bob"]}));
+    let (mut a, first) = connect(&c, &alice, "").await?;
+    ensure_eq!(first, json!({"type":"participants","users":[alice]}));
+    let (mut b, first) = connect(&c, &bob, "").await?;
+    ensure_eq!(first, json!({"type":"participants","users":[alice, bob]}));
+    ensure_eq!(a.recv().await?, json!({"type":"participants","users":[alice, bob]}));
     // a second socket of bob changes nothing for the others
-    let (b2, first) = connect(&c, "bob", "").await?;
-    ensure_eq!(first, json!({"type":"participants","users":["alice","bob"]}));
-    a.expect_silence(QUIET).await?;
+    let (b2, first) = connect(&c, &bob, "").await?;
+    ensure_eq!(first, json!({"type":"participants","users":[alice, bob]}));
+    a.expect_next_is_pong().await?;
     b2.close().await?;
-    a.expect_silence(QUIET).await?;
+    // b2's close event reaches the channel before b's typing frame (sent after our Close was
+    // answered), so a participants change from it would arrive before the typing frame.
     b.send_json(&json!({"type":"typing","isTyping":true})).await?;
-    ensure_eq!(a.recv().await?, json!({"type":"typing","users":["bob"]}));
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":[bob]}));
     b.close().await?;
     // bob's last socket left: participants shrink and his typing flag goes with him
-    ensure_eq!(a.recv().await?, json!({"type":"participants","users":["alice"]}));
+    ensure_eq!(a.recv().await?, json!({"type":"participants","users":[alice]}));
     ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
     a.close().await
 }
 
 async fn since_replay() -> TestResult {
+    let (alice, bob, carol, dave, eve) = (unique("alice"), unique("bob"), unique("carol"), unique("dave"), unique("eve"));
     let c = unique("chsince");
     for i in 1..=5 {
-        post(&c, "alice", json!({"content":format!("m{i}")})).await?;
+        post(&c, &alice, json!({"content":format!("m{i}")})).await?;
     }
-    let (mut a, _) = connect(&c, "alice", "?since=2").await?;
+    let (mut a, _) = connect(&c, &alice, "?since=2").await?;
     for seq in 3..=5 {
         let m = a.recv().await?;
         ensure_eq!((m["type"].clone(), m["sequence"].clone(), m["content"].clone()), (json!("message"), json!(seq), json!(format!("m{seq}"))));
     }
-    post(&c, "bob", json!({"content":"live"})).await?;
+    post(&c, &bob, json!({"content":"live"})).await?;
     ensure_eq!(next_message(&mut a).await?["sequence"], json!(6));
-    let (mut current, _) = connect(&c, "carol", "?since=6").await?;
-    current.expect_silence(QUIET).await?;
-    let (mut future, _) = connect(&c, "dave", "?since=99").await?;
+    let (mut current, _) = connect(&c, &carol, "?since=6").await?;
+    // Up to date: the connect replayed nothing.
+    current.expect_next_is_pong().await?;
+    let (mut future, _) = connect(&c, &dave, "?since=99").await?;
     ensure_eq!(future.recv().await?, json!({"type":"resync_required","latestSeq":6}));
-    let refused = crate::support::ws_refusal(&format!("/ws/channel/{c}?since=abc"), &[("Authorization", &format!("Bearer {}", server().token("eve")))]).await?;
+    let refused = crate::support::ws_refusal(&format!("/ws/channel/{c}?since=abc"), &[("Authorization", &format!("Bearer {}", server().token(&eve)))]).await?;
     ensure_eq!(refused, 400);
     a.close().await?;
     current.close().await?;
@@ -189,36 +190,47 @@ async fn since_replay() -> TestResult {
 }
 
 async fn typing_expiry() -> TestResult {
+    let (alice, bob) = (unique("alice"), unique("bob"));
     let c = unique("chtyping");
-    let (mut a, _) = connect(&c, "alice", "").await?;
-    let (mut b, _) = connect(&c, "bob", "").await?;
+    let (mut a, _) = connect(&c, &alice, "").await?;
+    let (mut b, _) = connect(&c, &bob, "").await?;
     a.recv_type("participants").await?;
     a.send_json(&json!({"type":"typing","isTyping":true})).await?;
     let started = Instant::now();
-    ensure_eq!(a.recv().await?, json!({"type":"typing","users":["alice"]}));
-    ensure_eq!(b.recv().await?, json!({"type":"typing","users":["alice"]}));
-    // alice stays silent; the alarm expires her flag.
-    let expired = b.recv_within(Duration::from_secs(8)).await?;
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":[alice]}));
+    ensure_eq!(b.recv().await?, json!({"type":"typing","users":[alice]}));
+    // alice stays silent; the alarm expires her flag. Never before the 3 s TTL (strict); the
+    // upper bound is generous: a loaded machine may run the alarm late.
+    let expired = b.recv().await?;
     let elapsed = started.elapsed();
     ensure_eq!(expired, json!({"type":"typing","users":[]}));
     ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
-    ensure!(elapsed >= Duration::from_millis(2_800) && elapsed <= Duration::from_millis(5_000), "expiry after {elapsed:?}");
+    ensure!(elapsed >= Duration::from_millis(2_800) && elapsed <= crate::support::RECV, "expiry after {elapsed:?}");
     eprintln!("channel typing expiry observed after {elapsed:?}");
 
     // explicit stop removes at once
     b.send_json(&json!({"type":"typing","isTyping":true})).await?;
-    ensure_eq!(a.recv().await?, json!({"type":"typing","users":["bob"]}));
+    ensure_eq!(a.recv().await?, json!({"type":"typing","users":[bob]}));
     b.send_json(&json!({"type":"typing","isTyping":false})).await?;
     ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
-    a.expect_silence(Duration::from_millis(3_500)).await?;
+    // bob hears his own changes too
+    ensure_eq!(b.recv().await?, json!({"type":"typing","users":[bob]}));
+    ensure_eq!(b.recv().await?, json!({"type":"typing","users":[]}));
+    // Past the TTL, the (now pointless) expiry must not send a second "nobody types" frame.
+    // (On a slow machine the alarm may run later than this wait: the check can then only pass,
+    // never fail spuriously.)
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    a.expect_next_is_pong().await?;
+    b.expect_next_is_pong().await?;
     a.close().await?;
     b.close().await
 }
 
 async fn bad_input() -> TestResult {
+    let (alice, watcher_id, mallory) = (unique("alice"), unique("watcher"), unique("mallory"));
     let c = unique("chbad");
-    ensure_eq!(post(&c, "alice", json!({"content":"first"})).await?, 1);
-    let (mut watcher, _) = connect(&c, "watcher", "").await?;
+    ensure_eq!(post(&c, &alice, json!({"content":"first"})).await?, 1);
+    let (mut watcher, _) = connect(&c, &watcher_id, "").await?;
     let closes: Vec<(&str, Option<String>, u16)> = vec![
         ("non-JSON", Some("hello".into()), 1007),
         ("wrong field type", Some(r#"{"type":"message","content":5}"#.into()), 1007),
@@ -228,11 +240,11 @@ async fn bad_input() -> TestResult {
         ("binary", None, 1007),
     ];
     for (what, frame, code) in closes {
-        let (mut bad, _) = connect(&c, "mallory", "").await?;
+        let (mut bad, _) = connect(&c, &mallory, "").await?;
         let closed = bad.send_bad_frame(frame.as_deref()).await?;
         ensure_eq!((what, closed.code), (what, code));
     }
-    let (mut a, _) = connect(&c, "alice", "").await?;
+    let (mut a, _) = connect(&c, &alice, "").await?;
     for (frame, code) in [
         (json!({"type":"message","content":"   "}), "empty_content"),
         (json!({"type":"message","content":"x".repeat(4001)}), "content_too_long"),
@@ -242,7 +254,7 @@ async fn bad_input() -> TestResult {
         let err = a.recv_type("error").await?;
         ensure_eq!((err["type"].clone(), err["code"].clone()), (json!("error"), json!(code)));
     }
-    let t = server().token("alice");
+    let t = server().token(&alice);
     for (body, status) in [
         ("not json".to_owned(), 400),
         (r#"{"content":5}"#.to_owned(), 400),
@@ -272,11 +284,11 @@ fn spawn_writers(c: &str) -> Vec<tokio::task::JoinHandle<TestResult>> {
     for w in 0..WRITERS {
         let c = c.to_owned();
         tasks.push(tokio::spawn(async move {
-            let user = format!("writer{w}");
+            let user = unique(&format!("writer{w}"));
             if w % 2 == 0 {
                 let (mut sock, _) = connect(&c, &user, "").await?;
                 for i in 0..PER_WRITER {
-                    sock.send_json(&json!({"type":"message","content":format!("{user}:{i}"),"id":format!("{user}-{i}")})).await?;
+                    sock.send_json(&json!({"type":"message","content":format!("writer{w}:{i}"),"id":format!("{user}-{i}")})).await?;
                 }
                 let mut acks = 0;
                 while acks < PER_WRITER {
@@ -287,7 +299,7 @@ fn spawn_writers(c: &str) -> Vec<tokio::task::JoinHandle<TestResult>> {
                 sock.close().await
             } else {
                 for i in 0..PER_WRITER {
-                    post(&c, &user, json!({"content":format!("{user}:{i}"),"id":format!("{user}-{i}")})).await?;
+                    post(&c, &user, json!({"content":format!("writer{w}:{i}"),"id":format!("{user}-{i}")})).await?;
                 }
                 Ok(())
             }
@@ -320,7 +332,7 @@ async fn concurrent() -> TestResult {
     let c = unique("chconc");
     let mut readers = Vec::new();
     for r in 0..3 {
-        readers.push(connect(&c, &format!("reader{r}"), "").await?.0);
+        readers.push(connect(&c, &unique(&format!("reader{r}")), "").await?.0);
     }
     let started = Instant::now();
     let writers = spawn_writers(&c);
@@ -351,7 +363,8 @@ async fn concurrent() -> TestResult {
 
 async fn reconnect_since() -> TestResult {
     let c = unique("chrecon");
-    let (mut reader, _) = connect(&c, "reader", "").await?;
+    let reader_id = unique("reader");
+    let (mut reader, _) = connect(&c, &reader_id, "").await?;
     let writers = spawn_writers(&c);
     let mut seen = Vec::new();
     // read a little, then drop the connection while the writers keep going
@@ -361,7 +374,7 @@ async fn reconnect_since() -> TestResult {
     reader.close().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let last = seen.last().and_then(|m| m["sequence"].as_i64()).ok_or("no sequence")?;
-    let (mut again, _) = connect(&c, "reader", &format!("?since={last}")).await?;
+    let (mut again, _) = connect(&c, &reader_id, &format!("?since={last}")).await?;
     let seen = read_until_total(&mut again, seen).await?;
     for task in writers {
         task.await??;
@@ -371,52 +384,58 @@ async fn reconnect_since() -> TestResult {
 }
 
 async fn hibernation() -> TestResult {
-    let s = server();
+    let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
     let c = unique("chhib");
-    let (mut a, _) = connect(&c, "alice", "").await?;
-    let (mut b, _) = connect(&c, "bob", "").await?;
+    let (mut a, _) = connect(&c, &alice, "").await?;
+    let (mut b, _) = connect(&c, &bob, "").await?;
     a.recv_type("participants").await?;
     a.send_json(&json!({"type":"message","content":"before","id":"before"})).await?;
     ensure_eq!(a.recv_type("ack").await?["sequence"], json!(1));
-    ensure_eq!(post(&c, "carol", json!({"content":"http before"})).await?, 2);
+    ensure_eq!(post(&c, &carol, json!({"content":"http before"})).await?, 2);
     ensure_eq!(next_message(&mut b).await?["sequence"], json!(1));
     ensure_eq!(next_message(&mut b).await?["sequence"], json!(2));
-    drain(&mut a, QUIET).await;
-    let wakes_before = s.log_count(&format!("wake Channel {c}"));
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        a.send_text(r#"{"type":"ping"}"#).await?;
-        ensure_eq!(a.recv().await?, json!({"type":"pong"}));
+    // a: its own broadcast and ack of 1 (either order), then 2; then nothing else is pending.
+    while next_message(&mut a).await?["sequence"] != json!(2) {}
+    a.expect_next_is_pong().await?;
+    // Idle until workerd evicts the channel: pings are answered by the runtime without waking
+    // it; the probe — the known id again — reaches the object (waking it if it was evicted) and
+    // changes nothing: acked with its original sequence, no broadcast.
+    let mut hib = Hibernation::start("Channel", &c).await?;
+    loop {
+        hib.idle().await?;
+        a.expect_next_is_pong().await?;
+        a.send_json(&json!({"type":"message","content":"before","id":"before"})).await?;
+        ensure_eq!(a.recv().await?, json!({"type":"ack","id":"before","sequence":1}));
+        if hib.woke().await {
+            break;
+        }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.expect_next_is_pong().await?;
     a.send_json(&json!({"type":"message","content":"after","id":"after"})).await?;
     ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"after","sequence":3}));
     ensure_eq!(next_message(&mut b).await?["sequence"], json!(3));
-    ensure_eq!(post(&c, "carol", json!({"content":"http after"})).await?, 4);
+    ensure_eq!(post(&c, &carol, json!({"content":"http after"})).await?, 4);
     ensure_eq!(next_message(&mut b).await?["sequence"], json!(4));
     // the repeated id is still known after the wake
     a.send_json(&json!({"type":"message","content":"before","id":"before"})).await?;
     ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"before","sequence":1}));
-    if s.is_local() {
-        let wakes_after = s.log_count(&format!("wake Channel {c}"));
-        ensure!(wakes_after > wakes_before, "the constructor did not run again (wakes {wakes_before} → {wakes_after}): no hibernation happened");
-    }
     // participants were rebuilt from the sockets after the wake
     b.close().await?;
-    ensure_eq!(a.recv_type("participants").await?, json!({"type":"participants","users":["alice"]}));
+    ensure_eq!(a.recv_type("participants").await?, json!({"type":"participants","users":[alice]}));
     a.close().await
 }
 
 async fn restart() -> TestResult {
+    let alice = unique("alice");
     let s = server();
     let c = unique("chrestart");
     for i in 1..=3 {
-        post(&c, "alice", json!({"content":format!("m{i}"),"id":format!("r{i}")})).await?;
+        post(&c, &alice, json!({"content":format!("m{i}"),"id":format!("r{i}")})).await?;
     }
     s.restart()?;
-    ensure_eq!(post(&c, "alice", json!({"content":"m2","id":"r2"})).await?, 2);
-    ensure_eq!(post(&c, "alice", json!({"content":"m4"})).await?, 4);
-    let (mut a, _) = connect(&c, "alice", "?since=2").await?;
+    ensure_eq!(post(&c, &alice, json!({"content":"m2","id":"r2"})).await?, 2);
+    ensure_eq!(post(&c, &alice, json!({"content":"m4"})).await?, 4);
+    let (mut a, _) = connect(&c, &alice, "?since=2").await?;
     ensure_eq!(next_message(&mut a).await?["sequence"], json!(3));
     ensure_eq!(next_message(&mut a).await?["sequence"], json!(4));
     a.send_json(&json!({"type":"message","content":"m5"})).await?;
@@ -428,6 +447,7 @@ async fn restart() -> TestResult {
 
 /// The e2e run keeps `CHANNEL_MAX_MESSAGES=250` and may prune every 2 s (tests/e2e/support.rs).
 async fn pruning() -> TestResult {
+    let (late, edge_id) = (unique("late"), unique("edge"));
     const KEEP: i64 = crate::support::CHANNEL_MAX_MESSAGES;
     let channel = unique("prune");
     let total = KEEP + 10;
@@ -441,10 +461,10 @@ async fn pruning() -> TestResult {
             p.await??;
         }
     }
-    // The prune alarm fires ~2 s after the channel went over the limit.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The prune alarm fires ~2 s after the channel went over the limit (later under load).
+    let deadline = Instant::now() + Duration::from_secs(60);
     let first = loop {
-        let r = http().get(&format!("/api/channel/{channel}/messages?after=0&limit=1"), &server().token("reader")).await?;
+        let r = http().get(&format!("/api/channel/{channel}/messages?after=0&limit=1"), &server().token(&unique("reader"))).await?.ok()?;
         let first = r.body["messages"][0]["sequence"].as_i64().unwrap_or(0);
         if first > 1 || Instant::now() > deadline {
             break first;
@@ -455,11 +475,11 @@ async fn pruning() -> TestResult {
     let kept: Vec<i64> = all_history(&channel).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
     ensure_eq!(kept, (total - KEEP + 1..=total).collect::<Vec<_>>());
     // Missing pruned messages: resync, never a partial replay.
-    let (mut stale, _) = connect(&channel, "late", &format!("?since={}", total - KEEP - 1)).await?;
+    let (mut stale, _) = connect(&channel, &late, &format!("?since={}", total - KEEP - 1)).await?;
     ensure_eq!(stale.recv().await?, json!({"type":"resync_required","latestSeq":total}));
-    stale.expect_silence(QUIET).await?;
+    stale.expect_next_is_pong().await?;
     // Exactly at the cut: a complete replay is still possible.
-    let (mut edge, _) = connect(&channel, "edge", &format!("?since={}", total - 3)).await?;
+    let (mut edge, _) = connect(&channel, &edge_id, &format!("?since={}", total - 3)).await?;
     for seq in total - 2..=total {
         ensure_eq!(edge.recv().await?["sequence"], json!(seq));
     }

@@ -1,11 +1,10 @@
 //! Counter (SPEC §6.2) over real HTTP and WebSockets.
 
-use std::time::Duration;
 
 use libtest_mimic::Trial;
 use serde_json::{json, Value};
 
-use crate::support::{http, server, unique, ws, TestResult};
+use crate::support::{http, server, unique, ws, Hibernation, TestResult};
 use crate::{ensure, ensure_eq, restart_trial, trial};
 
 pub fn tests() -> Vec<Trial> {
@@ -27,13 +26,13 @@ pub fn tests() -> Vec<Trial> {
 }
 
 async fn value_of(name: &str) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-    let r = http().get(&format!("/api/counter/{name}"), &server().token("reader")).await?;
+    let r = http().get(&format!("/api/counter/{name}"), &server().token(&unique("reader"))).await?;
     ensure_eq!(r.status, 200);
     Ok(r.body["value"].clone())
 }
 
 async fn http_ops() -> TestResult {
-    let t = server().token("alice");
+    let t = server().token(&unique("alice"));
     let name = unique("ops");
     let r = http().get(&format!("/api/counter/{name}"), &t).await?;
     ensure_eq!(r.status, 200);
@@ -48,13 +47,13 @@ async fn http_ops() -> TestResult {
     ensure_eq!(ev["metadata"]["operationCount"], json!(1));
     ensure!(ev["timestamp"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "timestamp {}", ev["timestamp"]);
 
-    let r = http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, "").await?.ok()?;
     ensure_eq!((r.body["value"].clone(), r.body["seq"].clone()), (json!(6), json!(2)));
-    let r = http().post(&format!("/api/counter/{name}/decrement"), &t, r#"{"amount":10}"#).await?;
+    let r = http().post(&format!("/api/counter/{name}/decrement"), &t, r#"{"amount":10}"#).await?.ok()?;
     ensure_eq!((r.body["type"].clone(), r.body["value"].clone()), (json!("decrement"), json!(-4)));
-    let r = http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":42}"#).await?;
+    let r = http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":42}"#).await?.ok()?;
     ensure_eq!((r.body["type"].clone(), r.body["value"].clone(), r.body["previousValue"].clone()), (json!("setValue"), json!(42), json!(-4)));
-    let r = http().post(&format!("/api/counter/{name}/reset"), &t, "").await?;
+    let r = http().post(&format!("/api/counter/{name}/reset"), &t, "").await?.ok()?;
     ensure_eq!((r.body["type"].clone(), r.body["value"].clone(), r.body["seq"].clone()), (json!("reset"), json!(0), json!(5)));
     ensure_eq!(value_of(&name).await?, json!(0));
     Ok(())
@@ -63,18 +62,18 @@ async fn http_ops() -> TestResult {
 async fn broadcast_to_two() -> TestResult {
     let s = server();
     let name = unique("bc");
-    let mut a = ws(&format!("/ws/counter/{name}"), &s.token("alice")).await?;
-    let mut b = ws(&format!("/ws/counter/{name}"), &s.token("bob")).await?;
+    let mut a = ws(&format!("/ws/counter/{name}"), &s.token(&unique("alice"))).await?;
+    let mut b = ws(&format!("/ws/counter/{name}"), &s.token(&unique("bob"))).await?;
     for sock in [&mut a, &mut b] {
         let snap = sock.recv().await?;
         ensure_eq!((snap["type"].clone(), snap["value"].clone(), snap["seq"].clone()), (json!("snapshot"), json!(0), json!(0)));
     }
-    let r = http().post(&format!("/api/counter/{name}/increment"), &s.token("carol"), r#"{"amount":3}"#).await?;
+    let r = http().post(&format!("/api/counter/{name}/increment"), &s.token(&unique("carol")), r#"{"amount":3}"#).await?.ok()?;
     for sock in [&mut a, &mut b] {
         let ev = sock.recv().await?;
         ensure_eq!(ev, r.body);
     }
-    let r = http().post(&format!("/api/counter/{name}/set"), &s.token("carol"), r#"{"value":-7}"#).await?;
+    let r = http().post(&format!("/api/counter/{name}/set"), &s.token(&unique("carol")), r#"{"value":-7}"#).await?.ok()?;
     for sock in [&mut a, &mut b] {
         ensure_eq!(sock.recv().await?, r.body);
     }
@@ -85,8 +84,8 @@ async fn broadcast_to_two() -> TestResult {
 async fn ws_mutation() -> TestResult {
     let s = server();
     let name = unique("wsm");
-    let mut a = ws(&format!("/ws/counter/{name}"), &s.token("alice")).await?;
-    let mut b = ws(&format!("/ws/counter/{name}"), &s.token("bob")).await?;
+    let mut a = ws(&format!("/ws/counter/{name}"), &s.token(&unique("alice"))).await?;
+    let mut b = ws(&format!("/ws/counter/{name}"), &s.token(&unique("bob"))).await?;
     a.recv().await?;
     b.recv().await?;
     a.send_json(&json!({"type":"increment","amount":2,"id":"m1"})).await?;
@@ -108,7 +107,7 @@ async fn ws_mutation() -> TestResult {
 
 async fn ping_pong() -> TestResult {
     let name = unique("ping");
-    let mut a = ws(&format!("/ws/counter/{name}"), &server().token("alice")).await?;
+    let mut a = ws(&format!("/ws/counter/{name}"), &server().token(&unique("alice"))).await?;
     a.recv().await?;
     a.send_text(r#"{"type":"ping"}"#).await?;
     ensure_eq!(a.recv().await?, json!({"type":"pong"}));
@@ -118,15 +117,17 @@ async fn ping_pong() -> TestResult {
 async fn ops_filter() -> TestResult {
     let s = server();
     let name = unique("filter");
-    let mut only_reset = ws(&format!("/ws/counter/{name}?ops=reset"), &s.token("alice")).await?;
+    let mut only_reset = ws(&format!("/ws/counter/{name}?ops=reset"), &s.token(&unique("alice"))).await?;
     only_reset.recv().await?;
-    let t = s.token("bob");
-    http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
-    http().post(&format!("/api/counter/{name}/reset"), &t, "").await?;
+    let t = s.token(&unique("bob"));
+    http().post(&format!("/api/counter/{name}/increment"), &t, "").await?.ok()?;
+    http().post(&format!("/api/counter/{name}/reset"), &t, "").await?.ok()?;
     let ev = only_reset.recv().await?;
     ensure_eq!(ev["type"], json!("reset"));
     ensure_eq!(ev["seq"], json!(2));
-    only_reset.expect_silence(Duration::from_millis(300)).await?;
+    // Both HTTP responses came back, so both broadcasts were already queued: the filtered-out
+    // increment would arrive before the sentinel's pong.
+    only_reset.expect_next_is_pong().await?;
     let refused = crate::support::ws_refusal(&format!("/ws/counter/{name}?ops=bogus"), &[("Authorization", &format!("Bearer {t}"))]).await?;
     ensure_eq!(refused, 400);
     only_reset.close().await
@@ -134,10 +135,10 @@ async fn ops_filter() -> TestResult {
 
 async fn since_replay() -> TestResult {
     let s = server();
-    let t = s.token("alice");
+    let t = s.token(&unique("alice"));
     let name = unique("since");
     for _ in 0..5 {
-        http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+        http().post(&format!("/api/counter/{name}/increment"), &t, "").await?.ok()?;
     }
     let mut a = ws(&format!("/ws/counter/{name}?since=2"), &t).await?;
     let snap = a.recv().await?;
@@ -146,7 +147,7 @@ async fn since_replay() -> TestResult {
         let ev = a.recv().await?;
         ensure_eq!((ev["type"].clone(), ev["seq"].clone(), ev["value"].clone()), (json!("increment"), json!(seq), json!(seq)));
     }
-    http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    http().post(&format!("/api/counter/{name}/increment"), &t, "").await?.ok()?;
     ensure_eq!(a.recv().await?["seq"], json!(6));
     let mut future = ws(&format!("/ws/counter/{name}?since=99"), &t).await?;
     future.recv().await?;
@@ -156,7 +157,7 @@ async fn since_replay() -> TestResult {
 }
 
 async fn duplicate_id() -> TestResult {
-    let t = server().token("alice");
+    let t = server().token(&unique("alice"));
     let name = unique("dup");
     let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
     a.recv().await?;
@@ -168,16 +169,16 @@ async fn duplicate_id() -> TestResult {
     ensure_eq!((r.status, r.body["seq"].clone(), r.body["value"].clone()), (200, json!(1), json!(1)));
     ensure_eq!(value_of(&name).await?, json!(1));
     // Another user's identical id is a different operation.
-    let r = http().post(&format!("/api/counter/{name}/increment"), &server().token("bob"), r#"{"id":"same"}"#).await?;
+    let r = http().post(&format!("/api/counter/{name}/increment"), &server().token(&unique("bob")), r#"{"id":"same"}"#).await?.ok()?;
     ensure_eq!(r.body["seq"], json!(2));
     a.close().await
 }
 
 async fn history() -> TestResult {
-    let t = server().token("alice");
+    let t = server().token(&unique("alice"));
     let name = unique("hist");
     for i in 1..=7 {
-        http().post(&format!("/api/counter/{name}/increment"), &t, &format!(r#"{{"amount":{i}}}"#)).await?;
+        http().post(&format!("/api/counter/{name}/increment"), &t, &format!(r#"{{"amount":{i}}}"#)).await?.ok()?;
     }
     let mut seen = Vec::new();
     let mut before: Option<i64> = None;
@@ -209,9 +210,9 @@ async fn history() -> TestResult {
 }
 
 async fn bad_amounts() -> TestResult {
-    let t = server().token("alice");
+    let t = server().token(&unique("alice"));
     let name = unique("bad");
-    http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":9007199254740990}"#).await?;
+    http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":9007199254740990}"#).await?.ok()?;
     let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":5}"#).await?;
     ensure_eq!((r.status, r.error_code()), (422, Some("overflow")));
     let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":1.5}"#).await?;
@@ -235,9 +236,9 @@ async fn bad_amounts() -> TestResult {
 }
 
 async fn bad_frames() -> TestResult {
-    let t = server().token("alice");
+    let t = server().token(&unique("alice"));
     let name = unique("frames");
-    http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":7}"#).await?;
+    http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":7}"#).await?.ok()?;
     let cases = vec![
         ("non-JSON", Message::Text("hello".into()), 1007),
         ("wrong field type", Message::Text(r#"{"type":"increment","amount":"x"}"#.into()), 1007),
@@ -276,7 +277,7 @@ async fn concurrent() -> TestResult {
     let name = unique("conc");
     let mut tasks = Vec::new();
     for w in 0..4 {
-        let t = s.token(&format!("user{w}"));
+        let t = s.token(&unique(&format!("user{w}")));
         let name = name.clone();
         tasks.push(tokio::spawn(async move {
             let mut sock = ws(&format!("/ws/counter/{name}"), &t).await?;
@@ -294,7 +295,7 @@ async fn concurrent() -> TestResult {
         }));
     }
     for h in 0..40 {
-        let t = s.token("httpuser");
+        let t = s.token(&unique("httpuser"));
         let name = name.clone();
         tasks.push(tokio::spawn(async move {
             let r = http().post(&format!("/api/counter/{name}/increment"), &t, &format!(r#"{{"id":"h{h}"}}"#)).await?;
@@ -306,51 +307,55 @@ async fn concurrent() -> TestResult {
         task.await??;
     }
     ensure_eq!(value_of(&name).await?, json!(200));
-    let r = http().get(&format!("/api/counter/{name}/history?limit=1"), &s.token("alice")).await?;
+    let r = http().get(&format!("/api/counter/{name}/history?limit=1"), &s.token(&unique("alice"))).await?.ok()?;
     ensure_eq!(r.body["operations"][0]["seq"], json!(200));
     Ok(())
 }
 
 async fn hibernation() -> TestResult {
     let s = server();
-    let t = s.token("alice");
+    let t = s.token(&unique("alice"));
     let name = unique("hib");
     let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
-    let mut b = ws(&format!("/ws/counter/{name}"), &s.token("bob")).await?;
+    let mut b = ws(&format!("/ws/counter/{name}"), &s.token(&unique("bob"))).await?;
     a.recv().await?;
     b.recv().await?;
     a.send_json(&json!({"type":"increment","amount":5,"id":"before"})).await?;
     a.recv_type("ack").await?;
     b.recv_type("increment").await?;
-    let wakes_before = s.log_count(&format!("wake Counter {name}"));
-    // Idle long enough for workerd to evict the object (~10 s), then a ping is answered by the
-    // runtime's auto-response while it sleeps.
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    a.send_text(r#"{"type":"ping"}"#).await?;
-    ensure_eq!(a.recv().await?, json!({"type":"pong"}));
+    // Idle until workerd evicts the object: a ping is answered by the runtime's auto-response
+    // while it sleeps; the probe — the same op id again — reaches the object (waking it if it
+    // was evicted) and changes nothing: acked with its original seq, no broadcast.
+    let mut hib = Hibernation::start("Counter", &name).await?;
+    loop {
+        hib.idle().await?;
+        a.expect_next_is_pong().await?;
+        a.send_json(&json!({"type":"increment","amount":5,"id":"before"})).await?;
+        ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"before","seq":1}));
+        if hib.woke().await {
+            break;
+        }
+    }
+    b.expect_next_is_pong().await?;
     a.send_json(&json!({"type":"increment","amount":1,"id":"after"})).await?;
     ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":"after","seq":2}));
     let ev = b.recv_type("increment").await?;
     ensure_eq!((ev["value"].clone(), ev["seq"].clone()), (json!(6), json!(2)));
-    if s.is_local() {
-        let wakes_after = s.log_count(&format!("wake Counter {name}"));
-        ensure!(wakes_after > wakes_before, "the constructor did not run again (wakes {wakes_before} → {wakes_after}): no hibernation happened");
-    }
     a.close().await?;
     b.close().await
 }
 
 async fn restart() -> TestResult {
     let s = server();
-    let t = s.token("alice");
+    let t = s.token(&unique("alice"));
     let name = unique("restart");
-    http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":41}"#).await?;
-    http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"id":"r1"}"#).await?;
+    http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":41}"#).await?.ok()?;
+    http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"id":"r1"}"#).await?.ok()?;
     s.restart()?;
     ensure_eq!(value_of(&name).await?, json!(42));
-    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"id":"r1"}"#).await?;
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"id":"r1"}"#).await?.ok()?;
     ensure_eq!((r.body["seq"].clone(), r.body["value"].clone()), (json!(2), json!(42)));
-    let r = http().post(&format!("/api/counter/{name}/increment"), &t, "").await?;
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, "").await?.ok()?;
     ensure_eq!((r.body["seq"].clone(), r.body["value"].clone()), (json!(3), json!(43)));
     Ok(())
 }

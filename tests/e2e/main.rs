@@ -51,11 +51,19 @@ where
     .with_ignored_flag(remote)
 }
 
+/// Tests spend nearly all their time waiting — on frames, on the server, on hibernation idles of
+/// 12 s and more — not computing, so many run per core: 12 per CPU (24 on a 2-core machine),
+/// at least 8, at most 64 so a large machine does not flood one local workerd. `--test-threads`
+/// overrides it. Load only makes the run slower: every wait in the suite has a generous deadline.
+fn default_test_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2);
+    cpus.saturating_mul(12).clamp(8, 64)
+}
+
 fn main() {
     let mut args = Arguments::from_args();
-    // Tests mostly wait on sockets (hibernation needs >10 s idle): run many at once.
     if args.test_threads.is_none() {
-        args.test_threads = Some(24);
+        args.test_threads = Some(default_test_threads());
     }
     let mut trials = Vec::new();
     trials.extend(foundation::tests());

@@ -94,19 +94,61 @@ pub fn spawn(opts: &Options<'_>, log: &Log) -> std::io::Result<Child> {
     Ok(child)
 }
 
-/// Stop the whole process group: SIGTERM, then SIGKILL after 5 s. (procps `kill` needs `--`
-/// before a negative pid.)
+/// Stop the whole process group (npx → node → workerd): SIGTERM, SIGKILL to whatever is left
+/// after 10 s, and return only once no process of the group remains (up to 60 s more), so a
+/// restart on the same port never meets the old workerd still listening. (procps `kill` needs
+/// `--` before a negative pid.)
 pub fn kill_group(child: &mut Child) {
     let group = format!("-{}", child.id());
-    let _ = Command::new("kill").args(["-s", "TERM", "--", &group]).stderr(Stdio::null()).status();
-    for _ in 0..50 {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
+    let signal = |sig: &str| {
+        let _ = Command::new("kill").args(["-s", sig, "--", &group]).stderr(Stdio::null()).status();
+    };
+    // The group exists while any member does. Reap our own child (the leader) as we go: a zombie
+    // leader would keep the group "alive" for `kill -0`.
+    let mut reaped = false;
+    let mut group_gone = |within: Duration| {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if !reaped {
+                reaped = matches!(child.try_wait(), Ok(Some(_)));
+            }
+            let alive = Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !alive {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    signal("TERM");
+    if !group_gone(Duration::from_secs(10)) {
+        signal("KILL");
+        if !group_gone(Duration::from_secs(60)) {
+            eprintln!("devserver: process group {group} still alive 70 s after SIGTERM/SIGKILL");
+        }
+    }
+    let _ = child.wait();
+}
+
+/// Wait until `port` on 127.0.0.1 can be bound again (the previous server released it), at
+/// most `within`. True if it can.
+pub fn wait_port_free(port: u16, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = Command::new("kill").args(["-s", "KILL", "--", &group]).stderr(Stdio::null()).status();
-    let _ = child.wait();
 }
 
 #[cfg(test)]
@@ -116,6 +158,21 @@ mod tests {
     #[test]
     fn root_has_the_worker_config() {
         assert!(project_root().join("wrangler.toml").exists());
+    }
+
+    #[test]
+    fn kill_group_stops_every_member_of_the_group() {
+        // A leader with a grandchild that ignores SIGTERM: both must be gone on return.
+        let mut child = Command::new("sh")
+            .args(["-c", "sh -c 'trap \"\" TERM; while :; do sleep 1; done' & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = format!("-{}", child.id());
+        std::thread::sleep(Duration::from_millis(300));
+        kill_group(&mut child);
+        let alive = Command::new("kill").args(["-0", "--", &group]).stderr(Stdio::null()).status().unwrap().success();
+        assert!(!alive, "a member of the group survived");
     }
 
     #[test]
