@@ -41,3 +41,19 @@ extern "C" {
 pub fn raw(state: &worker::State) -> &RawState {
     state.as_raw().unchecked_ref::<RawState>()
 }
+
+#[wasm_bindgen]
+extern "C" {
+    /// The same JS object as `worker_sys::DurableObjectStorage`, seen through `sync()`.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    pub type RawStorage;
+
+    /// `ctx.storage.sync()`: resolves once every write so far is durable.
+    #[wasm_bindgen(method, catch)]
+    pub fn sync(this: &RawStorage) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// View a DO's storage through [`RawStorage`].
+pub fn raw_storage(storage: &worker::Storage) -> &RawStorage {
+    storage.as_raw().unchecked_ref::<RawStorage>()
+}

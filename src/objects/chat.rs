@@ -62,6 +62,8 @@ pub struct ChatRoom {
     prune_armed: std::cell::Cell<bool>,
     /// Attachments cached in memory: the message path neither deserializes nor rewrites them.
     attachments: kit::AttachmentCache<ChatAttachment>,
+    /// `HEARTBEAT_TIMEOUT_MS`.
+    heartbeat_ms: i64,
 }
 
 fn server_id() -> String {
@@ -171,6 +173,9 @@ impl ChatRoom {
                 }
                 kit::broadcast(&self.state, &self.user_count_frame(None), None, None);
                 self.schedule_prune().await;
+                if let Err(e) = kit::liveness::arm(&self.state, kit::now(), self.heartbeat_ms).await {
+                    worker::console_error!("chat heartbeat arm: {e:?}");
+                }
             }
             Err(_) => self.depart_and_close(&ws, close::INTERNAL, "storage error").await,
         }
@@ -298,12 +303,16 @@ impl DurableObject for ChatRoom {
             None => ChatLog::default(),
         };
         let prune_armed = kit::load_schedule(&db).get(chat::PRUNE_TIMER).is_some();
+        // The user count and "left" messages derive from the sockets' attachments, never from
+        // storage: after a crash or a deploy there is nothing to reconcile (see kit::liveness).
+        let heartbeat_ms = kit::liveness::timeout_ms(&env);
         Self {
             state,
             cfg,
             log: RefCell::new(log),
             prune_armed: std::cell::Cell::new(prune_armed),
             attachments: kit::AttachmentCache::default(),
+            heartbeat_ms,
         }
     }
 
@@ -334,6 +343,12 @@ impl DurableObject for ChatRoom {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        // Every alarm first sweeps silent sockets: each is announced like a close ("left", the
+        // new count), then closed. Departures may arm the prune timer, so load the schedule after.
+        let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
+        for ws in &stale {
+            self.depart_and_close(ws, kit::liveness::SWEEP_CLOSE_CODE, kit::liveness::SWEEP_CLOSE_REASON).await;
+        }
         let db = self.sql();
         let mut schedule = kit::load_schedule(&db);
         if schedule.take_due(kit::now()).iter().any(|t| t == chat::PRUNE_TIMER) {
@@ -351,6 +366,8 @@ impl DurableObject for ChatRoom {
                 }
             }
         }
+        // The heartbeat timer moves to the next deadline, or goes with the last socket.
+        edge_realtime_core::schedule::liveness::rearm(&mut schedule, next);
         let _ = kit::save_schedule(&self.state, &schedule).await;
         self.prune_armed.set(schedule.get(chat::PRUNE_TIMER).is_some());
         Response::ok("ok")
