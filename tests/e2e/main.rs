@@ -12,6 +12,8 @@ mod session;
 mod channel;
 mod waddle;
 mod ratelimit;
+mod liveness;
+mod proxy;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -64,6 +66,7 @@ fn main() {
     trials.extend(waddle::tests());
     trials.extend(channel::tests());
     trials.extend(ratelimit::tests());
+    trials.extend(liveness::tests());
 
     let listing = args.list;
     if !listing {
