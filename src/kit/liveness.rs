@@ -103,11 +103,11 @@ pub async fn flush(state: &State) -> Result<(), ApiError> {
 
 /// Reset the object (`ctx.abort()`), dropping every socket it holds at once so their TCP
 /// closes now instead of at eviction. Call only after every outgoing call of the event has
-/// finished and storage was flushed ([`flush`]); the runtime throws into the calling event,
-/// which the binding turns into an `Err` (logged here), so nothing unwinds through WASM.
+/// finished and storage was flushed ([`flush`]). The reset runs as a JS microtask right after
+/// the current Rust poll (the runtime throws from `abort()`; that throw must not unwind
+/// through WASM, and the reset must not re-enter the future queue that called it).
 pub fn abort(state: &State, reason: &str) {
-    if let Err(e) = runtime::raw(state).abort(reason) {
-        // Expected: abort() reports the reset by throwing.
-        worker::console_log!("[edge-realtime] abort ({reason}): {e:?}");
+    if let Err(e) = runtime::abort_soon(state, reason) {
+        worker::console_error!("abort ({reason}) could not be scheduled: {e:?}");
     }
 }
