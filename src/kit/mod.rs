@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod object;
+pub mod liveness;
 pub mod runtime;
 pub mod sql;
 
@@ -57,7 +58,8 @@ pub fn install_auto_response(state: &State) {
     }
 }
 
-/// Accept a hibernatable WebSocket with `tags` and `attachment`; returns the socket (to send
+/// Accept a hibernatable WebSocket with `tags` (plus the kit's connect-time tag, see
+/// [`liveness`]) and `attachment`; returns the socket (to send
 /// the first frames on) and the 101 response. Tags and attachment size are checked first,
 /// because the runtime throws on bad ones.
 pub fn accept<A: Serialize>(
@@ -66,7 +68,8 @@ pub fn accept<A: Serialize>(
     tags: &[String],
     attachment: &A,
 ) -> Result<(WebSocket, Response), ApiError> {
-    if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.chars().count() > MAX_TAG_LEN) {
+    // The kit adds one tag of its own: the connect time, for the heartbeat sweep.
+    if tags.len() >= MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.chars().count() > MAX_TAG_LEN) {
         worker::console_error!("refusing to accept a socket with invalid tags {tags:?}");
         return Err(ApiError::internal());
     }
@@ -76,7 +79,12 @@ pub fn accept<A: Serialize>(
     }
     let pair = WebSocketPair::new().map_err(internal("WebSocketPair"))?;
     let server = pair.server;
-    let js_tags: js_sys::Array = tags.iter().map(|t| JsValue::from_str(t)).collect();
+    let js_tags: js_sys::Array = tags
+        .iter()
+        .cloned()
+        .chain(std::iter::once(liveness::connected_tag(now())))
+        .map(|t| JsValue::from_str(&t))
+        .collect();
     runtime::raw(state)
         .accept_web_socket(server.as_ref(), js_tags)
         .map_err(|e| internal("acceptWebSocket")(worker::Error::from(e)))?;

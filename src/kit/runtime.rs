@@ -57,3 +57,36 @@ extern "C" {
     #[wasm_bindgen(catch)]
     pub fn sql_exec(sql: &JsValue, query: &str, binds_json: &str) -> Result<(), JsValue>;
 }
+
+#[wasm_bindgen]
+extern "C" {
+    /// The same JS object as `worker_sys::DurableObjectStorage`, seen through `sync()`.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    pub type RawStorage;
+
+    /// `ctx.storage.sync()`: resolves once every write so far is durable.
+    #[wasm_bindgen(method, catch)]
+    pub fn sync(this: &RawStorage) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// View a DO's storage through [`RawStorage`].
+pub fn raw_storage(storage: &worker::Storage) -> &RawStorage {
+    storage.as_raw().unchecked_ref::<RawStorage>()
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// The global `queueMicrotask(fn)`.
+    #[wasm_bindgen(catch, js_name = queueMicrotask)]
+    pub fn queue_microtask(f: &JsValue) -> Result<(), JsValue>;
+}
+
+/// Schedule `ctx.abort(reason)` as a plain JS microtask, so it runs with no WASM frame on the
+/// stack. Called directly from Rust, the reset re-entered wasm-bindgen-futures' task queue
+/// while it was polling ("closure invoked recursively or after being dropped").
+pub fn abort_soon(state: &worker::State, reason: &str) -> Result<(), JsValue> {
+    let raw: &JsValue = state.as_raw().as_ref();
+    let abort: js_sys::Function = js_sys::Reflect::get(raw, &JsValue::from_str("abort"))?.dyn_into()?;
+    let bound = abort.bind1(raw, &JsValue::from_str(reason));
+    queue_microtask(bound.as_ref())
+}

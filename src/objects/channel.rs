@@ -34,6 +34,10 @@ const COLUMNS: &str = "sequence, user_id, content, timestamp, client_id";
 struct Conn {
     user_id: String,
     token_iat: i64,
+    /// Set when the heartbeat sweep closed this socket and announced it, so a late
+    /// `webSocketClose` does not announce it again.
+    #[serde(default)]
+    gone: bool,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +79,8 @@ pub struct Channel {
     state: State,
     env: Env,
     core: RefCell<Core>,
+    /// `HEARTBEAT_TIMEOUT_MS`.
+    heartbeat_ms: i64,
 }
 
 impl Channel {
@@ -179,11 +185,11 @@ impl Channel {
         Ok(())
     }
 
-    /// Distinct users of the open sockets, without `except`.
+    /// Distinct users of the open sockets (not those closing), without `except`.
     fn users(&self, except: Option<&WebSocket>) -> BTreeSet<String> {
         let sockets = match except {
             Some(ws) => kit::open_peers(&self.state, None, ws),
-            None => kit::sockets(&self.state, None),
+            None => kit::sockets(&self.state, None).into_iter().filter(kit::is_open).collect(),
         };
         sockets.iter().filter_map(|ws| kit::user_of(&self.state, ws)).collect()
     }
@@ -205,7 +211,7 @@ impl Channel {
         let since = parse_seq("since", http::query_param(req, "since").as_deref())?;
         self.remember_name(req)?;
         let others = self.users(None);
-        let conn = Conn { user_id: identity.user_id, token_iat: identity.token_iat };
+        let conn = Conn { user_id: identity.user_id, token_iat: identity.token_iat, gone: false };
         let (ws, response) = kit::accept(&self.state, req, &[format!("u:{}", conn.user_id)], &conn)?;
         let outcome = self.core.borrow().on_connect(&conn.user_id, &others);
         self.apply(Some(&ws), &outcome);
@@ -219,7 +225,8 @@ impl Channel {
                 Err(_) => kit::close(&ws, close::INTERNAL, "replay failed"),
             },
         }
-        if outcome.timers_changed {
+        let armed = self.core.borrow_mut().arm_heartbeat(kit::now(), self.heartbeat_ms);
+        if outcome.timers_changed || armed {
             self.sync_timers().await;
         }
         Ok(response)
@@ -285,9 +292,49 @@ impl Channel {
     /// A socket closed or errored: the last socket of a user leaves and stops typing.
     async fn on_gone(&self, ws: &WebSocket) {
         let Some(conn) = kit::attachment::<Conn>(ws) else { return };
+        if conn.gone {
+            return; // the heartbeat sweep already announced it
+        }
+        self.depart(ws, &conn).await;
+    }
+
+    /// Announce that `ws` (of `conn`) left.
+    async fn depart(&self, ws: &WebSocket, conn: &Conn) {
         let remaining = self.users(Some(ws));
         let outcome = self.core.borrow_mut().on_close(&conn.user_id, &remaining, kit::now());
         self.execute(Some(ws), outcome).await;
+    }
+}
+
+impl Channel {
+    /// On wake: typing flags of users without an open socket (dropped by a crash or a deploy)
+    /// go, and whoever is left hears the new list. Synchronous (a constructor cannot await):
+    /// the typing table is written now; a moved typing timer reaches the alarm on the next
+    /// [`Self::sync_timers`], and an alarm that fires early just sweeps and re-arms.
+    fn reconcile(&self) {
+        let now = kit::now();
+        let outcome = kit::liveness::reconcile(&self.state, |live| self.core.borrow_mut().reconcile(live, now));
+        if outcome.typing_changed {
+            kit::log_debug(&self.env, "reconcile Channel: ghost typing dropped");
+            self.apply(None, &outcome);
+        }
+    }
+
+    /// Close the sockets silent for the heartbeat timeout and announce each like a close.
+    /// Returns when the next sweep is due.
+    async fn sweep(&self) -> Option<i64> {
+        let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
+        for ws in stale {
+            let conn = kit::attachment::<Conn>(&ws).map(|c| Conn { gone: true, ..c });
+            if let Some(conn) = &conn {
+                kit::set_attachment(&ws, conn);
+            }
+            kit::liveness::close_stale(&ws);
+            if let Some(conn) = &conn {
+                self.depart(&ws, conn).await;
+            }
+        }
+        next
     }
 }
 
@@ -311,7 +358,10 @@ impl DurableObject for Channel {
         if let Some(row) = &row {
             kit::log_wake(&env, "Channel", &row.name);
         }
-        Self { state, env, core: RefCell::new(core) }
+        let heartbeat_ms = kit::liveness::timeout_ms(&env);
+        let this = Self { state, env, core: RefCell::new(core), heartbeat_ms };
+        this.reconcile();
+        this
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -348,6 +398,9 @@ impl DurableObject for Channel {
     async fn alarm(&self) -> worker::Result<Response> {
         let outcome = self.core.borrow_mut().on_alarm(kit::now(), self.retention().max_messages);
         self.apply(None, &outcome);
+        // Every alarm also sweeps silent sockets and re-arms the heartbeat timer (or drops it).
+        let next = self.sweep().await;
+        self.core.borrow_mut().rearm_heartbeat(next);
         // The alarm that fired is spent: always point it at the next deadline.
         self.sync_timers().await;
         Response::ok("ok")

@@ -64,6 +64,8 @@ pub struct ChatRoom {
     attachments: kit::AttachmentCache<ChatAttachment>,
     /// Ids of messages the client did not name.
     ids: kit::UniqueIds,
+    /// `HEARTBEAT_TIMEOUT_MS`.
+    heartbeat_ms: i64,
 }
 
 fn user_tag(user_id: &str) -> String {
@@ -169,6 +171,9 @@ impl ChatRoom {
                 }
                 kit::broadcast(&self.state, &self.user_count_frame(None), None, None);
                 self.schedule_prune().await;
+                if let Err(e) = kit::liveness::arm(&self.state, kit::now(), self.heartbeat_ms).await {
+                    worker::console_error!("chat heartbeat arm: {e:?}");
+                }
             }
             Err(_) => self.depart_and_close(&ws, close::INTERNAL, "storage error").await,
         }
@@ -296,6 +301,9 @@ impl DurableObject for ChatRoom {
             None => ChatLog::default(),
         };
         let prune_armed = kit::load_schedule(&db).get(chat::PRUNE_TIMER).is_some();
+        // The user count and "left" messages derive from the sockets' attachments, never from
+        // storage: after a crash or a deploy there is nothing to reconcile (see kit::liveness).
+        let heartbeat_ms = kit::liveness::timeout_ms(&env);
         Self {
             state,
             cfg,
@@ -303,6 +311,7 @@ impl DurableObject for ChatRoom {
             prune_armed: std::cell::Cell::new(prune_armed),
             attachments: kit::AttachmentCache::default(),
             ids: kit::UniqueIds::default(),
+            heartbeat_ms,
         }
     }
 
@@ -333,6 +342,12 @@ impl DurableObject for ChatRoom {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
+        // Every alarm first sweeps silent sockets: each is announced like a close ("left", the
+        // new count), then closed. Departures may arm the prune timer, so load the schedule after.
+        let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
+        for ws in &stale {
+            self.depart_and_close(ws, kit::liveness::SWEEP_CLOSE_CODE, kit::liveness::SWEEP_CLOSE_REASON).await;
+        }
         let db = self.sql();
         let mut schedule = kit::load_schedule(&db);
         if schedule.take_due(kit::now()).iter().any(|t| t == chat::PRUNE_TIMER) {
@@ -350,6 +365,8 @@ impl DurableObject for ChatRoom {
                 }
             }
         }
+        // The heartbeat timer moves to the next deadline, or goes with the last socket.
+        edge_realtime_core::schedule::liveness::rearm(&mut schedule, next);
         let _ = kit::save_schedule(&self.state, &schedule).await;
         self.prune_armed.set(schedule.get(chat::PRUNE_TIMER).is_some());
         Response::ok("ok")

@@ -30,6 +30,7 @@ const MAX_REGISTRY: i64 = 200;
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS session (id INTEGER PRIMARY KEY CHECK (id = 1), user_id TEXT NOT NULL, state TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS registry (class TEXT NOT NULL, name TEXT NOT NULL, seen_at INTEGER NOT NULL, PRIMARY KEY (class, name))",
+    kit::SCHEDULE_SCHEMA,
 ];
 
 #[derive(Deserialize)]
@@ -49,6 +50,8 @@ pub struct UserSession {
     env: Env,
     /// Cached session row; `None` until the first request names the user.
     current: RefCell<Option<SessionState>>,
+    /// `HEARTBEAT_TIMEOUT_MS`.
+    heartbeat_ms: i64,
 }
 
 impl UserSession {
@@ -132,7 +135,25 @@ impl UserSession {
                 kit::close(&other, close::LOGGED_OUT, session::LOGGED_OUT_REASON);
             }
             self.fan_out_revoke(logout.at).await;
+            self.release_closed_sockets().await;
         }
+    }
+
+    /// After `logout_all` closed every socket here and the fan-out finished: sockets closed
+    /// from within an event get their Close frame at once, but workerd keeps their TCP until
+    /// the object is evicted (10–30 s), so a browser's `onclose` would wait that long. Flush
+    /// storage (the revocation must survive the reset), then `ctx.abort()` the object: the
+    /// runtime drops every socket it holds now. Skipped if a socket opened meanwhile (a new
+    /// token) is still open — abort would drop it too.
+    async fn release_closed_sockets(&self) {
+        if kit::sockets(&self.state, None).iter().any(kit::is_open) {
+            return;
+        }
+        if let Err(e) = kit::liveness::flush(&self.state).await {
+            worker::console_error!("logout_all flush: {e:?}");
+            return;
+        }
+        kit::liveness::abort(&self.state, "logout_all: release closed sockets");
     }
 
     /// Tell every object the user has (had) sockets in to close those opened with a token from
@@ -182,8 +203,14 @@ impl UserSession {
         let device = DeviceConn::new(device_id.clone(), identity.token_iat);
         let tags = [format!("u:{}", identity.user_id), format!("d:{device_id}")];
         let (ws, response) = kit::accept(&self.state, req, &tags, &device)?;
-        let outcome = session::on_connect(&current, &device, &others, kit::now());
+        let now = kit::now();
+        let outcome = session::on_connect(&current, &device, &others, now);
         self.execute(&ws, outcome).await;
+        if kit::is_open(&ws) {
+            if let Err(e) = kit::liveness::arm(&self.state, now, self.heartbeat_ms).await {
+                worker::console_error!("session heartbeat arm: {e:?}");
+            }
+        }
         Ok(response)
     }
 
@@ -288,8 +315,31 @@ impl UserSession {
     /// A socket closed or errored: it no longer counts (presence may move).
     async fn gone(&self, ws: &WebSocket) {
         let (Some(current), Some(closing)) = (self.cached(), kit::attachment::<DeviceConn>(ws)) else { return };
+        if closing.gone {
+            return; // the heartbeat sweep already announced it
+        }
         let outcome = session::on_close(&current, &closing, &self.conns(Some(ws)), kit::now());
         self.execute(ws, outcome).await;
+    }
+}
+
+impl UserSession {
+    /// Close the devices silent for the heartbeat timeout and announce each like a close
+    /// (presence may move). Returns when the next sweep is due.
+    async fn sweep(&self) -> Option<i64> {
+        let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
+        for ws in stale {
+            let device = kit::attachment::<DeviceConn>(&ws).map(|d| DeviceConn { gone: true, ..d });
+            if let Some(device) = &device {
+                kit::set_attachment(&ws, device);
+            }
+            kit::liveness::close_stale(&ws);
+            if let (Some(current), Some(device)) = (self.cached(), device) {
+                let outcome = session::on_close(&current, &device, &self.conns(Some(&ws)), kit::now());
+                self.execute(&ws, outcome).await;
+            }
+        }
+        next
     }
 }
 
@@ -308,7 +358,10 @@ impl DurableObject for UserSession {
             let _ = sql::exec(&db, statement, vec![]);
         }
         kit::install_auto_response(&state);
-        let this = Self { state, env, current: RefCell::new(None) };
+        // Devices live in the sockets' attachments, never in storage: after a crash or a
+        // deploy there is nothing to reconcile (see kit::liveness).
+        let heartbeat_ms = kit::liveness::timeout_ms(&env);
+        let this = Self { state, env, current: RefCell::new(None), heartbeat_ms };
         // Runs again after every wake: rebuild the cache from storage.
         if let Some(loaded) = this.load() {
             kit::log_wake(&this.env, "UserSession", &loaded.user_id);
@@ -355,7 +408,14 @@ impl DurableObject for UserSession {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        // UserSession schedules nothing; a stray alarm is acknowledged.
+        // The only timer is the heartbeat sweep; a stray or early alarm just sweeps again.
+        let mut schedule = kit::load_schedule(&self.sql());
+        schedule.take_due(kit::now());
+        let next = self.sweep().await;
+        edge_realtime_core::schedule::liveness::rearm(&mut schedule, next);
+        if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+            worker::console_error!("session schedule: {e:?}");
+        }
         Response::ok("ok")
     }
 }

@@ -16,6 +16,7 @@ use crate::kit::{self, http, sql, Identity};
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS waddle (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS presence (user_id TEXT PRIMARY KEY, status TEXT NOT NULL, last_seen INTEGER NOT NULL)",
+    kit::SCHEDULE_SCHEMA,
 ];
 
 /// Per-socket attachment (first tag `u:<userId>`).
@@ -24,6 +25,10 @@ struct Conn {
     user_id: String,
     user_name: String,
     token_iat: i64,
+    /// Set when the heartbeat sweep closed this socket and announced its user's departure, so
+    /// a late `webSocketClose` does not announce it again.
+    #[serde(default)]
+    gone: bool,
 }
 
 impl Conn {
@@ -48,6 +53,8 @@ struct NameRow {
 pub struct Waddle {
     state: State,
     core: RefCell<Core>,
+    /// `HEARTBEAT_TIMEOUT_MS`.
+    heartbeat_ms: i64,
 }
 
 impl Waddle {
@@ -82,14 +89,19 @@ impl Waddle {
         Ok(())
     }
 
-    fn open_socket(&self, req: &Request) -> Result<Response, ApiError> {
+    async fn open_socket(&self, req: &Request) -> Result<Response, ApiError> {
         let identity = Identity::from_request(req)?;
         self.remember_name(req)?;
-        let conn = Conn { user_id: identity.user_id, user_name: identity.user_name, token_iat: identity.token_iat };
+        let conn =
+            Conn { user_id: identity.user_id, user_name: identity.user_name, token_iat: identity.token_iat, gone: false };
         let tags = [format!("u:{}", conn.user_id)];
         let (ws, response) = kit::accept(&self.state, req, &tags, &conn)?;
-        let outcome = self.core.borrow_mut().on_connect(&conn.core(), kit::now());
+        let now = kit::now();
+        let outcome = self.core.borrow_mut().on_connect(&conn.core(), now);
         self.execute(Some(&ws), outcome)?;
+        if let Err(e) = kit::liveness::arm(&self.state, now, self.heartbeat_ms).await {
+            worker::console_error!("waddle heartbeat arm: {e:?}");
+        }
         Ok(response)
     }
 
@@ -105,7 +117,7 @@ impl Waddle {
 
     async fn route(&self, req: Request) -> Result<Response, ApiError> {
         match req.path().trim_start_matches('/') {
-            "ws" => self.open_socket(&req),
+            "ws" => self.open_socket(&req).await,
             "presence" => {
                 self.remember_name(&req)?;
                 let view = self.core.borrow().presence_view();
@@ -129,11 +141,53 @@ impl Waddle {
     /// A socket closed or errored: its user goes offline when it was their last one.
     fn on_gone(&self, ws: &WebSocket) {
         let Some(conn) = kit::attachment::<Conn>(ws) else { return };
+        if conn.gone {
+            return; // the heartbeat sweep already announced it
+        }
+        self.depart(ws, &conn);
+    }
+
+    /// Announce that `ws` (of `conn`) is gone.
+    fn depart(&self, ws: &WebSocket, conn: &Conn) {
         let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
         let outcome = self.core.borrow_mut().on_close(&conn.core(), remaining, kit::now());
         if let Err(e) = self.execute(Some(ws), outcome) {
             worker::console_error!("waddle close: {e:?}");
         }
+    }
+}
+
+impl Waddle {
+    /// On wake: members the table calls present but who have no open socket (a crash or a
+    /// deploy dropped them without close events) go offline, announced to whoever is left.
+    fn reconcile(&self, env: &Env) {
+        let now = kit::now();
+        let outcomes = kit::liveness::reconcile(&self.state, |live| self.core.borrow_mut().reconcile(live, now));
+        if !outcomes.is_empty() {
+            kit::log_debug(env, &format!("reconcile Waddle: {} ghost(s) offline", outcomes.len()));
+        }
+        for outcome in outcomes {
+            if let Err(e) = self.execute(None, outcome) {
+                worker::console_error!("waddle reconcile: {e:?}");
+            }
+        }
+    }
+
+    /// Close the sockets silent for the heartbeat timeout and announce them like a close, one
+    /// at a time (so a user's last one makes them offline exactly once). Returns the next due time.
+    fn sweep(&self) -> Option<i64> {
+        let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
+        for ws in stale {
+            let conn = kit::attachment::<Conn>(&ws).map(|c| Conn { gone: true, ..c });
+            if let Some(conn) = &conn {
+                kit::set_attachment(&ws, conn);
+            }
+            kit::liveness::close_stale(&ws);
+            if let Some(conn) = &conn {
+                self.depart(&ws, conn);
+            }
+        }
+        next
     }
 }
 
@@ -153,7 +207,9 @@ impl DurableObject for Waddle {
         if let Ok(Some(row)) = sql::first::<NameRow>(&db, "SELECT name FROM waddle WHERE id = 1", vec![]) {
             kit::log_wake(&env, "Waddle", &row.name);
         }
-        Self { state, core: RefCell::new(core) }
+        let this = Self { state, core: RefCell::new(core), heartbeat_ms: kit::liveness::timeout_ms(&env) };
+        this.reconcile(&env);
+        this
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -184,7 +240,14 @@ impl DurableObject for Waddle {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        // Waddle schedules nothing; a stray alarm is a no-op.
+        // The only timer is the heartbeat sweep; a stray or early alarm just sweeps again.
+        let mut schedule = kit::load_schedule(&self.sql());
+        schedule.take_due(kit::now());
+        let next = self.sweep();
+        edge_realtime_core::schedule::liveness::rearm(&mut schedule, next);
+        if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+            worker::console_error!("waddle schedule: {e:?}");
+        }
         Response::ok("ok")
     }
 }

@@ -13,6 +13,8 @@ mod session;
 mod channel;
 mod waddle;
 mod ratelimit;
+mod liveness;
+mod proxy;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -74,6 +76,7 @@ fn main() {
     trials.extend(channel::tests());
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
+    trials.extend(liveness::tests());
 
     let listing = args.list;
     if !listing {

@@ -626,3 +626,164 @@ impl Hibernation {
         woke
     }
 }
+
+// ---------------------------------------------------------------- liveness harness
+// (appended for tests/e2e/liveness.rs: crash restarts, a second wrangler with other vars,
+// WebSockets to any address)
+
+impl Server {
+    /// A crash, not a stop: SIGKILL the whole process group (npx, node, workerd) — sockets
+    /// dropped, no close events, no shutdown hooks — then start again on the same port and
+    /// `--persist-to` state, as a crash or a deploy does.
+    pub fn crash_restart(&self) -> TestResult {
+        let Some(local) = &self.local else { return Err(fail("cannot crash a remote deployment")) };
+        {
+            let mut l = local.lock().map_err(|_| fail("poisoned"))?;
+            let group = format!("-{}", l.child.id());
+            let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &group]).status();
+            let _ = l.child.wait();
+            // workerd may outlive its group leader for a moment; wait until the port is free.
+            if !devserver::wait_port_free(l.port, Duration::from_secs(60)) {
+                return Err(fail(format!("port {} still in use 60 s after killing wrangler", l.port)));
+            }
+            l.child = spawn_wrangler(l.port, &l.persist, &self.log);
+        }
+        self.wait_ready().map_err(fail)?;
+        Ok(())
+    }
+}
+
+/// A second, private `wrangler dev` with the e2e vars plus `extra_vars` (`K:V`), on its own
+/// port and state; stopped (whole group) when dropped.
+pub struct ExtraServer {
+    pub base: String,
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<String>>>,
+    child: Option<Child>,
+    persist: PathBuf,
+}
+
+impl ExtraServer {
+    pub fn start(label: &str, extra_vars: &[&str]) -> Result<ExtraServer, Box<dyn std::error::Error + Send + Sync>> {
+        let port = devserver::free_port()?;
+        let persist = project_root().join("target").join(format!("e2e-{label}-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&persist);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut args: Vec<String> = vec!["--var".into(), "DEBUG_WAKE:1".into()];
+        args.extend(e2e_vars());
+        for v in extra_vars {
+            args.extend(["--var".to_owned(), (*v).to_owned()]);
+        }
+        let opts = devserver::Options { port, persist: &persist, args, verbose_env: "E2E_VERBOSE", label: "wrangler-2", keep: |_| true };
+        let child = devserver::spawn(&opts, &log)?;
+        let server = ExtraServer { base: format!("http://127.0.0.1:{port}"), port, log, child: Some(child), persist };
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while std::time::Instant::now() < deadline {
+            if matches!(reqwest::blocking_get(&format!("{}/health", server.base)), Ok(200)) {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(fail(format!("second wrangler dev on {port} did not become ready")))
+    }
+
+    pub fn ws_base(&self) -> String {
+        self.base.replacen("http", "ws", 1)
+    }
+}
+
+impl Drop for ExtraServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            devserver::kill_group(&mut child);
+        }
+        let _ = std::fs::remove_dir_all(&self.persist);
+    }
+}
+
+/// Connect to `ws_base + path` (any server or proxy) with a bearer token.
+pub async fn ws_at(ws_base: &str, path: &str, token: &str) -> Result<Ws, Box<dyn std::error::Error + Send + Sync>> {
+    let mut request = format!("{ws_base}{path}").into_client_request()?;
+    request.headers_mut().insert(::reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    let (inner, _) = tokio::time::timeout(RECV, tokio_tungstenite::connect_async(request)).await??;
+    Ok(Ws { inner, peer_closed: false })
+}
+
+impl Ws {
+    /// Wait up to `limit` for the server's Close frame and then the end of the TCP stream;
+    /// returns the close and how long the stream took to end after it.
+    pub async fn expect_close_and_end(&mut self, limit: Duration) -> Result<(Closed, Duration), Box<dyn std::error::Error + Send + Sync>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let closed = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.inner.next()).await.map_err(|_| fail(format!("no close frame within {limit:?}")))? {
+                Some(Ok(Message::Close(Some(frame)))) => break Closed { code: u16::from(frame.code), reason: frame.reason.to_string() },
+                Some(Ok(Message::Close(None))) => break Closed { code: 1005, reason: String::new() },
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(fail(format!("socket error before close: {e}"))),
+                None => return Err(fail("socket ended without a close frame")),
+            }
+        };
+        let at_close = tokio::time::Instant::now();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.inner.next()).await {
+                Err(_) => return Err(fail(format!("close {closed:?} arrived but the TCP stream did not end within {limit:?}"))),
+                Ok(None) | Ok(Some(Err(_))) => return Ok((closed, at_close.elapsed())),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Send `{"type":"ping"}` every `every` while waiting up to `limit` for a frame matching
+    /// `pred` (pongs and other frames are skipped); keeps this socket alive under a sweep.
+    pub async fn recv_matching_while_pinging(
+        &mut self,
+        limit: Duration,
+        every: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.send_text(r#"{"type":"ping"}"#).await?,
+                msg = tokio::time::timeout_at(deadline, self.inner.next()) => {
+                    let msg = msg.map_err(|_| fail(format!("no matching frame within {limit:?}")))?
+                        .ok_or_else(|| fail("socket ended"))??;
+                    match msg {
+                        Message::Text(t) => {
+                            let v: Value = serde_json::from_str(&t)?;
+                            if pred(&v) {
+                                return Ok(v);
+                            }
+                        }
+                        Message::Close(c) => return Err(fail(format!("socket closed: {c:?}"))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keep pinging every `every` for `total`, failing on a close; proves a healthy socket
+    /// survives sweeps. Returns how many pongs came back.
+    pub async fn ping_for(&mut self, total: Duration, every: Duration) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let end = tokio::time::Instant::now() + total;
+        let mut pongs = 0;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => return Ok(pongs),
+                _ = tick.tick() => self.send_text(r#"{"type":"ping"}"#).await?,
+                msg = self.inner.next() => match msg {
+                    Some(Ok(Message::Text(t))) if t == r#"{"type":"pong"}"# => pongs += 1,
+                    Some(Ok(Message::Close(c))) => return Err(fail(format!("healthy socket was closed: {c:?}"))),
+                    None => return Err(fail("healthy socket ended")),
+                    Some(Err(e)) => return Err(fail(format!("healthy socket error: {e}"))),
+                    _ => {}
+                },
+            }
+        }
+    }
+}

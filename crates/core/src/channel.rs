@@ -445,6 +445,37 @@ impl Channel {
         outcome
     }
 
+    /// Reconcile with the sockets that really exist (run on every wake): typing flags of users
+    /// without an open socket in `live_users` (left over from a crash or a lost close) are
+    /// dropped, and everyone left gets the new `typing` list. Participants are derived from
+    /// the open sockets, so they need no repair.
+    pub fn reconcile(&mut self, live_users: &BTreeSet<String>, now: Millis) -> Outcome {
+        let ghosts = crate::schedule::liveness::ghosts(self.typing.keys().map(String::as_str), live_users);
+        if ghosts.is_empty() {
+            return Outcome::default();
+        }
+        for user in &ghosts {
+            self.typing.remove(user);
+        }
+        self.expire_typing(now);
+        Outcome {
+            to_all: vec![self.typing_frame()],
+            typing_changed: true,
+            timers_changed: self.sync_typing_timer(),
+            ..Outcome::default()
+        }
+    }
+
+    /// Arm the heartbeat sweep for a socket accepted at `now` (see [`crate::schedule::liveness`]).
+    pub fn arm_heartbeat(&mut self, now: Millis, timeout_ms: Millis) -> bool {
+        crate::schedule::liveness::arm_on_connect(&mut self.timers, now, timeout_ms)
+    }
+
+    /// After a heartbeat sweep: the next sweep at `next`, or none.
+    pub fn rearm_heartbeat(&mut self, next: Option<Millis>) {
+        crate::schedule::liveness::rearm(&mut self.timers, next);
+    }
+
     /// The DO alarm fired at `now`: expire typing flags (broadcast if the set changed) and, if
     /// the prune timer is due, decide the cutoff.
     pub fn on_alarm(&mut self, now: Millis, max_messages: i64) -> Outcome {
@@ -888,5 +919,39 @@ mod tests {
         let json = serde_json::to_string(&conn).unwrap();
         assert_eq!(json, r#"{"userId":"u"}"#);
         assert_eq!(serde_json::from_str::<ChannelConn>(&json).unwrap(), conn);
+    }
+
+    #[test]
+    fn reconcile_drops_typing_of_users_without_a_socket() {
+        let typing: BTreeMap<String, Millis> = [("ghost".to_string(), 10_000), ("bob".to_string(), 9_000)].into_iter().collect();
+        let mut timers = Schedule::default();
+        timers.set(TYPING_TIMER, 9_000);
+        let mut c = Channel::restore(5, 0, typing, timers);
+        let live: BTreeSet<String> = ["bob".to_string()].into_iter().collect();
+        let outcome = c.reconcile(&live, 1_000);
+        assert_eq!(outcome.to_all, vec![r#"{"type":"typing","users":["bob"]}"#.to_string()]);
+        assert!(outcome.typing_changed);
+        assert_eq!(c.typing().keys().cloned().collect::<Vec<_>>(), vec!["bob".to_string()]);
+        assert_eq!(c.reconcile(&live, 1_000), Outcome::default());
+        // Nobody left: the typing timer goes too.
+        let out = c.reconcile(&BTreeSet::new(), 1_000);
+        assert!(out.timers_changed);
+        assert_eq!(c.timers().get(TYPING_TIMER), None);
+    }
+
+    #[test]
+    fn heartbeat_timer_shares_the_schedule_with_typing_and_prune() {
+        let mut c = Channel::default();
+        assert!(c.arm_heartbeat(0, 90_000));
+        assert!(!c.arm_heartbeat(1_000, 90_000));
+        assert_eq!(c.poll_timeout(), Some(90_000));
+        // The alarm takes it due like any timer; the adapter re-arms it after the sweep.
+        let outcome = c.on_alarm(90_000, 100);
+        assert!(outcome.timers_changed);
+        assert_eq!(c.poll_timeout(), None);
+        c.rearm_heartbeat(Some(150_000));
+        assert_eq!(c.poll_timeout(), Some(150_000));
+        c.rearm_heartbeat(None);
+        assert_eq!(c.poll_timeout(), None);
     }
 }

@@ -89,12 +89,16 @@ pub struct DeviceConn {
     pub presence: Presence,
     /// `iat` (seconds) of the token the socket connected with, checked against logouts.
     pub token_iat: i64,
+    /// Set when the heartbeat sweep closed this socket and announced it (so a late close
+    /// event does not announce it twice). Absent from older attachments: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
 }
 
 impl DeviceConn {
     /// A device that just connected counts as online.
     pub fn new(device_id: impl Into<String>, token_iat: i64) -> Self {
-        Self { device_id: device_id.into(), presence: Presence::Online, token_iat }
+        Self { device_id: device_id.into(), presence: Presence::Online, token_iat, gone: false }
     }
 }
 
@@ -836,5 +840,15 @@ mod tests {
             Reject::InBand { code: "too_many_games", message: "at most 100 active games; leave one first".into() }
         );
         assert_eq!(SessionError::InvalidGameId.to_string(), "gameId must match ^[A-Za-z0-9_.-]{1,64}$");
+    }
+
+    #[test]
+    fn device_attachment_without_gone_reads_as_live_and_gone_round_trips() {
+        let old: DeviceConn = serde_json::from_str(r#"{"device_id":"d","presence":"online","token_iat":1}"#).unwrap();
+        assert!(!old.gone);
+        assert!(!serde_json::to_string(&old).unwrap().contains("gone"));
+        let swept = DeviceConn { gone: true, ..old };
+        let back: DeviceConn = serde_json::from_str(&serde_json::to_string(&swept).unwrap()).unwrap();
+        assert!(back.gone);
     }
 }

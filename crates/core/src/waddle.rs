@@ -15,7 +15,7 @@
 //! - `presence_update` is broadcast on every accepted status change request, even when it
 //!   repeats the current status (it still moves `lastSeen`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -192,6 +192,16 @@ impl Waddle {
             return Outcome::default();
         }
         self.set_status(&conn.user_id, Status::Offline, now)
+    }
+
+    /// Reconcile the stored presence with the sockets that really exist (run on every wake):
+    /// every member not `offline` without an open socket in `live_users` — left over from a
+    /// crash, a deploy or a lost close — goes `offline` now. One outcome per ghost (its row to
+    /// store, its `presence_update` for the remaining sockets), sorted by user id.
+    pub fn reconcile(&mut self, live_users: &BTreeSet<String>, now: Millis) -> Vec<Outcome> {
+        let stored = self.presence.iter().filter(|(_, p)| p.status != Status::Offline).map(|(id, _)| id.as_str());
+        let ghosts = crate::schedule::liveness::ghosts(stored, live_users);
+        ghosts.iter().map(|user| self.set_status(user, Status::Offline, now)).collect()
     }
 
     /// `{"type":"presence_state","users":[[userId,{"status","lastSeen"}],...]}`, sorted by user id.
@@ -447,5 +457,32 @@ mod tests {
         assert_eq!(serde_json::from_str::<WaddleConn>(&json).unwrap(), c);
         assert_eq!(serde_json::to_string(&conn("u")).unwrap(), r#"{"userId":"u"}"#);
         assert_eq!(serde_json::from_str::<WaddleConn>(r#"{"userId":"u"}"#).unwrap(), conn("u"));
+    }
+
+    #[test]
+    fn reconcile_marks_members_without_a_socket_offline_and_keeps_live_ones() {
+        let mut w = Waddle::from_rows([
+            ("alice".to_string(), online(1)),
+            ("bob".to_string(), online(2)),
+            ("carol".to_string(), Presence { status: Status::Away, last_seen: 3 }),
+            ("dave".to_string(), Presence { status: Status::Offline, last_seen: 4 }),
+        ]);
+        let live: BTreeSet<String> = ["bob".to_string()].into_iter().collect();
+        let outcomes = w.reconcile(&live, 100);
+        let stored: Vec<_> = outcomes.iter().filter_map(|o| o.store.clone()).collect();
+        assert_eq!(
+            stored,
+            vec![
+                ("alice".to_string(), Presence { status: Status::Offline, last_seen: 100 }),
+                ("carol".to_string(), Presence { status: Status::Offline, last_seen: 100 }),
+            ]
+        );
+        assert_eq!(outcomes[0].to_others, vec![r#"{"type":"presence_update","userId":"alice","status":"offline"}"#.to_string()]);
+        assert!(outcomes.iter().all(|o| o.to_self.is_empty()));
+        assert_eq!(w.presence_of("bob"), Some(online(2)));
+        // dave was already offline: untouched, lastSeen kept.
+        assert_eq!(w.presence_of("dave"), Some(Presence { status: Status::Offline, last_seen: 4 }));
+        // A second wake changes nothing.
+        assert!(w.reconcile(&live, 200).is_empty());
     }
 }
