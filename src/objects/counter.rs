@@ -222,16 +222,22 @@ impl Counter {
         let mut tags = vec![format!("u:{}", identity.user_id)];
         tags.extend(ops.iter().map(|k| op_tag(*k)));
         let conn = CounterConn { user_id: identity.user_id, token_iat: identity.token_iat };
-        let (ws, response) = kit::accept(&self.state, req, &tags, &conn)?;
-        kit::send(&ws, &state.snapshot_frame());
+        // Everything that can fail (the replay read) happens before the socket is accepted, so
+        // an error never leaves an accepted socket behind. No await in between: same turn.
+        let mut frames = vec![state.snapshot_frame()];
         match replay::plan(since, state.seq, pruned_through) {
             Replay::Nothing => {}
-            Replay::Resync { latest_seq } => kit::send(&ws, &replay::resync_frame(latest_seq)),
-            Replay::After(from) => {
-                for op in self.operations_after(from)?.iter().filter(|op| ops.contains(&op.kind)) {
-                    kit::send(&ws, &state.event(op).to_string());
-                }
-            }
+            Replay::Resync { latest_seq } => frames.push(replay::resync_frame(latest_seq)),
+            Replay::After(from) => frames.extend(
+                self.operations_after(from)?
+                    .iter()
+                    .filter(|op| ops.contains(&op.kind))
+                    .map(|op| state.event(op).to_string()),
+            ),
+        }
+        let (ws, response) = kit::accept(&self.state, req, &tags, &conn)?;
+        for frame in &frames {
+            kit::send(&ws, frame);
         }
         Ok(response)
     }
@@ -240,11 +246,7 @@ impl Counter {
         let identity = Identity::from_request(&req)?;
         let body = http::read_json_body(&mut req).await?;
         let op = counter::parse_op(kind, &body).map_err(|e| e.to_api())?;
-        let client_id = match body.get("id") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if !s.is_empty() && s.chars().count() <= 128 => Some(s.clone()),
-            Some(_) => return Err(ApiError::bad_request("invalid_id", "id must be a string of 1 to 128 characters")),
-        };
+        let client_id = counter::http_client_id(&body)?;
         self.ensure(&req)?;
         let event = match self.mutate(op, &identity.user_id, client_id.as_deref()).map_err(|e| e.to_api())? {
             Mutation::Applied { event, .. } => event,
