@@ -7,6 +7,7 @@
 //! ## Layout
 //! - [`error`]: the HTTP error body and WebSocket close codes of SPEC §5.
 //! - [`names`]: name validation (SPEC §4).
+//! - [`accept`]: the runtime's limits on a hibernatable socket's tags and attachment.
 //! - [`auth`]: HS256 JWT verify/mint and token extraction (SPEC §3).
 //! - [`route`]: the entry Worker's routing table (SPEC §4).
 //! - [`frame`]: decoding client frames into protocol enums, mapping failures to close codes.
@@ -21,6 +22,7 @@
 //! - [`waddle`]: the Waddle protocol: community presence and typing relay (SPEC §6.4).
 //! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (SPEC §6.5).
 
+pub mod accept;
 pub mod auth;
 pub mod channel;
 pub mod chat;
