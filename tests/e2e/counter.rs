@@ -24,6 +24,7 @@ pub fn tests() -> Vec<Trial> {
         trial("counter::survives_hibernation", hibernation),
         restart_trial("counter::survives_wrangler_restart", restart),
         trial("counter::present_null_or_non_integer_amount_rejected_value_unchanged", null_amounts),
+        trial("counter::empty_ops_filter_is_400_not_every_event", empty_ops),
     ]
 }
 
@@ -409,4 +410,21 @@ async fn null_amounts() -> TestResult {
     a.send_json(&json!({"type":"increment","id":"ok"})).await?;
     ensure_eq!(a.recv_type("increment").await?["value"], json!(11));
     a.close().await
+}
+
+/// `?ops=` (what a client sends for an empty `ops` list) is 400, not a socket that receives
+/// every event type; absent `ops` still means every type.
+async fn empty_ops() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("emptyops");
+    let auth = format!("Bearer {t}");
+    for query in ["?ops=", "?ops=%20", "?ops=,"] {
+        let status = crate::support::ws_refusal(&format!("/ws/counter/{name}{query}"), &[("Authorization", &auth)]).await?;
+        ensure_eq!((query, status), (query, 400));
+    }
+    let mut all = ws(&format!("/ws/counter/{name}"), &t).await?;
+    ensure_eq!(all.recv().await?["type"], json!("snapshot"));
+    all.send_json(&json!({"type":"increment","id":"e1"})).await?;
+    ensure_eq!(all.recv_type("increment").await?["value"], json!(1));
+    all.close().await
 }

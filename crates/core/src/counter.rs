@@ -262,11 +262,16 @@ pub fn parse_op(kind: OpKind, body: &Value) -> Result<CounterOp, CounterError> {
     })
 }
 
-/// Parse `?ops=increment,reset` into the set of event types a socket receives.
+/// Parse `?ops=increment,reset` into the set of event types a socket receives. Absent → every
+/// type; present but naming none (`?ops=`, what a client sends for an empty list) → 400, never
+/// "every type".
 pub fn parse_ops_filter(raw: Option<&str>) -> Result<Vec<OpKind>, ApiError> {
-    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+    let Some(raw) = raw else {
         return Ok(OpKind::ALL.to_vec());
     };
+    if raw.split(',').all(|p| p.trim().is_empty()) {
+        return Err(ApiError::bad_request("invalid_ops", "ops is empty: list at least one of increment, decrement, setValue, reset, or leave it out for all"));
+    }
     let mut kinds = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let kind = OpKind::parse(part).ok_or_else(|| {
@@ -420,6 +425,11 @@ mod tests {
         assert_eq!(parse_ops_filter(None).unwrap().len(), 4);
         assert_eq!(parse_ops_filter(Some("increment,reset,increment")).unwrap(), vec![OpKind::Increment, OpKind::Reset]);
         assert_eq!(parse_ops_filter(Some("bogus")).map_err(|e| e.status), Err(400));
+        // Present but empty is not "all": an empty client list must not subscribe to everything.
+        for empty in ["", " ", ",", " , "] {
+            assert_eq!(parse_ops_filter(Some(empty)).map_err(|e| (e.status, e.code)), Err((400, "invalid_ops")), "{empty:?}");
+        }
+        assert_eq!(parse_ops_filter(Some("reset,,")).unwrap(), vec![OpKind::Reset]);
     }
 
     #[test]
