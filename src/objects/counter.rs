@@ -244,9 +244,9 @@ impl Counter {
 
     async fn http_mutation(&self, mut req: Request, kind: OpKind) -> Result<Response, ApiError> {
         let identity = Identity::from_request(&req)?;
-        let body = http::read_json_body(&mut req).await?;
-        let op = counter::parse_op(kind, &body).map_err(|e| e.to_api())?;
-        let client_id = counter::http_client_id(&body)?;
+        let body = http::read_optional_json_body(&mut req).await?;
+        let op = counter::parse_op(kind, body.as_ref()).map_err(|e| e.to_api())?;
+        let client_id = body.as_ref().map(counter::http_client_id).transpose()?.flatten();
         self.ensure(&req)?;
         let event = match self.mutate(op, &identity.user_id, client_id.as_deref()).map_err(|e| e.to_api())? {
             Mutation::Applied { event, .. } => event,
@@ -312,7 +312,7 @@ impl Counter {
             Reject::close(edge_realtime_core::error::close::POLICY, "unknown message type")
         })?;
         let client_id = counter::client_id(&frame)?;
-        let op = counter::parse_op(kind, &frame).map_err(|e| e.to_reject())?;
+        let op = counter::parse_op(kind, Some(&frame)).map_err(|e| e.to_reject())?;
         let conn: CounterConn = kit::attachment(ws)
             .ok_or_else(|| Reject::close(edge_realtime_core::error::close::INTERNAL, "lost connection state"))?;
         let seq = match self.mutate(op, &conn.user_id, client_id.as_deref()).map_err(|e| e.to_reject())? {

@@ -375,6 +375,8 @@ async fn null_amounts() -> TestResult {
         ("decrement", r#"{"amount":9007199254740992}"#, 422, "invalid_amount"),
         ("increment", r#"{"amount":-9007199254740992}"#, 422, "invalid_amount"),
         ("increment", r#"{"amount":1,"id":null}"#, 400, "invalid_id"),
+        ("increment", "null", 400, "invalid_body"),
+        ("reset", "null", 400, "invalid_body"),
     ] {
         let r = http().post(&format!("/api/counter/{name}/{op}"), &t, body).await?;
         ensure_eq!((op, body, r.status, r.error_code()), (op, body, status, Some(code)));

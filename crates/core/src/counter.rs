@@ -246,13 +246,14 @@ fn integer_field(obj: &serde_json::Map<String, Value>, field: &'static str, defa
     }
 }
 
-/// Parse an operation of `kind` from a JSON object (HTTP body or WS frame).
-pub fn parse_op(kind: OpKind, body: &Value) -> Result<CounterOp, CounterError> {
+/// Parse an operation of `kind` from a JSON object (HTTP body or WS frame). An empty HTTP body
+/// is passed as `None` (every field absent); a body that is JSON `null` is not an object.
+pub fn parse_op(kind: OpKind, body: Option<&Value>) -> Result<CounterOp, CounterError> {
     let empty = serde_json::Map::new();
     let obj = match body {
-        Value::Object(o) => o,
-        Value::Null => &empty,
-        _ => return Err(CounterError::BadBody),
+        None => &empty,
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(CounterError::BadBody),
     };
     Ok(match kind {
         OpKind::Increment => CounterOp::Increment(integer_field(obj, "amount", Some(1))?),
@@ -355,34 +356,36 @@ mod tests {
 
     #[test]
     fn parse_amounts() {
-        assert_eq!(parse_op(OpKind::Increment, &json!({})), Ok(CounterOp::Increment(1)));
-        assert_eq!(parse_op(OpKind::Increment, &Value::Null), Ok(CounterOp::Increment(1)));
-        assert_eq!(parse_op(OpKind::Decrement, &json!({"amount": 3})), Ok(CounterOp::Decrement(3)));
-        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": 1.5})), Err(CounterError::NotAnInteger("amount")));
-        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": 9007199254740992_i64})), Err(CounterError::NotAnInteger("amount")));
-        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": "3"})), Err(CounterError::WrongType("amount")));
-        assert_eq!(parse_op(OpKind::SetValue, &json!({})), Err(CounterError::WrongType("value")));
-        assert_eq!(parse_op(OpKind::SetValue, &json!({"value": -4})), Ok(CounterOp::SetValue(-4)));
-        assert_eq!(parse_op(OpKind::Reset, &json!({"anything": 1})), Ok(CounterOp::Reset));
-        assert_eq!(parse_op(OpKind::Reset, &json!([1])), Err(CounterError::BadBody));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({}))), Ok(CounterOp::Increment(1)));
+        assert_eq!(parse_op(OpKind::Increment, None), Ok(CounterOp::Increment(1)));
+        // A body that is JSON `null` is present and not an object: not "no body".
+        assert_eq!(parse_op(OpKind::Increment, Some(&Value::Null)), Err(CounterError::BadBody));
+        assert_eq!(parse_op(OpKind::Decrement, Some(&json!({"amount": 3}))), Ok(CounterOp::Decrement(3)));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": 1.5}))), Err(CounterError::NotAnInteger("amount")));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": 9007199254740992_i64}))), Err(CounterError::NotAnInteger("amount")));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": "3"}))), Err(CounterError::WrongType("amount")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({}))), Err(CounterError::WrongType("value")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": -4}))), Ok(CounterOp::SetValue(-4)));
+        assert_eq!(parse_op(OpKind::Reset, Some(&json!({"anything": 1}))), Ok(CounterOp::Reset));
+        assert_eq!(parse_op(OpKind::Reset, Some(&json!([1]))), Err(CounterError::BadBody));
     }
 
     #[test]
     fn present_fields_are_never_the_default() {
         // `JSON.stringify({amount: NaN})` sends `{"amount":null}`: an error, not +1.
         for kind in [OpKind::Increment, OpKind::Decrement] {
-            assert_eq!(parse_op(kind, &json!({"amount": null})), Err(CounterError::Null("amount")));
-            assert_eq!(parse_op(kind, &json!({"amount": true})), Err(CounterError::WrongType("amount")));
-            assert_eq!(parse_op(kind, &json!({"amount": "2"})), Err(CounterError::WrongType("amount")));
-            assert_eq!(parse_op(kind, &json!({"amount": [1]})), Err(CounterError::WrongType("amount")));
-            assert_eq!(parse_op(kind, &json!({"amount": 1.5})), Err(CounterError::NotAnInteger("amount")));
-            assert_eq!(parse_op(kind, &json!({"amount": 1.0})), Err(CounterError::NotAnInteger("amount")));
-            assert_eq!(parse_op(kind, &json!({"amount": -9007199254740992_i64})), Err(CounterError::NotAnInteger("amount")));
-            assert_eq!(parse_op(kind, &json!({"amount": 18446744073709551615_u64})), Err(CounterError::NotAnInteger("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": null}))), Err(CounterError::Null("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": true}))), Err(CounterError::WrongType("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": "2"}))), Err(CounterError::WrongType("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": [1]}))), Err(CounterError::WrongType("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": 1.5}))), Err(CounterError::NotAnInteger("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": 1.0}))), Err(CounterError::NotAnInteger("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": -9007199254740992_i64}))), Err(CounterError::NotAnInteger("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": 18446744073709551615_u64}))), Err(CounterError::NotAnInteger("amount")));
         }
-        assert_eq!(parse_op(OpKind::SetValue, &json!({"value": null})), Err(CounterError::Null("value")));
-        assert_eq!(parse_op(OpKind::SetValue, &json!({"value": false})), Err(CounterError::WrongType("value")));
-        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": MAX_SAFE_INTEGER})), Ok(CounterOp::Increment(MAX_SAFE_INTEGER)));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": null}))), Err(CounterError::Null("value")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": false}))), Err(CounterError::WrongType("value")));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": MAX_SAFE_INTEGER}))), Ok(CounterOp::Increment(MAX_SAFE_INTEGER)));
         // null and wrong types are the SPEC §5 "wrong type": HTTP 400, socket 1007.
         let null = CounterError::Null("amount");
         assert_eq!((null.to_api().status, null.to_api().code), (400, "invalid_body"));
