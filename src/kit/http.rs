@@ -106,6 +106,16 @@ pub async fn read_json_body(req: &mut Request) -> Result<serde_json::Value, ApiE
     parse_json_body(&bytes)
 }
 
+/// Read a JSON body where "no body" and a body of `null` must differ: empty (or only
+/// whitespace) → `None`; anything else as [`parse_json_body`] (so `null` is `Some(Null)`).
+pub async fn read_optional_json_body(req: &mut Request) -> Result<Option<serde_json::Value>, ApiError> {
+    let bytes = req.bytes().await.map_err(|_| ApiError::bad_request("invalid_body", "could not read the body"))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_json_body(&bytes).map(Some)
+}
+
 pub fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::payload_too_large("body is larger than 64 KiB"));

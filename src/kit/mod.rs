@@ -15,17 +15,12 @@ use wasm_bindgen::{JsCast, JsValue};
 use worker::{js_sys, Request, Response, State, WebSocket, WebSocketIncomingMessage, WebSocketPair};
 
 use edge_realtime_core::error::{clip_reason, ApiError};
+use edge_realtime_core::{accept, auth};
 use edge_realtime_core::frame::{self, Reject};
 use edge_realtime_core::schedule::Schedule;
 use edge_realtime_core::time::Millis;
 
 pub use http::{error_response, json_response, read_json_body, Identity};
-
-/// workerd limits: at most 10 tags per socket, each at most 256 characters.
-const MAX_TAGS: usize = 10;
-const MAX_TAG_LEN: usize = 256;
-/// Attachments are kept well under the runtime's 2 KiB limit.
-const MAX_ATTACHMENT_BYTES: usize = 2048;
 
 /// Current time in ms (the only clock the adapters read; cores get it as an argument).
 pub fn now() -> Millis {
@@ -59,9 +54,14 @@ pub fn install_auto_response(state: &State) {
 }
 
 /// Accept a hibernatable WebSocket with `tags` (plus the kit's connect-time tag, see
-/// [`liveness`]) and `attachment`; returns the socket (to send
-/// the first frames on) and the 101 response. Tags and attachment size are checked first,
-/// because the runtime throws on bad ones.
+/// [`liveness`]) and `attachment`; returns the socket (to send the first frames on) and the 101
+/// response.
+///
+/// Nothing is ever left half-accepted: tags and size are checked first (the runtime throws on
+/// bad ones), the attachment is serialized onto the server socket *before* `acceptWebSocket`
+/// registers it (an unregistered socket that fails is simply dropped), and if building the
+/// 101 fails after registration the socket is closed with 1011, so no object ever counts a
+/// socket that has no state.
 pub fn accept<A: Serialize>(
     state: &State,
     req: &Request,
@@ -69,40 +69,36 @@ pub fn accept<A: Serialize>(
     attachment: &A,
 ) -> Result<(WebSocket, Response), ApiError> {
     // The kit adds one tag of its own: the connect time, for the heartbeat sweep.
-    if tags.len() >= MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.chars().count() > MAX_TAG_LEN) {
-        worker::console_error!("refusing to accept a socket with invalid tags {tags:?}");
-        return Err(ApiError::internal());
-    }
+    let all_tags: Vec<String> = tags.iter().cloned().chain(std::iter::once(liveness::connected_tag(now()))).collect();
     let encoded = serde_json::to_vec(attachment).map_err(|_| ApiError::internal())?;
-    if encoded.len() > MAX_ATTACHMENT_BYTES {
-        return Err(ApiError::bad_request("attachment_too_large", "connection metadata too large"));
-    }
+    accept::check(&all_tags, encoded.len()).map_err(|e| {
+        worker::console_error!("refusing to accept a socket: {e}");
+        e.to_api()
+    })?;
     let pair = WebSocketPair::new().map_err(internal("WebSocketPair"))?;
     let server = pair.server;
-    let js_tags: js_sys::Array = tags
-        .iter()
-        .cloned()
-        .chain(std::iter::once(liveness::connected_tag(now())))
-        .map(|t| JsValue::from_str(&t))
-        .collect();
+    server.serialize_attachment(attachment).map_err(internal("serializeAttachment"))?;
+    let js_tags: js_sys::Array = all_tags.iter().map(|t| JsValue::from_str(t)).collect();
     runtime::raw(state)
         .accept_web_socket(server.as_ref(), js_tags)
         .map_err(|e| internal("acceptWebSocket")(worker::Error::from(e)))?;
-    server.serialize_attachment(attachment).map_err(internal("serializeAttachment"))?;
-    let mut response = Response::from_websocket(pair.client).map_err(internal("101 response"))?;
-    if offered_bearer_protocol(req) {
-        // The client authenticated with `Sec-WebSocket-Protocol: bearer, <jwt>`: select `bearer`.
-        let _ = response.headers_mut().set("Sec-WebSocket-Protocol", "bearer");
+    let mut response = match Response::from_websocket(pair.client) {
+        Ok(r) => r,
+        Err(e) => {
+            close(&server, edge_realtime_core::error::close::INTERNAL, "internal error");
+            return Err(internal("101 response")(e));
+        }
+    };
+    let offered = req.headers().get("Sec-WebSocket-Protocol").ok().flatten();
+    if let Some(selected) = auth::selected_subprotocol(offered.as_deref()) {
+        // `bearer, <jwt>` selects `bearer`; a lone JWT (design note 004) selects itself.
+        if response.headers_mut().set("Sec-WebSocket-Protocol", selected).is_err() {
+            close(&server, edge_realtime_core::error::close::INTERNAL, "internal error");
+            worker::console_error!("could not select the WebSocket subprotocol");
+            return Err(ApiError::internal());
+        }
     }
     Ok((server, response))
-}
-
-fn offered_bearer_protocol(req: &Request) -> bool {
-    req.headers()
-        .get("Sec-WebSocket-Protocol")
-        .ok()
-        .flatten()
-        .is_some_and(|p| p.split(',').any(|item| item.trim().eq_ignore_ascii_case("bearer")))
 }
 
 /// Log an internal runtime error and mask it as a 500.

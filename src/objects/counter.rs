@@ -222,29 +222,31 @@ impl Counter {
         let mut tags = vec![format!("u:{}", identity.user_id)];
         tags.extend(ops.iter().map(|k| op_tag(*k)));
         let conn = CounterConn { user_id: identity.user_id, token_iat: identity.token_iat };
-        let (ws, response) = kit::accept(&self.state, req, &tags, &conn)?;
-        kit::send(&ws, &state.snapshot_frame());
+        // Everything that can fail (the replay read) happens before the socket is accepted, so
+        // an error never leaves an accepted socket behind. No await in between: same turn.
+        let mut frames = vec![state.snapshot_frame()];
         match replay::plan(since, state.seq, pruned_through) {
             Replay::Nothing => {}
-            Replay::Resync { latest_seq } => kit::send(&ws, &replay::resync_frame(latest_seq)),
-            Replay::After(from) => {
-                for op in self.operations_after(from)?.iter().filter(|op| ops.contains(&op.kind)) {
-                    kit::send(&ws, &state.event(op).to_string());
-                }
-            }
+            Replay::Resync { latest_seq } => frames.push(replay::resync_frame(latest_seq)),
+            Replay::After(from) => frames.extend(
+                self.operations_after(from)?
+                    .iter()
+                    .filter(|op| ops.contains(&op.kind))
+                    .map(|op| state.event(op).to_string()),
+            ),
+        }
+        let (ws, response) = kit::accept(&self.state, req, &tags, &conn)?;
+        for frame in &frames {
+            kit::send(&ws, frame);
         }
         Ok(response)
     }
 
     async fn http_mutation(&self, mut req: Request, kind: OpKind) -> Result<Response, ApiError> {
         let identity = Identity::from_request(&req)?;
-        let body = http::read_json_body(&mut req).await?;
-        let op = counter::parse_op(kind, &body).map_err(|e| e.to_api())?;
-        let client_id = match body.get("id") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if !s.is_empty() && s.chars().count() <= 128 => Some(s.clone()),
-            Some(_) => return Err(ApiError::bad_request("invalid_id", "id must be a string of 1 to 128 characters")),
-        };
+        let body = http::read_optional_json_body(&mut req).await?;
+        let op = counter::parse_op(kind, body.as_ref()).map_err(|e| e.to_api())?;
+        let client_id = body.as_ref().map(counter::http_client_id).transpose()?.flatten();
         self.ensure(&req)?;
         let event = match self.mutate(op, &identity.user_id, client_id.as_deref()).map_err(|e| e.to_api())? {
             Mutation::Applied { event, .. } => event,
@@ -310,7 +312,7 @@ impl Counter {
             Reject::close(edge_realtime_core::error::close::POLICY, "unknown message type")
         })?;
         let client_id = counter::client_id(&frame)?;
-        let op = counter::parse_op(kind, &frame).map_err(|e| e.to_reject())?;
+        let op = counter::parse_op(kind, Some(&frame)).map_err(|e| e.to_reject())?;
         let conn: CounterConn = kit::attachment(ws)
             .ok_or_else(|| Reject::close(edge_realtime_core::error::close::INTERNAL, "lost connection state"))?;
         let seq = match self.mutate(op, &conn.user_id, client_id.as_deref()).map_err(|e| e.to_reject())? {

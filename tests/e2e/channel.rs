@@ -22,6 +22,7 @@ pub fn tests() -> Vec<Trial> {
         trial("channel::sequence_survives_hibernation", hibernation),
         trial("channel::pruning_keeps_newest_and_since_resyncs", pruning),
         restart_trial("channel::sequence_survives_wrangler_restart", restart),
+        trial("channel::null_client_id_rejected_nothing_sequenced", null_client_id),
     ]
 }
 
@@ -486,4 +487,20 @@ async fn pruning() -> TestResult {
     ensure_eq!(post(&channel, "pruner", json!({"content": "after"})).await?, total + 1);
     stale.close().await?;
     edge.close().await
+}
+
+/// A present `id` must be a string: `null` is 400 over HTTP and closes 1007 over the socket,
+/// never "no id"; nothing is stored or sequenced.
+async fn null_client_id() -> TestResult {
+    let c = unique("chnull");
+    ensure_eq!(post(&c, "alice", json!({"content":"first"})).await?, 1);
+    let t = server().token("alice");
+    let r = http().post(&format!("/api/channel/{c}/message"), &t, r#"{"content":"hi","id":null}"#).await?;
+    ensure_eq!((r.status, r.error_code()), (400, Some("invalid_body")));
+    let (mut bad, _) = connect(&c, "mallory", "").await?;
+    let closed = bad.send_bad_frame(Some(r#"{"type":"message","content":"hi","id":null}"#)).await?;
+    ensure_eq!(closed.code, 1007);
+    ensure_eq!(all_history(&c).await?.len(), 1);
+    ensure_eq!(post(&c, "alice", json!({"content":"second"})).await?, 2);
+    Ok(())
 }

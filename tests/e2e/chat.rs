@@ -29,6 +29,7 @@ pub fn tests() -> Vec<Trial> {
         trial("chat::pruning_keeps_exactly_the_newest_n", pruning),
         trial("chat::survives_hibernation", hibernation),
         restart_trial("chat::history_survives_wrangler_restart", restart),
+        trial("chat::null_client_id_closes_1007_nothing_stored", null_client_id),
     ]
 }
 
@@ -527,4 +528,19 @@ async fn restart() -> TestResult {
     a.send_json(&say("new")).await?;
     ensure_eq!(message(&mut a).await?["seq"], json!(latest + 2));
     a.close().await
+}
+
+/// A present `id` must be a string: `{"id":null}` closes 1007 (SPEC §5 wrong type) instead of
+/// being stored under a server id.
+async fn null_client_id() -> TestResult {
+    let room = unique("nullid");
+    let t = server().token("alice");
+    let mut a = ws(&format!("/api/chat/{room}"), &t).await?;
+    let closed = a.send_bad_frame(Some(r#"{"type":"message","content":"null-id","id":null}"#)).await?;
+    ensure_eq!(closed.code, 1007);
+    let r = http().get(&format!("/api/chat/{room}/messages?limit=100"), &t).await?;
+    ensure_eq!(r.status, 200);
+    let stored = r.body["messages"].as_array().ok_or("messages")?;
+    ensure!(stored.iter().all(|m| m["kind"] == "system"), "a user message was stored: {}", r.body);
+    Ok(())
 }

@@ -22,6 +22,8 @@ pub fn tests() -> Vec<Trial> {
         trial("counter::concurrent_increments_exact", concurrent),
         trial("counter::survives_hibernation", hibernation),
         restart_trial("counter::survives_wrangler_restart", restart),
+        trial("counter::present_null_or_non_integer_amount_rejected_value_unchanged", null_amounts),
+        trial("counter::empty_ops_filter_is_400_not_every_event", empty_ops),
     ]
 }
 
@@ -358,4 +360,78 @@ async fn restart() -> TestResult {
     let r = http().post(&format!("/api/counter/{name}/increment"), &t, "").await?.ok()?;
     ensure_eq!((r.body["seq"].clone(), r.body["value"].clone()), (json!(3), json!(43)));
     Ok(())
+}
+
+/// `{"amount":null}` (what `JSON.stringify({amount: NaN})` sends) is never the default +1:
+/// null and wrong types are 400 `invalid_body` / close 1007, non-integers 422 / in-band
+/// `invalid_amount` (SPEC §5); the value and the history do not move.
+async fn null_amounts() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("nullamt");
+    let r = http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":10}"#).await?;
+    ensure_eq!(r.status, 200);
+    for (op, body, status, code) in [
+        ("increment", r#"{"amount":null}"#, 400, "invalid_body"),
+        ("decrement", r#"{"amount":null}"#, 400, "invalid_body"),
+        ("set", r#"{"value":null}"#, 400, "invalid_body"),
+        ("increment", r#"{"amount":true}"#, 400, "invalid_body"),
+        ("increment", r#"{"amount":"2"}"#, 400, "invalid_body"),
+        ("increment", r#"{"amount":1.5}"#, 422, "invalid_amount"),
+        ("decrement", r#"{"amount":9007199254740992}"#, 422, "invalid_amount"),
+        ("increment", r#"{"amount":-9007199254740992}"#, 422, "invalid_amount"),
+        ("increment", r#"{"amount":1,"id":null}"#, 400, "invalid_id"),
+        ("increment", "null", 400, "invalid_body"),
+        ("reset", "null", 400, "invalid_body"),
+    ] {
+        let r = http().post(&format!("/api/counter/{name}/{op}"), &t, body).await?;
+        ensure_eq!((op, body, r.status, r.error_code()), (op, body, status, Some(code)));
+    }
+    let r = http().post(&format!("/api/counter/{name}/increment"), &t, r#"{"amount":null}"#).await?;
+    ensure!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("null")), "message {}", r.body);
+    ensure_eq!(value_of(&name).await?, json!(10));
+
+    // Over the socket: null / wrong-typed amount or id closes 1007; a fraction is in-band.
+    for frame in [
+        json!({"type":"increment","amount":null,"id":"n1"}),
+        json!({"type":"decrement","amount":null}),
+        json!({"type":"setValue","value":null}),
+        json!({"type":"increment","amount":2,"id":null}),
+    ] {
+        let mut bad = ws(&format!("/ws/counter/{name}"), &t).await?;
+        ensure_eq!(bad.recv().await?["type"], json!("snapshot"));
+        let closed = bad.send_bad_frame(Some(&frame.to_string())).await?;
+        ensure_eq!((frame.to_string(), closed.code), (frame.to_string(), 1007));
+    }
+    let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
+    ensure_eq!(a.recv().await?["type"], json!("snapshot"));
+    a.send_json(&json!({"type":"increment","amount":1.5,"id":"frac"})).await?;
+    let err = a.recv().await?;
+    ensure_eq!((err["type"].clone(), err["code"].clone()), (json!("error"), json!("invalid_amount")));
+    a.send_json(&json!({"type":"ping"})).await?;
+    ensure_eq!(a.recv().await?, json!({"type":"pong"}));
+    // Nothing was applied or recorded: only the first `set` is in the history.
+    ensure_eq!(value_of(&name).await?, json!(10));
+    let r = http().get(&format!("/api/counter/{name}/history"), &t).await?;
+    ensure_eq!(r.body["operations"].as_array().map(Vec::len), Some(1));
+    // The counter still works.
+    a.send_json(&json!({"type":"increment","id":"ok"})).await?;
+    ensure_eq!(a.recv_type("increment").await?["value"], json!(11));
+    a.close().await
+}
+
+/// `?ops=` (what a client sends for an empty `ops` list) is 400, not a socket that receives
+/// every event type; absent `ops` still means every type.
+async fn empty_ops() -> TestResult {
+    let t = server().token("alice");
+    let name = unique("emptyops");
+    let auth = format!("Bearer {t}");
+    for query in ["?ops=", "?ops=%20", "?ops=,"] {
+        let status = crate::support::ws_refusal(&format!("/ws/counter/{name}{query}"), &[("Authorization", &auth)]).await?;
+        ensure_eq!((query, status), (query, 400));
+    }
+    let mut all = ws(&format!("/ws/counter/{name}"), &t).await?;
+    ensure_eq!(all.recv().await?["type"], json!("snapshot"));
+    all.send_json(&json!({"type":"increment","id":"e1"})).await?;
+    ensure_eq!(all.recv_type("increment").await?["value"], json!(1));
+    all.close().await
 }

@@ -18,6 +18,7 @@ pub fn tests() -> Vec<Trial> {
         trial("foundation::admin_routes_403_for_users", forbidden),
         trial("foundation::body_over_64k_413", too_large),
         trial("foundation::client_identity_headers_are_ignored", spoofed_identity),
+        trial("foundation::lone_jwt_subprotocol_accepted_and_selected", lone_jwt_subprotocol),
     ]
 }
 
@@ -143,4 +144,35 @@ async fn spoofed_identity() -> TestResult {
     let mut s = ws(&format!("/ws/counter/{name}"), &t).await?;
     ensure_eq!(s.recv().await?["value"], json!(1));
     s.close().await
+}
+
+/// Design note 004's `new WebSocket(url, [token])`: the JWT as the only subprotocol is the
+/// token, and the 101 selects it (a browser drops a connection whose selected protocol it did
+/// not offer). `bearer, <jwt>` still selects `bearer`; a lone non-JWT protocol is still 401.
+async fn lone_jwt_subprotocol() -> TestResult {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let t = server().token("alice");
+    let name = unique("lone");
+    let path = format!("/ws/counter/{name}");
+    for (offered, selected) in [(t.clone(), t.clone()), (format!("bearer, {t}"), "bearer".to_owned())] {
+        let mut request = format!("{}{path}", server().ws_base()).into_client_request()?;
+        request.headers_mut().insert("Sec-WebSocket-Protocol", offered.parse()?);
+        let (mut sock, response) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), tokio_tungstenite::connect_async(request)).await??;
+        let got = response.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        ensure_eq!(got, Some(selected));
+        use futures_util::StreamExt;
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), sock.next()).await?.ok_or("socket ended")??;
+        let first: serde_json::Value = serde_json::from_str(first.to_text()?)?;
+        ensure_eq!(first["type"], json!("snapshot"));
+        sock.close(None).await?;
+    }
+    let other = server().token_with("alice", None, &[], now_secs(), now_secs() + 3600);
+    let forged = format!("{}.{}", other.rsplit_once('.').map(|(h, _)| h).unwrap_or_default(), "AAAA");
+    for lone in ["chat", "not-a-jwt", "a.b", forged.as_str()] {
+        ensure_eq!((lone, ws_refusal(&path, &[("Sec-WebSocket-Protocol", lone)]).await?), (lone, 401));
+    }
+    // A JWT next to another protocol is not "the only subprotocol": refused.
+    ensure_eq!(ws_refusal(&path, &[("Sec-WebSocket-Protocol", &format!("chat, {t}"))]).await?, 401);
+    Ok(())
 }

@@ -28,6 +28,7 @@ pub fn tests() -> Vec<Trial> {
         trial("ratelimit::upgrade_limit_429_then_recovers", upgrade_limit),
         trial("ratelimit::idle_keys_pruned_by_alarm", idle_keys_pruned),
         restart_trial("ratelimit::state_survives_wrangler_restart", restart),
+        trial("ratelimit::null_tokens_is_400_and_spends_nothing", null_tokens),
     ]
 }
 
@@ -491,5 +492,18 @@ async fn restart() -> TestResult {
     ensure_eq!(decide("check/gcra", &g).await?["remaining"], json!(0));
     ensure_eq!(decide("check/gcra", &g).await?["allowed"], json!(false));
     ensure!(s.log_count(&format!("wake RateLimiter api:{key}")) > wakes, "the object was not rebuilt from storage");
+    Ok(())
+}
+
+/// `tokens` absent means 1; `tokens: null` is a 400, never 1 token spent.
+async fn null_tokens() -> TestResult {
+    let key = unique("tbnull");
+    let (status, body) = check("check/token-bucket", &json!({"key": key, "capacity": 1, "refillRate": 0.001, "tokens": null})).await?;
+    ensure_eq!((status, body["error"]["code"].clone()), (400, json!("invalid_body")));
+    // The one token is still there.
+    ensure_eq!(
+        decide("check/token-bucket", &json!({"key": key, "capacity": 1, "refillRate": 0.001})).await?,
+        json!({"allowed": true, "remaining": 0, "retryAfterMs": 0})
+    );
     Ok(())
 }

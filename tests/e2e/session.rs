@@ -22,6 +22,7 @@ pub fn tests() -> Vec<Trial> {
         trial("session::admin_routes_and_clear", admin_routes),
         trial("session::survives_hibernation", hibernation),
         restart_trial("session::survives_wrangler_restart", restart),
+        trial("session::state_connected_devices_is_a_count", connected_devices_count),
     ]
 }
 
@@ -83,13 +84,13 @@ async fn two_devices() -> TestResult {
     let (mut phone, init) = device(&user, "phone", &t).await?;
     ensure_eq!(
         without_last_active(init.clone()),
-        json!({"type":"initial_state","userId":user,"activeGames":[],"presence":"online","connectedDevices":["phone"]})
+        json!({"type":"initial_state","userId":user,"activeGames":[],"presence":"online","connectedDevices":1,"devices":["phone"]})
     );
     ensure!(init["lastActive"].as_i64().is_some_and(|t| t > 1_600_000_000_000), "lastActive {}", init["lastActive"]);
     let (mut laptop, init) = device(&user, "laptop", &t).await?;
     ensure_eq!(
         without_last_active(init),
-        json!({"type":"initial_state","userId":user,"activeGames":[],"presence":"online","connectedDevices":["laptop","phone"]})
+        json!({"type":"initial_state","userId":user,"activeGames":[],"presence":"online","connectedDevices":2,"devices":["laptop","phone"]})
     );
     // The aggregate did not move (online → online): the phone hears nothing. (The laptop's
     // initial_state came from the same event, so anything for the phone was queued already.)
@@ -128,14 +129,14 @@ async fn two_devices() -> TestResult {
     let st = phone.recv().await?;
     ensure_eq!(
         without_last_active(st.clone()),
-        json!({"type":"state","userId":user,"activeGames":["chess.2"],"presence":"away","connectedDevices":["laptop","phone"]})
+        json!({"type":"state","userId":user,"activeGames":["chess.2"],"presence":"away","connectedDevices":2,"devices":["laptop","phone"]})
     );
     phone.send_text(r#"{"type":"ping"}"#).await?;
     ensure_eq!(phone.recv().await?, json!({"type":"pong"}));
     let view = state_of(&user).await?;
     ensure_eq!(
         without_last_active(view.clone()),
-        json!({"userId":user,"activeGames":["chess.2"],"presence":"away","connectedDevices":["laptop","phone"]})
+        json!({"userId":user,"activeGames":["chess.2"],"presence":"away","connectedDevices":2,"devices":["laptop","phone"]})
     );
     ensure!(view["lastActive"].as_i64() >= st["lastActive"].as_i64(), "lastActive went backwards");
     phone.close().await?;
@@ -175,10 +176,10 @@ async fn presence_aggregate() -> TestResult {
     ensure_eq!(b.recv().await?, json!({"type":"presence_updated","presence":"online"}));
     // away + online = online
     let st = state_of(&user).await?;
-    ensure_eq!((st["presence"].clone(), st["connectedDevices"].clone()), (json!("online"), json!(["a", "b"])));
+    ensure_eq!((st["presence"].clone(), st["devices"].clone()), (json!("online"), json!(["a", "b"])));
     // A third socket of an away device and an offline one change nothing.
     let (mut c, init) = device(&user, "c", &t).await?;
-    ensure_eq!(init["connectedDevices"], json!(["a", "b", "c"]));
+    ensure_eq!(init["devices"], json!(["a", "b", "c"]));
     c.send_json(&json!({"type":"update_presence","presence":"offline"})).await?;
     ensure_eq!(c.recv().await?, json!({"type":"presence_updated","presence":"online"}));
     // Close the online one → away, broadcast to the rest.
@@ -187,7 +188,7 @@ async fn presence_aggregate() -> TestResult {
     ensure_eq!(b.recv().await?, away);
     ensure_eq!(c.recv().await?, away);
     let st = state_until(&user, |v| v["presence"] == "away").await?;
-    ensure_eq!((st["presence"].clone(), st["connectedDevices"].clone()), (json!("away"), json!(["b", "c"])));
+    ensure_eq!((st["presence"].clone(), st["devices"].clone()), (json!("away"), json!(["b", "c"])));
     // Close the away one → offline (c is offline).
     b.close().await?;
     ensure_eq!(c.recv().await?, json!({"type":"presence_updated","presence":"offline"}));
@@ -195,8 +196,8 @@ async fn presence_aggregate() -> TestResult {
     c.send_json(&json!({"type":"update_presence","presence":"online"})).await?;
     ensure_eq!(c.recv().await?, json!({"type":"presence_updated","presence":"online"}));
     c.close().await?;
-    let st = state_until(&user, |v| v["connectedDevices"] == json!([])).await?;
-    ensure_eq!(without_last_active(st), json!({"userId":user,"activeGames":[],"presence":"offline","connectedDevices":[]}));
+    let st = state_until(&user, |v| v["devices"] == json!([])).await?;
+    ensure_eq!(without_last_active(st), json!({"userId":user,"activeGames":[],"presence":"offline","connectedDevices":0,"devices":[]}));
     Ok(())
 }
 
@@ -275,7 +276,7 @@ async fn logout_all() -> TestResult {
     let (mut phone, init) = device(&user, "phone", &fresh).await?;
     ensure_eq!(
         without_last_active(init),
-        json!({"type":"initial_state","userId":user,"activeGames":["g1"],"presence":"online","connectedDevices":["phone"]})
+        json!({"type":"initial_state","userId":user,"activeGames":["g1"],"presence":"online","connectedDevices":1,"devices":["phone"]})
     );
     let mut count_sock = ws(&format!("/ws/counter/{counter}"), &fresh).await?;
     ensure_eq!(count_sock.recv().await?["type"], json!("snapshot"));
@@ -341,7 +342,7 @@ async fn invalid_input() -> TestResult {
         let closed = sock.expect_close().await?;
         ensure_eq!((text, closed.code), (text, code));
     }
-    let after = state_until(&user, |v| v["connectedDevices"] == json!(["a", "w"])).await?;
+    let after = state_until(&user, |v| v["devices"] == json!(["a", "w"])).await?;
     ensure_eq!(without_last_active(after), full);
     a.close().await?;
     watcher.close().await
@@ -367,11 +368,11 @@ async fn admin_routes() -> TestResult {
     let st = a.recv().await?;
     ensure_eq!(
         without_last_active(st),
-        json!({"type":"state","userId":user,"activeGames":[],"presence":"online","connectedDevices":["a"]})
+        json!({"type":"state","userId":user,"activeGames":[],"presence":"online","connectedDevices":1,"devices":["a"]})
     );
     ensure_eq!(a.expect_close().await?.code, 1000);
-    let st = state_until(&user, |v| v["connectedDevices"] == json!([])).await?;
-    ensure_eq!(without_last_active(st), json!({"userId":user,"activeGames":[],"presence":"offline","connectedDevices":[]}));
+    let st = state_until(&user, |v| v["devices"] == json!([])).await?;
+    ensure_eq!(without_last_active(st), json!({"userId":user,"activeGames":[],"presence":"offline","connectedDevices":0,"devices":[]}));
     // The session works again afterwards with the same token.
     let (b, init) = device(&user, "b", &t).await?;
     ensure_eq!(init["activeGames"], json!([]));
@@ -419,7 +420,7 @@ async fn hibernation() -> TestResult {
     let st = state_of(&user).await?;
     ensure_eq!(
         without_last_active(st),
-        json!({"userId":user,"activeGames":["g1","g2"],"presence":"away","connectedDevices":["laptop","phone"]})
+        json!({"userId":user,"activeGames":["g1","g2"],"presence":"away","connectedDevices":2,"devices":["laptop","phone"]})
     );
     phone.close().await?;
     laptop.close().await
@@ -437,7 +438,7 @@ async fn restart() -> TestResult {
     phone.send_json(&json!({"type":"logout_all"})).await?;
     ensure_eq!(phone.recv().await?, json!({"type":"logged_out"}));
     ensure_eq!(phone.expect_close().await?.code, 4001);
-    let before = state_until(&user, |v| v["connectedDevices"] == json!([])).await?;
+    let before = state_until(&user, |v| v["devices"] == json!([])).await?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     s.restart()?;
     let after = state_of(&user).await?;
@@ -454,4 +455,25 @@ async fn restart() -> TestResult {
     let (phone, init) = device(&user, "phone", &s.token(&user)).await?;
     ensure_eq!(init["activeGames"], json!(["g1", "g2"]));
     phone.close().await
+}
+
+/// Design note 000 / SPEC §4: `connectedDevices` is a count; the ids are `devices`. Two sockets
+/// of one device count once.
+async fn connected_devices_count() -> TestResult {
+    let user = unique("count");
+    let t = server().token(&user);
+    let (mut a, init) = device(&user, "phone", &t).await?;
+    ensure_eq!((init["connectedDevices"].clone(), init["devices"].clone()), (json!(1), json!(["phone"])));
+    let (b, init) = device(&user, "laptop", &t).await?;
+    ensure_eq!((init["connectedDevices"].clone(), init["devices"].clone()), (json!(2), json!(["laptop", "phone"])));
+    let (c, _) = device(&user, "phone", &t).await?;
+    let r = http().get(&format!("/__user-session/state?userId={user}"), &t).await?;
+    ensure_eq!(r.status, 200);
+    ensure_eq!((r.body["connectedDevices"].clone(), r.body["devices"].clone()), (json!(2), json!(["laptop", "phone"])));
+    a.send_json(&json!({"type":"sync_state"})).await?;
+    let st = a.recv_type("state").await?;
+    ensure_eq!((st["connectedDevices"].clone(), st["devices"].clone()), (json!(2), json!(["laptop", "phone"])));
+    c.close().await?;
+    b.close().await?;
+    a.close().await
 }

@@ -11,7 +11,10 @@ const view = {
   activeGames: array(string),
   presence: sessionPresence,
   lastActive: integer,
-  connectedDevices: array(string),
+  /** How many devices have an open socket (design note 000: a count). */
+  connectedDevices: integer,
+  /** Their ids, sorted. */
+  devices: array(string),
 };
 
 /** Every frame the server sends on a session socket, by `type`. */

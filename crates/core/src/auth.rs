@@ -58,7 +58,7 @@ fn roles_from_string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Stri
 /// Why a token was refused. All of them answer 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("missing token: send Authorization: Bearer <jwt>, Sec-WebSocket-Protocol: bearer, <jwt>, or ?token=")]
+    #[error("missing token: send Authorization: Bearer <jwt>, Sec-WebSocket-Protocol: bearer, <jwt> (or the jwt alone), or ?token=")]
     Missing,
     #[error("malformed token")]
     Malformed,
@@ -147,15 +147,50 @@ pub fn mint(claims: &Claims, secret: &[u8]) -> Result<String, AuthError> {
     Ok(format!("{header}.{payload}.{sig}"))
 }
 
-/// Where the token came from; `Subprotocol` means the 101 must select `bearer`.
+/// Where the token came from. Both subprotocol forms oblige the 101 to select a protocol the
+/// client offered (see [`selected_subprotocol`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
     Header,
+    /// `Sec-WebSocket-Protocol: bearer, <jwt>`: the 101 selects `bearer`.
     Subprotocol,
+    /// `Sec-WebSocket-Protocol: <jwt>` alone (`new WebSocket(url, [jwt])`, design note 004): the
+    /// 101 selects the token itself.
+    LoneSubprotocol,
     Query,
 }
 
-/// Find the token: `Authorization: Bearer`, then `Sec-WebSocket-Protocol: bearer, <jwt>`, then `?token=`.
+/// Whether `s` has the shape of a compact JWS: three non-empty base64url segments. Only the
+/// shape — [`verify`] decides whether it is a token we accept.
+pub fn looks_like_jwt(s: &str) -> bool {
+    let segment = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let mut parts = s.split('.');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(a), Some(b), Some(c), None) if segment(a) && segment(b) && segment(c)
+    ) && s.len() <= MAX_TOKEN_LEN
+}
+
+/// The token carried in `Sec-WebSocket-Protocol`, and which form: the pair `bearer, <jwt>`, or
+/// a lone JWT-shaped protocol (the only one offered).
+fn protocol_token(protocols: &str) -> Option<(&str, TokenSource)> {
+    let mut items = protocols.split(',').map(str::trim);
+    while let Some(item) = items.next() {
+        if item.eq_ignore_ascii_case("bearer") {
+            if let Some(token) = items.next().filter(|t| !t.is_empty()) {
+                return Some((token, TokenSource::Subprotocol));
+            }
+        }
+    }
+    let mut offered = protocols.split(',').map(str::trim).filter(|p| !p.is_empty());
+    match (offered.next(), offered.next()) {
+        (Some(only), None) if looks_like_jwt(only) => Some((only, TokenSource::LoneSubprotocol)),
+        _ => None,
+    }
+}
+
+/// Find the token: `Authorization: Bearer`, then `Sec-WebSocket-Protocol` (`bearer, <jwt>`, or
+/// a lone JWT), then `?token=`.
 pub fn extract_token<'a>(
     authorization: Option<&'a str>,
     websocket_protocol: Option<&'a str>,
@@ -167,17 +202,22 @@ pub fn extract_token<'a>(
             return Some((rest.trim(), TokenSource::Header));
         }
     }
-    if let Some(protocols) = websocket_protocol {
-        let mut items = protocols.split(',').map(str::trim);
-        while let Some(item) = items.next() {
-            if item.eq_ignore_ascii_case("bearer") {
-                if let Some(token) = items.next().filter(|t| !t.is_empty()) {
-                    return Some((token, TokenSource::Subprotocol));
-                }
-            }
-        }
+    if let Some(found) = websocket_protocol.and_then(protocol_token) {
+        return Some(found);
     }
     query_token.filter(|t| !t.is_empty()).map(|t| (t, TokenSource::Query))
+}
+
+/// The `Sec-WebSocket-Protocol` a 101 answers with, given what the client offered: `bearer` for
+/// the `bearer, <jwt>` pair, the token itself for a lone JWT, else none. A browser drops a
+/// connection whose selected protocol it did not offer, and one that offered protocols but got
+/// none selected.
+pub fn selected_subprotocol(offered: Option<&str>) -> Option<&str> {
+    match protocol_token(offered?)? {
+        (_, TokenSource::Subprotocol) => Some("bearer"),
+        (token, TokenSource::LoneSubprotocol) => Some(token),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -268,5 +308,26 @@ mod tests {
         assert_eq!(extract_token(None, Some("bearer"), Some("q")), Some(("q", TokenSource::Query)));
         assert_eq!(extract_token(Some("Basic x"), None, None), None);
         assert_eq!(extract_token(None, None, Some("")), None);
+    }
+
+    #[test]
+    fn a_lone_jwt_subprotocol_is_the_token_and_is_selected() {
+        let t = mint(&claims("alice", 100, 200), SECRET).unwrap();
+        assert_eq!(extract_token(None, Some(&t), Some("q")), Some((t.as_str(), TokenSource::LoneSubprotocol)));
+        assert_eq!(extract_token(None, Some(&format!(" {t} ")), None), Some((t.as_str(), TokenSource::LoneSubprotocol)));
+        assert_eq!(selected_subprotocol(Some(&t)), Some(t.as_str()));
+        assert_eq!(verify(extract_token(None, Some(&t), None).unwrap().0, SECRET, 150).map(|c| c.sub), Ok("alice".into()));
+        // The bearer pair still selects `bearer`.
+        assert_eq!(selected_subprotocol(Some(&format!("bearer, {t}"))), Some("bearer"));
+        // Not the only one offered, or not JWT-shaped: not a token, nothing selected.
+        for offered in [format!("chat, {t}"), format!("{t}, chat"), "chat".into(), "a.b".into(), "a.b.c.d".into(),
+                        "a..c".into(), "a.b.c=".into(), "a b.c.d".into(), "".into(), " , ".into()] {
+            assert_eq!(extract_token(None, Some(&offered), None), None, "{offered}");
+            assert_eq!(selected_subprotocol(Some(&offered)), None, "{offered}");
+        }
+        assert_eq!(extract_token(None, Some("chat"), Some("q")), Some(("q", TokenSource::Query)));
+        assert_eq!(selected_subprotocol(None), None);
+        assert!(looks_like_jwt("a.b.c"));
+        assert!(!looks_like_jwt(&format!("{}.b.c", "a".repeat(MAX_TOKEN_LEN))));
     }
 }

@@ -254,7 +254,7 @@ pub fn parse_post_body(body: &str) -> Result<Post, ChannelError> {
         return Err(ChannelError::WrongType("content"));
     };
     let client_id = match obj.get("id") {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(Value::String(id)) => Some(id.clone()),
         Some(_) => return Err(ChannelError::WrongType("id")),
     };
@@ -324,7 +324,8 @@ pub struct Outcome {
 enum ClientFrame {
     Message {
         content: String,
-        #[serde(default)]
+        /// Absent → no client id; `null` or a non-string → 1007.
+        #[serde(default, deserialize_with = "crate::frame::present")]
         id: Option<String>,
     },
     Typing {
@@ -636,8 +637,13 @@ mod tests {
         let mut c = Channel::default();
         let p = post(c.on_message("a", r#"{"type":"message","content":"  hello \n","id":"x1"}"#, 1));
         assert_eq!(p, Post { content: "hello".into(), client_id: Some("x1".into()) });
-        let p = post(c.on_message("a", r#"{"type":"message","content":"hi","id":null}"#, 1));
+        let p = post(c.on_message("a", r#"{"type":"message","content":"hi"}"#, 1));
         assert_eq!(p.client_id, None);
+        // A present id must be a string: null closes 1007 (it is not "no id").
+        assert!(matches!(
+            c.on_message("a", r#"{"type":"message","content":"hi","id":null}"#, 1),
+            Err(Reject::Close { code: 1007, .. })
+        ));
         assert_eq!(c, Channel::default());
     }
 
@@ -717,7 +723,8 @@ mod tests {
     #[test]
     fn http_post_bodies() {
         assert_eq!(parse_post_body(r#"{"content":" hi ","id":"k"}"#), Ok(Post { content: "hi".into(), client_id: Some("k".into()) }));
-        assert_eq!(parse_post_body(r#"{"content":"hi","id":null,"extra":1}"#), Ok(Post { content: "hi".into(), client_id: None }));
+        assert_eq!(parse_post_body(r#"{"content":"hi","extra":1}"#), Ok(Post { content: "hi".into(), client_id: None }));
+        assert_eq!(parse_post_body(r#"{"content":"hi","id":null}"#), Err(ChannelError::WrongType("id")));
         let status = |body: &str| parse_post_body(body).map_err(|e| (e.to_api().status, e.code()));
         for bad in ["", "nope", "[]", "\"x\"", "null"] {
             assert_eq!(status(bad), Err((400, "invalid_body")), "{bad}");

@@ -159,7 +159,8 @@ impl ChatConn {
 enum ClientFrame {
     Message {
         content: String,
-        #[serde(default)]
+        /// Absent → the server picks one; `null` or a non-string → 1007.
+        #[serde(default, deserialize_with = "crate::frame::present")]
         id: Option<String>,
     },
     Ping,
@@ -554,17 +555,15 @@ mod tests {
         assert_eq!(on_message(&mut c, &cfg(), &msg("  hi there \n"), T0), post("hi there", None));
         let with_id = json!({"type": "message", "content": "x", "id": "c-1"}).to_string();
         assert_eq!(on_message(&mut c, &cfg(), &with_id, T0), post("x", Some("c-1")));
-        let null_id = json!({"type": "message", "content": "y", "id": null}).to_string();
-        assert_eq!(on_message(&mut c, &cfg(), &null_id, T0), post("y", None));
         // BOM and non-breaking spaces are trimmed like JS trim()
         assert_eq!(on_message(&mut c, &cfg(), &msg("\u{feff}\u{a0}z\u{3000}"), T0), post("z", None));
-        assert_eq!(c.window_count, 4);
+        assert_eq!(c.window_count, 3);
     }
 
     #[test]
     fn every_bad_frame_is_rejected_without_touching_the_window() {
         let long_id = json!({"type": "message", "content": "x", "id": "i".repeat(129)}).to_string();
-        let cases: [(&str, Option<u16>); 14] = [
+        let cases: [(&str, Option<u16>); 15] = [
             ("not json", Some(1007)),
             ("[1]", Some(1007)),
             (r#"{"content":"hi"}"#, Some(1007)),
@@ -573,6 +572,8 @@ mod tests {
             (r#"{"type":"message","content":5}"#, Some(1007)),
             (r#"{"type":"message","content":null}"#, Some(1007)),
             (r#"{"type":"message","content":"x","id":5}"#, Some(1007)),
+            // A present id is never "absent": null is a wrong type, not a server-picked id.
+            (r#"{"type":"message","content":"x","id":null}"#, Some(1007)),
             (r#"{"type":"typing"}"#, Some(1008)),
             (r#"{"type":"MESSAGE","content":"x"}"#, Some(1008)),
             (r#"{"type":"message","content":""}"#, None),

@@ -191,6 +191,9 @@ pub enum CounterError {
     NotAnInteger(&'static str),
     #[error("{0} must be a number")]
     WrongType(&'static str),
+    /// A field sent as `null` (what `JSON.stringify` makes of `NaN`): never the default.
+    #[error("{0} is null: send an integer, or leave the field out for the default")]
+    Null(&'static str),
     #[error("body must be a JSON object")]
     BadBody,
     /// Storage failed (logged by the adapter); the client sees a masked internal error.
@@ -203,14 +206,16 @@ impl CounterError {
         match self {
             CounterError::Overflow => "overflow",
             CounterError::NotAnInteger(_) => "invalid_amount",
-            CounterError::WrongType(_) | CounterError::BadBody => "invalid_body",
+            CounterError::WrongType(_) | CounterError::Null(_) | CounterError::BadBody => "invalid_body",
             CounterError::Storage => "internal_error",
         }
     }
     /// HTTP: wrong types are 400, well-formed but invalid values 422.
     pub fn to_api(&self) -> ApiError {
         match self {
-            CounterError::WrongType(_) | CounterError::BadBody => ApiError::bad_request(self.code(), self.to_string()),
+            CounterError::WrongType(_) | CounterError::Null(_) | CounterError::BadBody => {
+                ApiError::bad_request(self.code(), self.to_string())
+            }
             CounterError::Storage => ApiError::internal(),
             _ => ApiError::unprocessable(self.code(), self.to_string()),
         }
@@ -218,7 +223,7 @@ impl CounterError {
     /// WebSocket: wrong types close 1007, invalid values answer in-band.
     pub fn to_reject(&self) -> Reject {
         match self {
-            CounterError::WrongType(_) | CounterError::BadBody => {
+            CounterError::WrongType(_) | CounterError::Null(_) | CounterError::BadBody => {
                 Reject::close(crate::error::close::INVALID_DATA, self.to_string())
             }
             CounterError::Storage => Reject::close(crate::error::close::INTERNAL, "internal error"),
@@ -227,10 +232,12 @@ impl CounterError {
     }
 }
 
-/// Read an integer field: absent → `default`; a non-number → WrongType; a fraction or out of range → NotAnInteger.
+/// Read an integer field: absent → `default`; `null` → Null (present is never the default);
+/// a non-number → WrongType; a fraction or out of range → NotAnInteger.
 fn integer_field(obj: &serde_json::Map<String, Value>, field: &'static str, default: Option<i64>) -> Result<i64, CounterError> {
     match obj.get(field) {
-        None | Some(Value::Null) => default.ok_or(CounterError::WrongType(field)),
+        None => default.ok_or(CounterError::WrongType(field)),
+        Some(Value::Null) => Err(CounterError::Null(field)),
         Some(Value::Number(n)) => n
             .as_i64()
             .filter(|v| v.abs() <= MAX_SAFE_INTEGER)
@@ -239,13 +246,14 @@ fn integer_field(obj: &serde_json::Map<String, Value>, field: &'static str, defa
     }
 }
 
-/// Parse an operation of `kind` from a JSON object (HTTP body or WS frame).
-pub fn parse_op(kind: OpKind, body: &Value) -> Result<CounterOp, CounterError> {
+/// Parse an operation of `kind` from a JSON object (HTTP body or WS frame). An empty HTTP body
+/// is passed as `None` (every field absent); a body that is JSON `null` is not an object.
+pub fn parse_op(kind: OpKind, body: Option<&Value>) -> Result<CounterOp, CounterError> {
     let empty = serde_json::Map::new();
     let obj = match body {
-        Value::Object(o) => o,
-        Value::Null => &empty,
-        _ => return Err(CounterError::BadBody),
+        None => &empty,
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(CounterError::BadBody),
     };
     Ok(match kind {
         OpKind::Increment => CounterOp::Increment(integer_field(obj, "amount", Some(1))?),
@@ -255,11 +263,16 @@ pub fn parse_op(kind: OpKind, body: &Value) -> Result<CounterOp, CounterError> {
     })
 }
 
-/// Parse `?ops=increment,reset` into the set of event types a socket receives.
+/// Parse `?ops=increment,reset` into the set of event types a socket receives. Absent → every
+/// type; present but naming none (`?ops=`, what a client sends for an empty list) → 400, never
+/// "every type".
 pub fn parse_ops_filter(raw: Option<&str>) -> Result<Vec<OpKind>, ApiError> {
-    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+    let Some(raw) = raw else {
         return Ok(OpKind::ALL.to_vec());
     };
+    if raw.split(',').all(|p| p.trim().is_empty()) {
+        return Err(ApiError::bad_request("invalid_ops", "ops is empty: list at least one of increment, decrement, setValue, reset, or leave it out for all"));
+    }
     let mut kinds = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let kind = OpKind::parse(part).ok_or_else(|| {
@@ -280,15 +293,29 @@ pub fn ack_frame(id: Option<&str>, seq: i64) -> String {
     serde_json::json!({"type": "ack", "id": id, "seq": seq}).to_string()
 }
 
-/// The client id of a WS mutation frame: absent, or a string (else 1007).
+/// The client id of a WS mutation frame: absent, or a string (else 1007; `null` too).
 pub fn client_id(frame: &Value) -> Result<Option<String>, Reject> {
     match frame.get("id") {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(s)) => {
             crate::frame::check_client_id(Some(s))?;
             Ok(Some(s.clone()))
         }
         Some(_) => Err(Reject::close(crate::error::close::INVALID_DATA, "id must be a string")),
+    }
+}
+
+/// The client id of an HTTP mutation body: absent → none; a string of 1..=128 characters;
+/// `null` or another type → 400 (SPEC §5 wrong type); an empty or longer string → 422.
+pub fn http_client_id(body: &Value) -> Result<Option<String>, ApiError> {
+    match body.get("id") {
+        None => Ok(None),
+        Some(Value::String(s)) => match crate::frame::check_client_id(Some(s)) {
+            Ok(()) => Ok(Some(s.clone())),
+            Err(_) => Err(ApiError::unprocessable("invalid_id", "id must be 1 to 128 characters")),
+        },
+        Some(Value::Null) => Err(ApiError::bad_request("invalid_id", "id is null: send a string, or leave it out")),
+        Some(_) => Err(ApiError::bad_request("invalid_id", "id must be a string of 1 to 128 characters")),
     }
 }
 
@@ -329,16 +356,44 @@ mod tests {
 
     #[test]
     fn parse_amounts() {
-        assert_eq!(parse_op(OpKind::Increment, &json!({})), Ok(CounterOp::Increment(1)));
-        assert_eq!(parse_op(OpKind::Increment, &Value::Null), Ok(CounterOp::Increment(1)));
-        assert_eq!(parse_op(OpKind::Decrement, &json!({"amount": 3})), Ok(CounterOp::Decrement(3)));
-        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": 1.5})), Err(CounterError::NotAnInteger("amount")));
-        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": 9007199254740992_i64})), Err(CounterError::NotAnInteger("amount")));
-        assert_eq!(parse_op(OpKind::Increment, &json!({"amount": "3"})), Err(CounterError::WrongType("amount")));
-        assert_eq!(parse_op(OpKind::SetValue, &json!({})), Err(CounterError::WrongType("value")));
-        assert_eq!(parse_op(OpKind::SetValue, &json!({"value": -4})), Ok(CounterOp::SetValue(-4)));
-        assert_eq!(parse_op(OpKind::Reset, &json!({"anything": 1})), Ok(CounterOp::Reset));
-        assert_eq!(parse_op(OpKind::Reset, &json!([1])), Err(CounterError::BadBody));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({}))), Ok(CounterOp::Increment(1)));
+        assert_eq!(parse_op(OpKind::Increment, None), Ok(CounterOp::Increment(1)));
+        // A body that is JSON `null` is present and not an object: not "no body".
+        assert_eq!(parse_op(OpKind::Increment, Some(&Value::Null)), Err(CounterError::BadBody));
+        assert_eq!(parse_op(OpKind::Decrement, Some(&json!({"amount": 3}))), Ok(CounterOp::Decrement(3)));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": 1.5}))), Err(CounterError::NotAnInteger("amount")));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": 9007199254740992_i64}))), Err(CounterError::NotAnInteger("amount")));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": "3"}))), Err(CounterError::WrongType("amount")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({}))), Err(CounterError::WrongType("value")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": -4}))), Ok(CounterOp::SetValue(-4)));
+        assert_eq!(parse_op(OpKind::Reset, Some(&json!({"anything": 1}))), Ok(CounterOp::Reset));
+        assert_eq!(parse_op(OpKind::Reset, Some(&json!([1]))), Err(CounterError::BadBody));
+    }
+
+    #[test]
+    fn present_fields_are_never_the_default() {
+        // `JSON.stringify({amount: NaN})` sends `{"amount":null}`: an error, not +1.
+        for kind in [OpKind::Increment, OpKind::Decrement] {
+            assert_eq!(parse_op(kind, Some(&json!({"amount": null}))), Err(CounterError::Null("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": true}))), Err(CounterError::WrongType("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": "2"}))), Err(CounterError::WrongType("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": [1]}))), Err(CounterError::WrongType("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": 1.5}))), Err(CounterError::NotAnInteger("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": 1.0}))), Err(CounterError::NotAnInteger("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": -9007199254740992_i64}))), Err(CounterError::NotAnInteger("amount")));
+            assert_eq!(parse_op(kind, Some(&json!({"amount": 18446744073709551615_u64}))), Err(CounterError::NotAnInteger("amount")));
+        }
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": null}))), Err(CounterError::Null("value")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": false}))), Err(CounterError::WrongType("value")));
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": MAX_SAFE_INTEGER}))), Ok(CounterOp::Increment(MAX_SAFE_INTEGER)));
+        // null and wrong types are the SPEC §5 "wrong type": HTTP 400, socket 1007.
+        let null = CounterError::Null("amount");
+        assert_eq!((null.to_api().status, null.to_api().code), (400, "invalid_body"));
+        assert!(matches!(null.to_reject(), Reject::Close { code: 1007, .. }));
+        assert!(null.to_string().contains("null"));
+        // Non-integers are "valid JSON, invalid value": 422 / in-band.
+        assert_eq!(CounterError::NotAnInteger("amount").to_api().status, 422);
+        assert!(matches!(CounterError::NotAnInteger("amount").to_reject(), Reject::InBand { code: "invalid_amount", .. }));
     }
 
     #[test]
@@ -373,13 +428,31 @@ mod tests {
         assert_eq!(parse_ops_filter(None).unwrap().len(), 4);
         assert_eq!(parse_ops_filter(Some("increment,reset,increment")).unwrap(), vec![OpKind::Increment, OpKind::Reset]);
         assert_eq!(parse_ops_filter(Some("bogus")).map_err(|e| e.status), Err(400));
+        // Present but empty is not "all": an empty client list must not subscribe to everything.
+        for empty in ["", " ", ",", " , "] {
+            assert_eq!(parse_ops_filter(Some(empty)).map_err(|e| (e.status, e.code)), Err((400, "invalid_ops")), "{empty:?}");
+        }
+        assert_eq!(parse_ops_filter(Some("reset,,")).unwrap(), vec![OpKind::Reset]);
     }
 
     #[test]
     fn client_ids() {
         assert_eq!(client_id(&json!({"id": "a"})), Ok(Some("a".into())));
         assert_eq!(client_id(&json!({})), Ok(None));
+        assert!(matches!(client_id(&json!({"id": null})), Err(Reject::Close { code: 1007, .. })));
         assert!(matches!(client_id(&json!({"id": 5})), Err(Reject::Close { code: 1007, .. })));
         assert!(matches!(client_id(&json!({"id": ""})), Err(Reject::InBand { .. })));
+    }
+
+    #[test]
+    fn http_client_ids() {
+        assert_eq!(http_client_id(&json!({"id": "a"})), Ok(Some("a".into())));
+        assert_eq!(http_client_id(&json!({})), Ok(None));
+        assert_eq!(http_client_id(&Value::Null), Ok(None));
+        let status = |v: Value| http_client_id(&v).map_err(|e| (e.status, e.code));
+        assert_eq!(status(json!({"id": null})), Err((400, "invalid_id")));
+        assert_eq!(status(json!({"id": 5})), Err((400, "invalid_id")));
+        assert_eq!(status(json!({"id": ""})), Err((422, "invalid_id")));
+        assert_eq!(status(json!({"id": "x".repeat(129)})), Err((422, "invalid_id")));
     }
 }

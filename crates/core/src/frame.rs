@@ -53,6 +53,17 @@ pub fn decode<T: DeserializeOwned>(text: &str, known_types: &[&str]) -> Result<T
     serde_json::from_value(value).map_err(|e| Reject::close(close::INVALID_DATA, format!("bad {kind} frame: {e}")))
 }
 
+/// For an optional frame field, `#[serde(default, deserialize_with = "crate::frame::present")]`:
+/// absent → `None` (the default), but a present field must have the field's type — `null`
+/// is a wrong type (1007), never "absent". Plain `Option<T>` would read `null` as absent.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Binary frames are not part of any protocol.
 pub fn binary_rejected() -> Reject {
     Reject::close(close::INVALID_DATA, "binary frames are not accepted")
@@ -78,8 +89,12 @@ mod tests {
     enum Msg {
         Hello { n: i64 },
         Bye,
+        Tagged {
+            #[serde(default, deserialize_with = "present")]
+            id: Option<String>,
+        },
     }
-    const KNOWN: &[&str] = &["hello", "bye"];
+    const KNOWN: &[&str] = &["hello", "bye", "tagged"];
 
     fn code(r: Result<Msg, Reject>) -> u16 {
         match r {
@@ -104,6 +119,14 @@ mod tests {
         assert_eq!(code(decode(r#"{"type":"nope"}"#, KNOWN)), close::POLICY);
         assert_eq!(code(decode(r#"{"type":"hello","n":"3"}"#, KNOWN)), close::INVALID_DATA);
         assert_eq!(code(decode(r#"{"type":"hello"}"#, KNOWN)), close::INVALID_DATA);
+    }
+
+    #[test]
+    fn optional_fields_are_absent_or_typed_never_null() {
+        assert_eq!(decode::<Msg>(r#"{"type":"tagged"}"#, KNOWN), Ok(Msg::Tagged { id: None }));
+        assert_eq!(decode::<Msg>(r#"{"type":"tagged","id":"a"}"#, KNOWN), Ok(Msg::Tagged { id: Some("a".into()) }));
+        assert_eq!(code(decode(r#"{"type":"tagged","id":null}"#, KNOWN)), close::INVALID_DATA);
+        assert_eq!(code(decode(r#"{"type":"tagged","id":5}"#, KNOWN)), close::INVALID_DATA);
     }
 
     #[test]

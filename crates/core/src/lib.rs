@@ -7,6 +7,7 @@
 //! ## Layout
 //! - [`error`]: the HTTP error body and WebSocket close codes of SPEC §5.
 //! - [`names`]: name validation (SPEC §4).
+//! - [`accept`]: the runtime's limits on a hibernatable socket's tags and attachment.
 //! - [`auth`]: HS256 JWT verify/mint and token extraction (SPEC §3).
 //! - [`route`]: the entry Worker's routing table (SPEC §4).
 //! - [`frame`]: decoding client frames into protocol enums, mapping failures to close codes.
@@ -23,6 +24,7 @@
 //! - [`effects`]: what a kit object's hooks decide, as data (store, send, close, timers, calls), and typed ops.
 //! - [`game`]: the GameServer protocol: a turn-based room of up to 4 players (docs/game.md).
 
+pub mod accept;
 pub mod auth;
 pub mod channel;
 pub mod chat;

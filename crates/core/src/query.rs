@@ -47,7 +47,8 @@ mod tests {
         assert_eq!(parse_seq("before", None), Ok(None));
         assert_eq!(parse_seq("before", Some("0")), Ok(Some(0)));
         assert_eq!(parse_seq("before", Some("12")), Ok(Some(12)));
-        for bad in ["-1", "x", "1e3"] {
+        // Present but empty (`?since=`) is an error, never "absent".
+        for bad in ["-1", "x", "1e3", "", " ", "null", "9007199254740992"] {
             assert!(parse_seq("before", Some(bad)).is_err(), "{bad}");
         }
     }

@@ -212,6 +212,9 @@ pub enum ParamError {
     NotAnObject,
     #[error("{0} is required")]
     Missing(&'static str),
+    /// An optional field sent as `null`: never its default.
+    #[error("{0} is null: send a number, or leave the field out for the default")]
+    Null(&'static str),
     #[error("{field} must be {expected}")]
     WrongType { field: &'static str, expected: &'static str },
     #[error("{field} {reason}")]
@@ -222,7 +225,7 @@ impl ParamError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownOp(_) => "not_found",
-            Self::NotAnObject | Self::Missing(_) | Self::WrongType { .. } => "invalid_body",
+            Self::NotAnObject | Self::Missing(_) | Self::Null(_) | Self::WrongType { .. } => "invalid_body",
             Self::Invalid { field: "key", .. } => "invalid_key",
             Self::Invalid { .. } => "invalid_parameter",
         }
@@ -233,7 +236,7 @@ impl From<ParamError> for ApiError {
     fn from(e: ParamError) -> Self {
         match e {
             ParamError::UnknownOp(_) => ApiError::not_found(e.to_string()),
-            ParamError::NotAnObject | ParamError::Missing(_) | ParamError::WrongType { .. } => {
+            ParamError::NotAnObject | ParamError::Missing(_) | ParamError::Null(_) | ParamError::WrongType { .. } => {
                 ApiError::bad_request(e.code(), e.to_string())
             }
             ParamError::Invalid { .. } => ApiError::unprocessable(e.code(), e.to_string()),
@@ -339,11 +342,15 @@ fn number(obj: &Map<String, Value>, field: &'static str) -> Result<f64, ParamErr
 }
 
 /// A whole number (`3` or `3.0`); out-of-range values saturate so the range check names them.
+/// Absent → `default` (or Missing); `null` is never the default: Missing for a required field,
+/// Null for an optional one.
 fn integer(obj: &Map<String, Value>, field: &'static str, default: Option<i64>) -> Result<i64, ParamError> {
-    let n = match obj.get(field) {
-        None | Some(Value::Null) => return default.ok_or(ParamError::Missing(field)),
-        Some(Value::Number(n)) => n,
-        Some(_) => return Err(ParamError::WrongType { field, expected: "a number" }),
+    let n = match (obj.get(field), default) {
+        (None, Some(d)) => return Ok(d),
+        (Some(Value::Null), Some(_)) => return Err(ParamError::Null(field)),
+        (None | Some(Value::Null), None) => return Err(ParamError::Missing(field)),
+        (Some(Value::Number(n)), _) => n,
+        (Some(_), _) => return Err(ParamError::WrongType { field, expected: "a number" }),
     };
     if let Some(i) = n.as_i64() {
         Ok(i)
@@ -1278,7 +1285,15 @@ mod tests {
         assert_eq!(parse("check/sliding-window", json!({"key": "k", "limit": 5, "window": 1000.0})), sliding(5, 1_000));
         assert_eq!(parse("check/token-bucket", json!({"key": "k", "capacity": 100, "refillRate": 10})), token(100, 10.0, 1));
         assert_eq!(parse("check/token-bucket", json!({"key": "k", "capacity": 10, "refillRate": 0.5, "tokens": 3})), token(10, 0.5, 3));
-        assert_eq!(parse("check/token-bucket", json!({"key": "k", "capacity": 10, "refillRate": 1, "tokens": null})), token(10, 1.0, 1));
+        // A present `tokens` is never the default: null is a 400, not 1 token.
+        let null_tokens = parse_request("check/token-bucket", &json!({"key": "k", "capacity": 10, "refillRate": 1, "tokens": null}));
+        assert_eq!(null_tokens, Err(ParamError::Null("tokens")));
+        let e = ApiError::from(ParamError::Null("tokens"));
+        assert_eq!((e.status, e.code), (400, "invalid_body"));
+        assert_eq!(
+            parse_request("check/token-bucket", &json!({"key": "k", "capacity": 10, "refillRate": 1, "tokens": "2"})),
+            Err(ParamError::WrongType { field: "tokens", expected: "a number" })
+        );
         assert_eq!(parse("check/leaky-bucket", json!({"key": "k", "capacity": 100, "leakRate": 10, "extra": true})), leaky(100, 10.0));
         assert_eq!(parse("check/gcra", json!({"key": "k", "rate": 10, "period": 1000, "burst": 5})), gcra(10, 1_000, 5));
         match parse("check/token-bucket", json!({"key": "k", "capacity": 10, "refillRate": 0.1})) {

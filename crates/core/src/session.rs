@@ -14,8 +14,9 @@
 //! - `lastActive` is milliseconds since the epoch (a JSON number, as the design notes' clients
 //!   read it): the time of the last connect, close or accepted client frame. Rejected frames and
 //!   admin calls other than `clear` don't move it.
-//! - `connectedDevices` is the sorted, de-duplicated list of connected device ids (two sockets of
-//!   one device count once; its length is the device count).
+//! - `connectedDevices` is the number of connected devices (design note 000, SPEC §4/§6.1: a
+//!   count); two sockets of one device count once. `devices` is the sorted, de-duplicated list
+//!   of their ids (its length is `connectedDevices`).
 //! - A change (game joined/left, aggregate presence moved) goes to every device of the user,
 //!   the sender included — that broadcast *is* the sender's answer. A no-op (joining a joined
 //!   game, leaving an unjoined one, a presence update that leaves the aggregate as it was) is
@@ -131,14 +132,17 @@ impl SessionState {
         Self { last_active: self.last_active.max(now), ..self.clone() }
     }
 
-    /// `GET /__user-session/state`: `{userId, activeGames, presence, lastActive, connectedDevices}`.
+    /// `GET /__user-session/state`: `{userId, activeGames, presence, lastActive,
+    /// connectedDevices (a count), devices (their ids)}`.
     pub fn view(&self, devices: &[DeviceConn]) -> Value {
+        let ids = connected_devices(devices);
         serde_json::json!({
             "userId": self.user_id,
             "activeGames": self.active_games,
             "presence": Presence::aggregate(devices).as_str(),
             "lastActive": self.last_active,
-            "connectedDevices": connected_devices(devices),
+            "connectedDevices": ids.len(),
+            "devices": ids,
         })
     }
 
@@ -585,7 +589,7 @@ mod tests {
                 (
                     To::This,
                     json!({"type":"initial_state","userId":"alice","activeGames":["b","a"],"presence":"online",
-                           "lastActive":T0 + 50,"connectedDevices":["tab-1","tab-2"]})
+                           "lastActive":T0 + 50,"connectedDevices":2,"devices":["tab-1","tab-2"]})
                 ),
                 (To::Others, json!({"type":"presence_updated","presence":"online"})),
             ]
@@ -604,7 +608,7 @@ mod tests {
             [(
                 To::This,
                 json!({"type":"state","userId":"alice","activeGames":["g0"],"presence":"away",
-                       "lastActive":T0 + 9,"connectedDevices":["laptop","phone"]})
+                       "lastActive":T0 + 9,"connectedDevices":2,"devices":["laptop","phone"]})
             )]
         );
     }
@@ -621,7 +625,7 @@ mod tests {
         let s = with_games(2);
         assert_eq!(
             s.view(&[]),
-            json!({"userId":"alice","activeGames":["g0","g1"],"presence":"offline","lastActive":T0,"connectedDevices":[]})
+            json!({"userId":"alice","activeGames":["g0","g1"],"presence":"offline","lastActive":T0,"connectedDevices":0,"devices":[]})
         );
         let stored = serde_json::to_string(&s).unwrap();
         assert_eq!(parse(&stored), json!({"userId":"alice","activeGames":["g0","g1"],"lastActive":T0,"loggedOutAt":null}));
@@ -814,7 +818,7 @@ mod tests {
             sends(&out),
             [(
                 To::All,
-                json!({"type":"state","userId":"alice","activeGames":[],"presence":"away","lastActive":T0 + 7,"connectedDevices":["phone"]})
+                json!({"type":"state","userId":"alice","activeGames":[],"presence":"away","lastActive":T0 + 7,"connectedDevices":1,"devices":["phone"]})
             )]
         );
     }
