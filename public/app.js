@@ -130,7 +130,7 @@ function connect(token, counterName, room) {
     const s = session.state;
     if (!s) return;
     $("presence").textContent = s.presence;
-    $("devices").textContent = s.connectedDevices.join(", ") || "–";
+    $("devices").textContent = s.devices.join(", ") || "–";
     const games = $("games");
     games.replaceChildren(
       ...s.activeGames.map((g) => {
@@ -146,7 +146,7 @@ function connect(token, counterName, room) {
     );
   };
   session.onFrame(renderSession);
-  // A device arriving or leaving changes `connectedDevices` without a frame of its own unless
+  // A device arriving or leaving changes `devices` without a frame of its own unless
   // presence moves: refresh on presence changes and every few seconds.
   session.on("presence_updated", () => session.syncState());
   const refresh = setInterval(() => session.socket.status === "open" && session.syncState(), 5000);

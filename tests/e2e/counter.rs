@@ -363,17 +363,17 @@ async fn restart() -> TestResult {
 }
 
 /// `{"amount":null}` (what `JSON.stringify({amount: NaN})` sends) is never the default +1:
-/// null and wrong types are 400 `invalid_body` / close 1007, non-integers 422 / in-band
-/// `invalid_amount` (SPEC §5); the value and the history do not move.
+/// null (an invalid number) and non-integers are 422 / in-band `invalid_amount`, other types
+/// 400 `invalid_body` / close 1007 (docs/protocol.md §5); the value and the history do not move.
 async fn null_amounts() -> TestResult {
     let t = server().token("alice");
     let name = unique("nullamt");
     let r = http().post(&format!("/api/counter/{name}/set"), &t, r#"{"value":10}"#).await?;
     ensure_eq!(r.status, 200);
     for (op, body, status, code) in [
-        ("increment", r#"{"amount":null}"#, 400, "invalid_body"),
-        ("decrement", r#"{"amount":null}"#, 400, "invalid_body"),
-        ("set", r#"{"value":null}"#, 400, "invalid_body"),
+        ("increment", r#"{"amount":null}"#, 422, "invalid_amount"),
+        ("decrement", r#"{"amount":null}"#, 422, "invalid_amount"),
+        ("set", r#"{"value":null}"#, 422, "invalid_amount"),
         ("increment", r#"{"amount":true}"#, 400, "invalid_body"),
         ("increment", r#"{"amount":"2"}"#, 400, "invalid_body"),
         ("increment", r#"{"amount":1.5}"#, 422, "invalid_amount"),
@@ -390,11 +390,10 @@ async fn null_amounts() -> TestResult {
     ensure!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("null")), "message {}", r.body);
     ensure_eq!(value_of(&name).await?, json!(10));
 
-    // Over the socket: null / wrong-typed amount or id closes 1007; a fraction is in-band.
+    // Over the socket: a wrong-typed amount or id closes 1007; null or a fraction is in-band.
     for frame in [
-        json!({"type":"increment","amount":null,"id":"n1"}),
-        json!({"type":"decrement","amount":null}),
-        json!({"type":"setValue","value":null}),
+        json!({"type":"increment","amount":"2","id":"n1"}),
+        json!({"type":"decrement","amount":true}),
         json!({"type":"increment","amount":2,"id":null}),
     ] {
         let mut bad = ws(&format!("/ws/counter/{name}"), &t).await?;
@@ -404,9 +403,16 @@ async fn null_amounts() -> TestResult {
     }
     let mut a = ws(&format!("/ws/counter/{name}"), &t).await?;
     ensure_eq!(a.recv().await?["type"], json!("snapshot"));
-    a.send_json(&json!({"type":"increment","amount":1.5,"id":"frac"})).await?;
-    let err = a.recv().await?;
-    ensure_eq!((err["type"].clone(), err["code"].clone()), (json!("error"), json!("invalid_amount")));
+    for frame in [
+        json!({"type":"increment","amount":1.5,"id":"frac"}),
+        json!({"type":"increment","amount":null,"id":"n1"}),
+        json!({"type":"decrement","amount":null}),
+        json!({"type":"setValue","value":null}),
+    ] {
+        a.send_json(&frame).await?;
+        let err = a.recv().await?;
+        ensure_eq!((frame.to_string(), err["type"].clone(), err["code"].clone()), (frame.to_string(), json!("error"), json!("invalid_amount")));
+    }
     a.send_json(&json!({"type":"ping"})).await?;
     ensure_eq!(a.recv().await?, json!({"type":"pong"}));
     // Nothing was applied or recorded: only the first `set` is in the history.

@@ -79,7 +79,7 @@ async fn logout_all_ends_tcp() -> TestResult {
     tokio::time::sleep(Duration::from_millis(1100)).await; // iat has whole seconds
     let fresh = s.token(&user);
     let (mut again, init) = device_at(&base, &user, "phone", &fresh).await?;
-    ensure_eq!(init["connectedDevices"], json!(["phone"]));
+    ensure_eq!((init["connectedDevices"].clone(), init["devices"].clone()), (json!(1), json!(["phone"])));
     again.send_text(r#"{"type":"ping"}"#).await?;
     ensure_eq!(again.recv().await?, json!({"type":"pong"}));
     again.close().await
@@ -204,7 +204,7 @@ async fn crash_session() -> TestResult {
     tokio::task::spawn_blocking(crash).await??;
     drop(phone);
     let (laptop, init) = device_at(&base, &user, "laptop", &token).await?;
-    ensure_eq!(init["connectedDevices"], json!(["laptop"]));
+    ensure_eq!((init["connectedDevices"].clone(), init["devices"].clone()), (json!(1), json!(["laptop"])));
     ensure_eq!(init["presence"], json!("online"));
     laptop.close().await
 }
@@ -347,7 +347,7 @@ async fn sweep_session(base: &str, target: &str) -> TestResult {
     ensure_not_early(alive, "session device gone")?;
     laptop.send_text(r#"{"type":"sync_state"}"#).await?;
     let st = laptop.recv_matching_while_pinging(Duration::from_secs(10), PING_EVERY, |v| v["type"] == "state").await?;
-    ensure_eq!(st["connectedDevices"], json!(["laptop"]));
+    ensure_eq!((st["connectedDevices"].clone(), st["devices"].clone()), (json!(1), json!(["laptop"])));
     let pongs = laptop.ping_for(Duration::from_millis(SWEEP_TIMEOUT_MS + 2_000), PING_EVERY).await?;
     ensure!(pongs >= 4, "healthy socket got only {pongs} pongs");
     laptop.close().await

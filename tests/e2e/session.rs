@@ -401,7 +401,7 @@ async fn hibernation() -> TestResult {
         let st = laptop.recv().await?;
         ensure_eq!(
             without_last_active(st),
-            json!({"type":"state","userId":user,"activeGames":["g1"],"presence":"online","connectedDevices":["laptop","phone"]})
+            json!({"type":"state","userId":user,"activeGames":["g1"],"presence":"online","connectedDevices":2,"devices":["laptop","phone"]})
         );
         if hib.woke().await {
             break;

@@ -191,8 +191,9 @@ pub enum CounterError {
     NotAnInteger(&'static str),
     #[error("{0} must be a number")]
     WrongType(&'static str),
-    /// A field sent as `null` (what `JSON.stringify` makes of `NaN`): never the default.
-    #[error("{0} is null: send an integer, or leave the field out for the default")]
+    /// A number field sent as `null` — what `JSON.stringify` makes of `NaN` and `Infinity`: an
+    /// invalid number (HTTP 422, in-band on a socket), never the default.
+    #[error("{0} is null (NaN or Infinity?): send an integer, or leave the field out for the default")]
     Null(&'static str),
     #[error("body must be a JSON object")]
     BadBody,
@@ -205,15 +206,15 @@ impl CounterError {
     pub fn code(&self) -> &'static str {
         match self {
             CounterError::Overflow => "overflow",
-            CounterError::NotAnInteger(_) => "invalid_amount",
-            CounterError::WrongType(_) | CounterError::Null(_) | CounterError::BadBody => "invalid_body",
+            CounterError::NotAnInteger(_) | CounterError::Null(_) => "invalid_amount",
+            CounterError::WrongType(_) | CounterError::BadBody => "invalid_body",
             CounterError::Storage => "internal_error",
         }
     }
     /// HTTP: wrong types are 400, well-formed but invalid values 422.
     pub fn to_api(&self) -> ApiError {
         match self {
-            CounterError::WrongType(_) | CounterError::Null(_) | CounterError::BadBody => {
+            CounterError::WrongType(_) | CounterError::BadBody => {
                 ApiError::bad_request(self.code(), self.to_string())
             }
             CounterError::Storage => ApiError::internal(),
@@ -223,7 +224,7 @@ impl CounterError {
     /// WebSocket: wrong types close 1007, invalid values answer in-band.
     pub fn to_reject(&self) -> Reject {
         match self {
-            CounterError::WrongType(_) | CounterError::Null(_) | CounterError::BadBody => {
+            CounterError::WrongType(_) | CounterError::BadBody => {
                 Reject::close(crate::error::close::INVALID_DATA, self.to_string())
             }
             CounterError::Storage => Reject::close(crate::error::close::INTERNAL, "internal error"),
@@ -386,10 +387,10 @@ mod tests {
         assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": null}))), Err(CounterError::Null("value")));
         assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": false}))), Err(CounterError::WrongType("value")));
         assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": MAX_SAFE_INTEGER}))), Ok(CounterOp::Increment(MAX_SAFE_INTEGER)));
-        // null and wrong types are the SPEC §5 "wrong type": HTTP 400, socket 1007.
+        // null is an invalid number (NaN, Infinity): HTTP 422, in-band on the socket.
         let null = CounterError::Null("amount");
-        assert_eq!((null.to_api().status, null.to_api().code), (400, "invalid_body"));
-        assert!(matches!(null.to_reject(), Reject::Close { code: 1007, .. }));
+        assert_eq!((null.to_api().status, null.to_api().code), (422, "invalid_amount"));
+        assert!(matches!(null.to_reject(), Reject::InBand { code: "invalid_amount", .. }));
         assert!(null.to_string().contains("null"));
         // Non-integers are "valid JSON, invalid value": 422 / in-band.
         assert_eq!(CounterError::NotAnInteger("amount").to_api().status, 422);
