@@ -1,4 +1,4 @@
-//! Rate-limiter benchmark (SPEC §7, not a test): checks per second and latency percentiles of
+//! Rate-limiter benchmark (docs/protocol.md §7, not a test): checks per second and latency percentiles of
 //! `POST /api/ratelimit/check` against `wrangler dev`, for one hot key (one object, every check
 //! serialized) and for many keys (one object each, spread across the runtime).
 //!

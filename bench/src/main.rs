@@ -1,6 +1,6 @@
 //! # edge-realtime-bench
 //!
-//! The project's benchmark command (SPEC §7). It starts its own `wrangler dev` for the Worker
+//! The project's benchmark command (docs/protocol.md §7). It starts its own `wrangler dev` for the Worker
 //! (and, for the chat comparison, for a bare JavaScript baseline), drives it over real HTTP and
 //! WebSockets from this process, prints a Markdown table with the machine it ran on, and stops
 //! every server it started. `BENCH_BASE_URL` / `BENCH_BASELINE_URL` point it at running servers

@@ -41,7 +41,7 @@ export interface StatusInfo {
 
 /**
  * Close codes after which the socket does not reconnect:
- * - 4001 logged out / token revoked (SPEC §5: never reconnect with the same token),
+ * - 4001 logged out / token revoked (docs/protocol.md §5: never reconnect with the same token),
  * - 4003 forbidden,
  * - 1008 policy (unknown message type or repeated rate-limit violations: a client bug or abuse
  *   that reconnecting would only repeat),

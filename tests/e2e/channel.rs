@@ -1,4 +1,4 @@
-//! Channel (SPEC §6.5) over real HTTP and WebSockets.
+//! Channel (docs/protocol.md §6.5) over real HTTP and WebSockets.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! ChatRoom (SPEC §6.3) over real HTTP and WebSockets.
+//! ChatRoom (docs/protocol.md §6.3) over real HTTP and WebSockets.
 //!
 //! The harness runs with `CHAT_MAX_MESSAGES=30` and `CHAT_PRUNE_INTERVAL_MS=2000` (see
 //! `support::e2e_vars`) so pruning is observable in seconds; every other test stores fewer
@@ -530,7 +530,7 @@ async fn restart() -> TestResult {
     a.close().await
 }
 
-/// A present `id` must be a string: `{"id":null}` closes 1007 (SPEC §5 wrong type) instead of
+/// A present `id` must be a string: `{"id":null}` closes 1007 (docs/protocol.md §5 wrong type) instead of
 /// being stored under a server id.
 async fn null_client_id() -> TestResult {
     let room = unique("nullid");

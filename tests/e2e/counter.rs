@@ -1,4 +1,4 @@
-//! Counter (SPEC §6.2) over real HTTP and WebSockets.
+//! Counter (docs/protocol.md §6.2) over real HTTP and WebSockets.
 
 
 use libtest_mimic::Trial;

@@ -1,4 +1,4 @@
-//! Entry Worker: health, routing errors, `Upgrade` check, auth (SPEC §3–5).
+//! Entry Worker: health, routing errors, `Upgrade` check, auth (docs/protocol.md §3–5).
 
 use libtest_mimic::Trial;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! RateLimiter (SPEC §6.6) over real HTTP: the five algorithms' exact answers, exactness under
+//! RateLimiter (docs/protocol.md §6.6) over real HTTP: the five algorithms' exact answers, exactness under
 //! concurrency, `retryAfterMs`, invalid parameters (no state change), restarts, and the
 //! Worker's own per-user WebSocket-upgrade limit.
 

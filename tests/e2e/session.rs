@@ -1,4 +1,4 @@
-//! UserSession (SPEC §6.1, §3) over real HTTP and WebSockets: devices, games, presence,
+//! UserSession (docs/protocol.md §6.1, §3) over real HTTP and WebSockets: devices, games, presence,
 //! notifications, logout-all with service-wide revocation, hibernation and restarts.
 
 use std::time::Duration;
@@ -457,7 +457,7 @@ async fn restart() -> TestResult {
     phone.close().await
 }
 
-/// Design note 000 / SPEC §4: `connectedDevices` is a count; the ids are `devices`. Two sockets
+/// Design note 000 / docs/protocol.md §4: `connectedDevices` is a count; the ids are `devices`. Two sockets
 /// of one device count once.
 async fn connected_devices_count() -> TestResult {
     let user = unique("count");

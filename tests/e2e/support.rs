@@ -315,7 +315,7 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
     }
-    /// The SPEC §5 error code, if this is an error body.
+    /// The docs/protocol.md §5 error code, if this is an error body.
     pub fn error_code(&self) -> Option<&str> {
         self.body.get("error")?.get("code")?.as_str()
     }

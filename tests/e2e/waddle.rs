@@ -1,4 +1,4 @@
-//! Waddle (SPEC §6.4) over real HTTP and WebSockets.
+//! Waddle (docs/protocol.md §6.4) over real HTTP and WebSockets.
 
 use libtest_mimic::Trial;
 use serde_json::{json, Value};

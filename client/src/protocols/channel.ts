@@ -1,4 +1,4 @@
-// Channel (SPEC §6.5, docs/channel.md): `/ws/channel/:id`, gapless sequenced messages.
+// Channel (docs/protocol.md §6.5, docs/channel.md): `/ws/channel/:id`, gapless sequenced messages.
 
 import { array, decodeWith, frame, integer, nullable, object, string, type FrameOf, type Infer } from "../guards.js";
 import { TypedClient, clientId, errorFrame, loggedOutFrame, pongFrame, query, resyncFrame, segment, type ClientOptions } from "./common.js";

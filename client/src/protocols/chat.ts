@@ -1,4 +1,4 @@
-// ChatRoom (SPEC §6.3, docs/chat.md): `/api/chat` (room `global`) or `/api/chat/:room`.
+// ChatRoom (docs/protocol.md §6.3, docs/chat.md): `/api/chat` (room `global`) or `/api/chat/:room`.
 
 import { array, decodeWith, frame, integer, literal, nullable, object, string, type FrameOf, type Infer } from "../guards.js";
 import { TypedClient, clientId, errorFrame, loggedOutFrame, pongFrame, query, resyncFrame, segment, type ClientOptions } from "./common.js";

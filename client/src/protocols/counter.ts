@@ -1,4 +1,4 @@
-// Counter (SPEC §6.2, docs/counter.md): `/ws/counter/:name`.
+// Counter (docs/protocol.md §6.2, docs/counter.md): `/ws/counter/:name`.
 
 import { frame, integer, literal, nullable, object, optional, string, array, decodeWith, type FrameOf, type Infer } from "../guards.js";
 import { TypedClient, clientId, errorFrame, loggedOutFrame, pongFrame, query, resyncFrame, segment, type ClientOptions } from "./common.js";

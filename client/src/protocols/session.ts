@@ -1,4 +1,4 @@
-// UserSession (SPEC §6.1, docs/session.md): `/__user-session?userId=&deviceId=`.
+// UserSession (docs/protocol.md §6.1, docs/session.md): `/__user-session?userId=&deviceId=`.
 
 import { array, decodeWith, frame, integer, literal, openObject, string, type FrameOf, type Infer } from "../guards.js";
 import { TypedClient, errorFrame, loggedOutFrame, pongFrame, query, type ClientOptions } from "./common.js";

@@ -1,4 +1,4 @@
-// Waddle (SPEC §6.4, docs/waddle.md): `/ws/waddle/:id`, community presence and typing.
+// Waddle (docs/protocol.md §6.4, docs/waddle.md): `/ws/waddle/:id`, community presence and typing.
 
 import { array, boolean, decodeWith, frame, integer, literal, object, string, tuple, type FrameOf, type Infer } from "../guards.js";
 import { TypedClient, errorFrame, loggedOutFrame, pongFrame, segment, type ClientOptions } from "./common.js";
