@@ -2,6 +2,7 @@
 // @edge-realtime/client (its ES module build is copied to /client/ by `make setup`).
 
 import { ChatClient, CounterClient, UserSessionClient } from "/client/index.js";
+import { startPanels } from "/panels.js";
 
 const $ = (id) => document.getElementById(id);
 const base = location.origin;
@@ -161,7 +162,13 @@ function connect(token, counterName, room) {
   $("logout-all").onclick = () => session.logoutAll();
   $("signout").onclick = () => signedOut();
 
-  clients = [counter, chat, session, { close: () => clearInterval(refresh) }];
+  // Community, channel, game and rate limiter (public/panels.js). Names come from the URL
+  // (`?waddle=&channel=&game=`), so two tabs meet in the same objects; default "demo".
+  const params = new URLSearchParams(location.search);
+  const names = Object.fromEntries(["waddle", "channel", "game"].map((k) => [k, params.get(k) || "demo"]));
+  const panels = startPanels({ base, options, token: () => sessionStorage.getItem("token"), me: claims.sub, names });
+
+  clients = [counter, chat, session, ...panels, { close: () => clearInterval(refresh) }];
 }
 
 $("signin-form").onsubmit = (e) => {
