@@ -4,7 +4,7 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e client-test deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit clean
+.PHONY: dev test setup token lint unit e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
@@ -39,6 +39,12 @@ client-test: setup
 ## Rate-limiter checks/s and p99, one key and many keys (starts its own wrangler dev, or BENCH_BASE_URL=...)
 bench-ratelimit: setup
 	cargo run --example bench_ratelimit
+
+## Deploy to your Cloudflare account from a fresh clone: setup (the [build] command needs the
+## wasm32 target, wasm-bindgen-cli, worker-build and the npm packages it installs), then
+## `wrangler deploy`. Set the secret first: `npx wrangler secret put AUTH_SECRET` (README "Deploy").
+deploy: setup
+	npx wrangler deploy
 
 ## `wrangler deploy --dry-run`: the bundle builds and validates without an account
 deploy-check:

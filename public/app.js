@@ -171,15 +171,51 @@ function connect(token, counterName, room) {
   clients = [counter, chat, session, ...panels, { close: () => clearInterval(refresh) }];
 }
 
-$("signin-form").onsubmit = (e) => {
+// Dev sign-in: with DEV_TOKENS=1 the server has `POST /__dev/token` (a GET there answers 200,
+// not the 404 of a path that does not exist); the page then offers "Sign in as …" instead of
+// the token textarea. `document.body.dataset.signin` says which form is shown ("dev" | "token").
+let devTokens = false;
+function setSigninMode(dev) {
+  devTokens = dev;
+  $("dev-signin").hidden = !dev;
+  $("token-signin").hidden = dev;
+  $("token").required = !dev;
+  document.body.dataset.signin = dev ? "dev" : "token";
+  updateSigninLabel();
+}
+function updateSigninLabel() {
+  $("signin").textContent = devTokens ? `Sign in as ${$("dev-user").value.trim() || "…"}` : "Connect";
+}
+$("dev-user").oninput = updateSigninLabel;
+$("use-token").onclick = (e) => {
+  e.preventDefault();
+  setSigninMode(false);
+};
+async function devToken(userId, admin) {
+  const res = await fetch("/__dev/token", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ userId, name: userId, admin }),
+  });
+  const body = await res.json().catch(() => null);
+  if (!res.ok || typeof body?.token !== "string") throw new Error(body?.error?.message ?? `dev sign-in failed (${res.status})`);
+  return body.token;
+}
+
+$("signin-form").onsubmit = async (e) => {
   e.preventDefault();
   try {
-    connect($("token").value.trim(), $("counter-name").value.trim() || "demo", $("room-name").value.trim() || "lobby");
+    const token = devTokens ? await devToken($("dev-user").value.trim(), $("dev-admin").checked) : $("token").value.trim();
+    connect(token, $("counter-name").value.trim() || "demo", $("room-name").value.trim() || "lobby");
   } catch (err) {
     $("signin-error").textContent = String(err.message ?? err);
     $("signin-error").hidden = false;
   }
 };
+
+fetch("/__dev/token")
+  .then((res) => setSigninMode(res.ok))
+  .catch(() => setSigninMode(false));
 
 const saved = sessionStorage.getItem("token");
 if (saved) {

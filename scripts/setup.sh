@@ -54,6 +54,13 @@ else
   (cd client && npm ci --no-audit --no-fund)
 fi
 
+step "React hooks (client/react/: react 19, esbuild; pinned in client/react/package-lock.json)"
+if [ -x client/react/node_modules/.bin/esbuild ] && [ client/react/node_modules/.package-lock.json -nt client/react/package-lock.json ]; then
+  echo "present"
+else
+  (cd client/react && npm ci --no-audit --no-fund)
+fi
+
 step "client build → public/client/ (the demo page's ES modules)"
 if [ -f public/client/index.js ] && [ -z "$(find client/src client/tsconfig.json -newer public/client/index.js 2>/dev/null)" ]; then
   echo "up to date"

@@ -4,6 +4,7 @@
 use worker::{Env, Headers, Method, Request, RequestInit, Response};
 
 use edge_realtime_core::auth::{self, Claims};
+use edge_realtime_core::devtoken;
 use edge_realtime_core::error::ApiError;
 use edge_realtime_core::ratelimit::{self, Decision, GcraDecision};
 use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
@@ -29,6 +30,11 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     let url = req.url().map_err(|_| ApiError::bad_request("invalid_url", "unparsable URL"))?;
     let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     let lookup = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    // Dev sign-in (`DEV_TOKENS=1` only, docs/protocol.md §3): matched before the routing table,
+    // so without the var this path falls through to the table's 404 like any unknown path.
+    if url.path() == devtoken::PATH && dev_tokens_enabled(env) {
+        return dev_token(&mut req, env).await;
+    }
     let endpoint = resolve(req.method().as_ref(), url.path(), lookup)?;
 
     if endpoint == Endpoint::Health {
@@ -71,6 +77,34 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
         }
         Endpoint::Health => Err(ApiError::internal()),
     }
+}
+
+// --- dev tokens (DEV_TOKENS=1; never in production: anyone could mint any user's token) ---
+
+fn dev_tokens_enabled(env: &Env) -> bool {
+    let var = env.secret("DEV_TOKENS").or_else(|_| env.var("DEV_TOKENS")).map(|v| v.to_string()).ok();
+    devtoken::enabled(var.as_deref())
+}
+
+/// `POST /__dev/token {"userId","name"?,"admin"?}` → `{"token","userId","exp"}`, signed like
+/// `make token` (the same `auth::mint` and `AUTH_SECRET`); `GET` → `{"devTokens":true}` (probe).
+async fn dev_token(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
+    match req.method() {
+        Method::Post => {}
+        // The demo page's probe: present (a 404 means the route does not exist).
+        Method::Get => {
+            return json_response(200, &serde_json::json!({"devTokens": true, "usage": "POST {\"userId\",\"name\"?,\"admin\"?}"}))
+                .map_err(internal("dev token probe"))
+        }
+        _ => return Err(ApiError::method_not_allowed("use POST /__dev/token")),
+    }
+    let bytes = read_body(req).await?;
+    let claims = devtoken::claims_from_body(&http::parse_json_body(&bytes)?, crate::kit::now() / 1000)?;
+    let secret = auth_secret(env)?;
+    let token = auth::mint(&claims, secret.as_bytes()).map_err(|_| ApiError::internal())?;
+    worker::console_log!("[edge-realtime] DEV_TOKENS: minted a dev token for {}", claims.sub);
+    json_response(200, &serde_json::json!({"token": token, "userId": claims.sub, "exp": claims.exp}))
+        .map_err(internal("dev token"))
 }
 
 fn is_websocket_upgrade(req: &Request) -> bool {

@@ -38,7 +38,10 @@ after(async () => {
   await stopOwnServer();
 });
 
-async function open(token: string, counter: string, room: string, errors: string[]): Promise<Page> {
+/** How a tab signs in: a pasted token, or the dev sign-in (`DEV_TOKENS=1`, which the run sets). */
+type SignIn = { token: string } | { devUser: string };
+
+async function open(signIn: SignIn | string, counter: string, room: string, errors: string[]): Promise<Page> {
   assert.ok(browser);
   const context = await browser.newContext({ viewport: { width: 1200, height: 860 } });
   context.setDefaultTimeout(WAIT);
@@ -47,7 +50,17 @@ async function open(token: string, counter: string, room: string, errors: string
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
   await page.goto(`${base}/`);
-  await page.fill("#token", token);
+  const how: SignIn = typeof signIn === "string" ? { token: signIn } : signIn;
+  // The run's server has DEV_TOKENS=1 (test/support.ts): the page offers "Sign in as …".
+  await page.waitForSelector("body[data-signin=dev]", { state: "attached", timeout: WAIT });
+  if ("devUser" in how) {
+    await page.fill("#dev-user", how.devUser);
+    assert.equal(await text(page, "#signin"), `Sign in as ${how.devUser}`);
+  } else {
+    await page.click("#use-token");
+    await page.waitForSelector("body[data-signin=token]", { state: "attached", timeout: WAIT });
+    await page.fill("#token", how.token);
+  }
   await page.fill("#counter-name", counter);
   await page.fill("#room-name", room);
   await page.click("#signin");
@@ -81,7 +94,9 @@ test("two browsers: counter clicks and chat messages show up live in both; the s
   const counter = unique("demo");
   const room = unique("lobby");
   const errors: string[] = [];
-  const a = await open(mintToken(alice, { name: "Alice" }), counter, room, errors);
+  // Alice signs in with one click (dev sign-in), Bob pastes a token.
+  const a = await open({ devUser: alice }, counter, room, errors);
+  assert.match(await text(a, "#who"), new RegExp(alice));
   const b = await open(mintToken(bob, { name: "Bob" }), counter, room, errors);
 
   for (let i = 0; i < 3; i++) await a.click("#inc");
@@ -121,4 +136,31 @@ test("two browsers: counter clicks and chat messages show up live in both; the s
   for (const id of ["#counter-status", "#chat-status", "#session-status"]) assert.equal(await text(b, id), "open", `Bob's ${id}`);
   assert.ok(await b.isHidden("#signin-panel"), "Bob is still signed in");
   assert.deepEqual(errors, []);
+});
+
+test("demo sign-in: the server's dev route gives one-click sign-in; without it (404) the page falls back to the token textarea", async () => {
+  assert.ok(browser);
+  // With the route (this run's server has DEV_TOKENS=1): the dev form, no textarea.
+  const context = await browser.newContext();
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  await page.goto(`${base}/`);
+  await page.waitForSelector("body[data-signin=dev]", { state: "attached", timeout: WAIT });
+  assert.ok(await page.isVisible("#dev-user"));
+  assert.ok(await page.isHidden("#token"));
+  // The same page where /__dev/token answers 404 (a server without DEV_TOKENS, as proven by
+  // tests/e2e foundation::dev_tokens_only_with_the_var): the textarea, no dev form.
+  const fallback = await browser.newContext();
+  fallback.setDefaultTimeout(WAIT);
+  await fallback.route("**/__dev/token", (route) =>
+    route.fulfill({ status: 404, contentType: "application/json", body: '{"error":{"code":"not_found","message":"no route for /__dev/token"}}' }),
+  );
+  const plain = await fallback.newPage();
+  await plain.goto(`${base}/`);
+  await plain.waitForSelector("body[data-signin=token]", { state: "attached", timeout: WAIT });
+  assert.ok(await plain.isVisible("#token"));
+  assert.ok(await plain.isHidden("#dev-user"));
+  assert.equal(await text(plain, "#signin"), "Connect");
+  await context.close();
+  await fallback.close();
 });

@@ -184,7 +184,9 @@ export async function startWrangler(): Promise<Server> {
   const child: ChildProcess = spawn(
     "npx",
     ["wrangler", "dev", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),
-      "--persist-to", persist, "--show-interactive-dev-session=false"],
+      "--persist-to", persist, "--show-interactive-dev-session=false",
+      // The demo page's one-click dev sign-in (POST /__dev/token) is tested here.
+      "--var", "DEV_TOKENS:1"],
     { cwd: ROOT, detached: true, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, WRANGLER_SEND_METRICS: "false", CI: "true" } },
   );
   const log: string[] = [];

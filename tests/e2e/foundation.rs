@@ -19,6 +19,7 @@ pub fn tests() -> Vec<Trial> {
         trial("foundation::body_over_64k_413", too_large),
         trial("foundation::client_identity_headers_are_ignored", spoofed_identity),
         trial("foundation::lone_jwt_subprotocol_accepted_and_selected", lone_jwt_subprotocol),
+        trial("foundation::dev_tokens_only_with_the_var", dev_tokens),
     ]
 }
 
@@ -174,5 +175,62 @@ async fn lone_jwt_subprotocol() -> TestResult {
     }
     // A JWT next to another protocol is not "the only subprotocol": refused.
     ensure_eq!(ws_refusal(&path, &[("Sec-WebSocket-Protocol", &format!("chat, {t}"))]).await?, 401);
+    Ok(())
+}
+
+/// One-click dev sign-in (docs/protocol.md §3 "dev tokens"). The e2e server runs with
+/// `DEV_TOKENS=1` (support.rs): `POST /__dev/token` mints a token (signed like `make token`)
+/// that works on a WebSocket as the named user, admin only when asked; bad bodies are clear
+/// 400s. A second server with `DEV_TOKENS=0` has no such route: the same 404 as an unknown path.
+async fn dev_tokens() -> TestResult {
+    if !server().is_local() {
+        // A deployment (E2E_BASE_URL) must not have the route; only the local run sets the var.
+        let r = http().request("POST", "/__dev/token", None, Some(r#"{"userId":"x"}"#), &[]).await?;
+        ensure_eq!((r.status, r.error_code()), (404, Some("not_found")));
+        return Ok(());
+    }
+    let alice = unique("alice");
+    let body = format!(r#"{{"userId":"{alice}","name":"Alice D."}}"#);
+    let r = http().request("POST", "/__dev/token", None, Some(&body), &[]).await?;
+    ensure_eq!((r.status, r.body["userId"].clone()), (200, json!(alice)));
+    let token = r.body["token"].as_str().ok_or("no token in the reply")?.to_owned();
+    let mut s = ws(&format!("/__user-session?userId={alice}&deviceId=dev-1"), &token).await?;
+    let first = s.recv_type("initial_state").await?;
+    ensure_eq!((first["userId"].clone(), first["connectedDevices"].clone()), (json!(alice), json!(1)));
+    s.expect_next_is_pong().await?;
+    s.close().await?;
+    // Not an admin unless asked; with "admin":true the admin route answers.
+    let r = http().post(&format!("/__user-session/clear?userId={alice}"), &token, "").await?;
+    ensure_eq!(r.status, 403);
+    let admin = http().request("POST", "/__dev/token", None, Some(&format!(r#"{{"userId":"{alice}-admin","admin":true}}"#)), &[]).await?;
+    let admin = admin.body["token"].as_str().ok_or("no admin token")?.to_owned();
+    let r = http().post(&format!("/__user-session/clear?userId={alice}"), &admin, "").await?;
+    ensure!(r.status < 300, "admin dev token on an admin route: {}", r.status);
+    // Bad input: clear errors, nothing minted.
+    for (bad, code) in [(r#"{"userId":"a b"}"#, "invalid_user_id"), ("{}", "invalid_user_id"), ("[1]", "invalid_body"), (r#"{"userId":"x","admin":"yes"}"#, "invalid_admin")] {
+        let r = http().request("POST", "/__dev/token", None, Some(bad), &[]).await?;
+        ensure_eq!((bad, r.status, r.error_code(), r.body.get("token").is_none()), (bad, 400, Some(code), true));
+    }
+    // The demo page's probe: GET answers 200 while the route exists; other methods 405.
+    let r = http().request("GET", "/__dev/token", None, None, &[]).await?;
+    ensure_eq!((r.status, r.body["devTokens"].clone()), (200, json!(true)));
+    let r = http().request("DELETE", "/__dev/token", None, None, &[]).await?;
+    ensure_eq!((r.status, r.error_code()), (405, Some("method_not_allowed")));
+
+    // Without the var (explicitly off, whatever .dev.vars says): 404, exactly like an unknown path.
+    let extra = tokio::task::spawn_blocking(|| crate::support::ExtraServer::start("nodev", &["DEV_TOKENS:0"])).await??;
+    let client = ::reqwest::Client::new();
+    let mut replies = Vec::new();
+    let probe = client.get(format!("{}/__dev/token", extra.base)).send().await?.status().as_u16();
+    for path in ["/__dev/token", "/__dev/nope"] {
+        let r = client.post(format!("{}{path}", extra.base)).header("content-type", "application/json").body(body.clone()).send().await?;
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await?;
+        replies.push((status, v["error"]["code"].clone(), v["error"]["message"].as_str().map(|m| m.replace(path, "<path>"))));
+    }
+    drop(extra);
+    ensure_eq!(probe, 404);
+    ensure_eq!(replies[0], (404, json!("not_found"), Some("no route for <path>".to_owned())));
+    ensure_eq!(replies[0], replies[1]);
     Ok(())
 }

@@ -222,6 +222,9 @@ impl Server {
 fn spawn_wrangler(port: u16, persist: &std::path::Path, log: &Arc<Mutex<Vec<String>>>) -> Child {
     let mut args: Vec<String> = vec!["--var".into(), "DEBUG_WAKE:1".into()];
     args.extend(e2e_vars());
+    // The main server has the dev sign-in (foundation::dev_tokens_only_with_the_var); an
+    // ExtraServer does not unless asked.
+    args.extend(["--var".to_owned(), "DEV_TOKENS:1".to_owned()]);
     let opts = devserver::Options { port, persist, args, verbose_env: "E2E_VERBOSE", label: "wrangler", keep: |_| true };
     devserver::spawn(&opts, log).expect("failed to start `npx wrangler dev` (run `make setup` first)")
 }

@@ -9,6 +9,7 @@
 //! - [`names`]: name validation (SPEC §4).
 //! - [`accept`]: the runtime's limits on a hibernatable socket's tags and attachment.
 //! - [`auth`]: HS256 JWT verify/mint and token extraction (SPEC §3).
+//! - [`devtoken`]: the dev-only `POST /__dev/token` sign-in (`DEV_TOKENS=1`; never in production).
 //! - [`route`]: the entry Worker's routing table (SPEC §4).
 //! - [`frame`]: decoding client frames into protocol enums, mapping failures to close codes.
 //! - [`query`]: `limit` / cursor query parameters.
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod channel;
 pub mod chat;
 pub mod counter;
+pub mod devtoken;
 pub mod effects;
 pub mod error;
 pub mod frame;
