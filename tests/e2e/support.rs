@@ -340,8 +340,12 @@ impl Reply {
 /// How wrangler's dev proxy (ProxyWorker) answers a non-GET request it could not deliver.
 const PROXY_LOST_REQUEST: &str = "Your worker restarted mid-request.";
 
+/// A fresh connection per request (no idle pool): a request sent on a keep-alive connection
+/// that wrangler's dev proxy has just closed is lost ("error sending request", or the proxy's
+/// own 503) — that flaked the 100-concurrent-checks test under load.
 pub fn http() -> Http {
-    Http { client: ::reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client") }
+    let client = ::reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(0).build().expect("client");
+    Http { client }
 }
 
 impl Http {
@@ -354,7 +358,15 @@ impl Http {
     pub async fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>, headers: &[(&str, &str)]) -> Result<Reply, Box<dyn std::error::Error + Send + Sync>> {
         let mut attempt = 1;
         loop {
-            let reply = self.request_once(method, path, token, body, headers).await?;
+            let reply = match self.request_once(method, path, token, body, headers).await {
+                // Never connected: nothing reached the server, so sending again is safe.
+                Err(e) if attempt < 3 && e.downcast_ref::<::reqwest::Error>().is_some_and(::reqwest::Error::is_connect) => {
+                    eprintln!("e2e: could not connect for {method} {path} (attempt {attempt}): {e}; trying again");
+                    attempt += 1;
+                    continue;
+                }
+                other => other?,
+            };
             if reply.status == 503 && reply.text.starts_with(PROXY_LOST_REQUEST) && attempt < 3 && server().is_local() {
                 eprintln!("e2e: wrangler's proxy lost {method} {path} (attempt {attempt}); sending it again");
                 attempt += 1;
