@@ -19,6 +19,7 @@
 //! runs ahead of disk. No `RefCell` borrow is held across an `.await`: hooks run between them.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,7 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, SqlStorageVal
 use edge_realtime_core::effects::{self, Effects, Op, Statement, Timer, To};
 use edge_realtime_core::error::{close, ApiError};
 use edge_realtime_core::frame::Reject;
+use edge_realtime_core::schedule::liveness::{self, HEARTBEAT_TIMER};
 use edge_realtime_core::time::Millis;
 
 use crate::kit::{self, http, sql, Identity};
@@ -46,6 +48,14 @@ pub trait RealtimeObject: Sized + 'static {
 
     /// The constructor: rebuild memory from storage. Runs again after every wake.
     fn restore(ctx: &Ctx<'_>) -> Self;
+
+    /// Every wake, right after `restore`: `live_users` are the users with an open socket now.
+    /// Drop / mark offline whatever the stored state claims beyond them (a crash or a deploy
+    /// dropped sockets without close events). Store and sends run at once; timers on the next
+    /// event.
+    fn on_wake(&mut self, _ctx: &Ctx<'_>, _live_users: &BTreeSet<String>) -> Effects {
+        Effects::none()
+    }
 
     /// The object's name once known, for the wake log.
     fn name(&self) -> Option<String> {
@@ -80,7 +90,9 @@ pub trait RealtimeObject: Sized + 'static {
         true
     }
 
-    /// A socket closed or errored; `remaining` is how many other open sockets its user has.
+    /// A socket is gone — closed, errored, swept by the heartbeat, revoked, or closed by the
+    /// kit for a `Reject::Close` / `Effects.close` — announced exactly once per socket;
+    /// `remaining` is how many other open sockets its user has.
     fn on_gone(&mut self, _ctx: &Ctx<'_>, _conn: &Connection<Self::Conn>, _remaining: usize) -> Effects {
         Effects::none()
     }
@@ -101,6 +113,14 @@ pub struct Connection<C> {
     pub token_iat: i64,
     pub connected_at: Millis,
     pub conn: C,
+    /// Set once the kit announced the socket gone (`on_gone`), so a late `webSocketClose`
+    /// never announces it twice. Persisted: that close may arrive after a wake.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gone: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What a hook may read: the clock, vars, SQL, how many sockets are open.
@@ -196,6 +216,10 @@ pub struct Host<T: RealtimeObject> {
     object: RefCell<T>,
     /// Attachments in memory: the frame path neither deserializes nor rewrites them.
     attachments: kit::AttachmentCache<Connection<T::Conn>>,
+    /// `HEARTBEAT_TIMEOUT_MS`.
+    heartbeat_ms: Millis,
+    /// Timer changes `on_wake` asked for, applied with the next event's timers.
+    pending_timers: RefCell<Vec<Timer>>,
 }
 
 impl<T: RealtimeObject> Host<T> {
@@ -209,7 +233,34 @@ impl<T: RealtimeObject> Host<T> {
         if let Some(name) = object.name() {
             kit::log_wake(&env, T::CLASS, &name);
         }
-        Self { state, env, object: RefCell::new(object), attachments: kit::AttachmentCache::default() }
+        let heartbeat_ms = kit::liveness::timeout_ms(&env);
+        let host = Self {
+            state,
+            env,
+            object: RefCell::new(object),
+            attachments: kit::AttachmentCache::default(),
+            heartbeat_ms,
+            pending_timers: RefCell::new(Vec::new()),
+        };
+        host.wake();
+        host
+    }
+
+    /// Reconcile on wake ([`RealtimeObject::on_wake`]): store and sends now (the constructor
+    /// cannot await), timers with the next event.
+    fn wake(&self) {
+        let live = kit::liveness::live_users(&self.state);
+        let Some(effects) = self.hook(|o, ctx| o.on_wake(ctx, &live)) else { return };
+        if self.commit(None, &effects.store).is_err() {
+            return;
+        }
+        self.send_all(None, &effects);
+        if let Ok(mut pending) = self.pending_timers.try_borrow_mut() {
+            pending.extend(effects.timers);
+        }
+        if !effects.calls.is_empty() {
+            worker::console_error!("{}: on_wake calls are not supported (dropped)", T::CLASS);
+        }
     }
 
     fn ctx(&self) -> Ctx<'_> {
@@ -237,8 +288,12 @@ impl<T: RealtimeObject> Host<T> {
         let path = req.path();
         let path = path.trim_start_matches('/');
         if path == REVOKE_OP {
-            let closed = crate::objects::revoke_sockets(&self.state, req)?;
-            return http::json_text_response(200, serde_json::json!({"closed": closed}).to_string());
+            let revoked = crate::objects::revoke_sockets(&self.state, req)?;
+            for ws in &revoked {
+                self.gone(ws).await;
+            }
+            let body = serde_json::json!({"ok": true, "closed": revoked.len()});
+            return http::json_text_response(200, body.to_string());
         }
         let op = T::Op::parse(path).ok_or_else(|| ApiError::not_found(format!("unknown {} operation", T::CLASS)))?;
         let incoming = Incoming::read(req, !op.is_websocket()).await?;
@@ -263,12 +318,13 @@ impl<T: RealtimeObject> Host<T> {
             token_iat: who.token_iat,
             connected_at: kit::now(),
             conn,
+            gone: false,
         };
         // Before the accept: a socket never sees state that is not on disk.
         self.commit(None, &effects.store)?;
         let (ws, response) = kit::accept(&self.state, req, &tags, &attachment)?;
         self.attachments.put(&ws, &attachment, false);
-        self.finish(Some(&ws), effects).await;
+        self.finish_with(Some(&ws), effects, true).await;
         Ok(response)
     }
 
@@ -277,6 +333,9 @@ impl<T: RealtimeObject> Host<T> {
             Ok(text) => text,
             Err(rejection) => {
                 kit::reject(&ws, &rejection);
+                if matches!(rejection, Reject::Close { .. }) {
+                    self.gone(&ws).await;
+                }
                 return Ok(());
             }
         };
@@ -287,7 +346,12 @@ impl<T: RealtimeObject> Host<T> {
         let before = conn.clone();
         match self.hook(|o, ctx| o.on_message(ctx, &mut conn, &text)) {
             None => kit::close(&ws, close::INTERNAL, "internal error"),
-            Some(Err(rejection)) => kit::reject(&ws, &rejection),
+            Some(Err(rejection)) => {
+                kit::reject(&ws, &rejection);
+                if matches!(rejection, Reject::Close { .. }) {
+                    self.gone(&ws).await;
+                }
+            }
             Some(Ok(effects)) => {
                 if self.commit(Some(&ws), &effects.store).is_ok() {
                     if conn != before {
@@ -312,13 +376,31 @@ impl<T: RealtimeObject> Host<T> {
         Ok(())
     }
 
+    /// Announce `ws` gone (`on_gone`), once: the `gone` flag is saved on its attachment first,
+    /// so a later close or error event of the same socket finds it and does nothing.
     async fn gone(&self, ws: &WebSocket) {
-        let Some(conn) = self.attachments.get(ws) else { return };
-        self.attachments.forget(ws);
+        let Some(mut conn) = self.attachments.get(ws) else { return };
+        if conn.gone {
+            return;
+        }
+        conn.gone = true;
+        self.attachments.put(ws, &conn, true);
         let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
         if let Some(effects) = self.hook(|o, ctx| o.on_gone(ctx, &conn, remaining)) {
             self.execute(Some(ws), effects).await;
         }
+    }
+
+    /// The heartbeat sweep: close every socket silent for `HEARTBEAT_TIMEOUT_MS` (1001
+    /// `heartbeat timeout`) and announce it gone, one at a time (so a user's last one counts
+    /// `remaining` 0 exactly once). Returns when the next sweep is due.
+    async fn sweep(&self) -> Option<Millis> {
+        let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
+        for ws in stale {
+            kit::liveness::close_stale(&ws);
+            self.gone(&ws).await;
+        }
+        next
     }
 
     /// Raw TCP is not part of any protocol: refuse it (the trait's default would panic).
@@ -326,15 +408,20 @@ impl<T: RealtimeObject> Host<T> {
         Err(worker::Error::RustError(format!("{} does not accept raw TCP connections", T::CLASS)))
     }
 
-    /// The due timers, each through `on_timer`. Their removal is saved first: a timer fires at
-    /// most once, even if a handler's effects fail.
+    /// The kit's heartbeat sweep first, then the due timers, each through `on_timer`. Their
+    /// removal is saved first: a timer fires at most once, even if a handler's effects fail.
     pub async fn alarm(&self) -> worker::Result<Response> {
         let mut schedule = kit::load_schedule(&self.state.storage().sql());
         let due = schedule.take_due(kit::now());
+        if due.iter().any(|n| n == HEARTBEAT_TIMER) {
+            let next = self.sweep().await;
+            liveness::rearm(&mut schedule, next);
+        }
+        self.apply_timers(&mut schedule, &[]);
         if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
             worker::console_error!("{} alarm: saving the schedule failed: {e}", T::CLASS);
         }
-        for name in due {
+        for name in due.into_iter().filter(|n| n != HEARTBEAT_TIMER) {
             if let Some(effects) = self.hook(|o, ctx| o.on_timer(ctx, &name)) {
                 self.execute(None, effects).await;
             }
@@ -368,6 +455,48 @@ impl<T: RealtimeObject> Host<T> {
 
     /// Everything after a successful store: send → close → timers → calls.
     async fn finish(&self, origin: Option<&WebSocket>, effects: Effects) {
+        self.finish_with(origin, effects, false).await;
+    }
+
+    /// [`Self::finish`]; `heartbeat` (a socket was accepted) makes sure a sweep is due.
+    async fn finish_with(&self, origin: Option<&WebSocket>, effects: Effects, heartbeat: bool) {
+        self.send_all(origin, &effects);
+        if let (Some(ws), Some(c)) = (origin, &effects.close) {
+            kit::close(ws, c.code, &c.reason);
+            // Its close event may come late (or after a wake): announce it now.
+            Box::pin(self.gone(ws)).await;
+        }
+        let pending = self.pending_timers.try_borrow().map(|p| !p.is_empty()).unwrap_or(false);
+        if !effects.timers.is_empty() || heartbeat || pending {
+            let mut schedule = kit::load_schedule(&self.state.storage().sql());
+            let mut changed = self.apply_timers(&mut schedule, &effects.timers);
+            if heartbeat {
+                changed |= liveness::arm_on_connect(&mut schedule, kit::now(), self.heartbeat_ms);
+            }
+            if changed {
+                if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+                    worker::console_error!("{} schedule failed: {e}", T::CLASS);
+                }
+            }
+        }
+        futures::future::join_all(effects.calls.iter().map(|c| self.call(c))).await;
+    }
+
+    /// Apply `timers` (after any `on_wake` left pending) to `schedule`; whether it changed.
+    fn apply_timers(&self, schedule: &mut edge_realtime_core::schedule::Schedule, timers: &[Timer]) -> bool {
+        let pending = self.pending_timers.try_borrow_mut().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        let changed = !pending.is_empty() || !timers.is_empty();
+        for timer in pending.iter().chain(timers) {
+            match timer {
+                Timer::Set { name, at } => schedule.set(name, *at),
+                Timer::Cancel { name } => schedule.cancel(name),
+            }
+        }
+        changed
+    }
+
+    /// The sends, in order (`To::This` needs an origin socket).
+    fn send_all(&self, origin: Option<&WebSocket>, effects: &Effects) {
         for send in &effects.sends {
             match (&send.to, origin) {
                 (To::This, Some(ws)) => kit::send(ws, &send.frame),
@@ -377,22 +506,6 @@ impl<T: RealtimeObject> Host<T> {
                 (To::Tag(tag), _) => kit::broadcast(&self.state, &send.frame, Some(tag), None),
             }
         }
-        if let (Some(ws), Some(c)) = (origin, &effects.close) {
-            kit::close(ws, c.code, &c.reason);
-        }
-        if !effects.timers.is_empty() {
-            let mut schedule = kit::load_schedule(&self.state.storage().sql());
-            for timer in &effects.timers {
-                match timer {
-                    Timer::Set { name, at } => schedule.set(name, *at),
-                    Timer::Cancel { name } => schedule.cancel(name),
-                }
-            }
-            if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
-                worker::console_error!("{} schedule failed: {e}", T::CLASS);
-            }
-        }
-        futures::future::join_all(effects.calls.iter().map(|c| self.call(c))).await;
     }
 
     /// POST `call.op` to another object; failures are logged (what was stored stands).

@@ -262,7 +262,7 @@ impl Channel {
             "message" => self.http_post(req).await,
             "messages" => self.history(&req),
             "revoke" => {
-                let closed = crate::objects::revoke_sockets(&self.state, &req)?;
+                let closed = crate::objects::revoke_sockets(&self.state, &req)?.len();
                 http::json_response(200, &serde_json::json!({"ok": true, "closed": closed})).map_err(kit::internal("response"))
             }
             _ => Err(ApiError::not_found("unknown channel operation")),

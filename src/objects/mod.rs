@@ -26,18 +26,19 @@ struct TokenIat {
 
 /// `POST /revoke?userId=&before=` (internal, from UserSession's logout_all fan-out): close
 /// with 4001 every socket of `userId` whose token was issued at or before `before` (ms).
-pub fn revoke_sockets(state: &State, req: &Request) -> Result<usize, ApiError> {
+/// Returns the sockets it closed.
+pub fn revoke_sockets(state: &State, req: &Request) -> Result<Vec<worker::WebSocket>, ApiError> {
     let user = http::query_param(req, "userId")
         .filter(|u| edge_realtime_core::names::is_valid_name(u))
         .ok_or_else(|| ApiError::bad_request("invalid_name", "userId required"))?;
     let before = parse_seq("before", http::query_param(req, "before").as_deref())?.unwrap_or(i64::MAX);
-    let mut closed = 0;
+    let mut closed = Vec::new();
     for ws in kit::sockets(state, Some(&format!("u:{user}"))) {
         let iat = kit::attachment::<TokenIat>(&ws).map_or(0, |a| a.token_iat);
         if iat.saturating_mul(1000) <= before {
             kit::send(&ws, r#"{"type":"logged_out"}"#);
             kit::close(&ws, close::LOGGED_OUT, "logged out");
-            closed += 1;
+            closed.push(ws);
         }
     }
     Ok(closed)

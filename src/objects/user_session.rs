@@ -305,7 +305,7 @@ impl UserSession {
             "notify" => self.notify(req).await,
             GAMES_OP => self.games(&req),
             "revoke" => {
-                let closed = crate::objects::revoke_sockets(&self.state, &req)?;
+                let closed = crate::objects::revoke_sockets(&self.state, &req)?.len();
                 ok_json(&serde_json::json!({"closed": closed}))
             }
             _ => Err(ApiError::not_found("unknown user session operation")),

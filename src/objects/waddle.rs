@@ -125,7 +125,7 @@ impl Waddle {
             }
             "broadcast" => self.broadcast(req).await,
             "revoke" => {
-                let closed = crate::objects::revoke_sockets(&self.state, &req)?;
+                let closed = crate::objects::revoke_sockets(&self.state, &req)?.len();
                 http::json_response(200, &serde_json::json!({"ok": true, "closed": closed})).map_err(kit::internal("response"))
             }
             _ => Err(ApiError::not_found("unknown waddle operation")),
