@@ -5,7 +5,8 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response};
 
 use edge_realtime_core::auth::{self, Claims};
 use edge_realtime_core::error::ApiError;
-use edge_realtime_core::ratelimit::{self, Decision, GcraDecision};
+use edge_realtime_core::effects::Op;
+use edge_realtime_core::ratelimit::{self, Decision, GcraDecision, RateLimitOp};
 use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
 
 use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, OBJECT_NAME};
@@ -65,9 +66,9 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
         Endpoint::RateLimit { op } => {
             let bytes = read_body(&mut req).await?;
             // Validate fully here, so a bad body never reaches (or creates) an object.
-            let check = ratelimit::parse_request(op, &http::parse_json_body(&bytes)?)?;
+            let check = ratelimit::parse_request(op.path(), &http::parse_json_body(&bytes)?)?;
             let name = format!("api:{}", check.key);
-            forward(env, &req, DoClass::RateLimiter, &name, op, None, &identity, Some(bytes)).await
+            forward(env, &req, DoClass::RateLimiter, &name, op.path(), None, &identity, Some(bytes)).await
         }
         Endpoint::Health => Err(ApiError::internal()),
     }
@@ -158,7 +159,7 @@ async fn ask_upgrade_limiter(env: &Env, user_id: &str, per_minute: u32) -> worke
     let name = ratelimit::upgrade_limit_key(user_id);
     let headers = Headers::new();
     headers.set(OBJECT_NAME, &encode_header_text(&name))?;
-    let url = format!("https://do.internal/{}?perMinute={per_minute}", crate::objects::rate_limiter::UPGRADE_OP);
+    let url = format!("https://do.internal/{}?perMinute={per_minute}", RateLimitOp::Upgrade.path());
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers);
     let request = Request::new_with_init(&url, &init)?;

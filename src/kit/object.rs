@@ -142,6 +142,10 @@ impl Ctx<'_> {
     pub fn first<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
         Ok(self.rows(query, binds)?.into_iter().next())
     }
+    /// With var `DEBUG_WAKE=1`, log a lifecycle line (the e2e suite looks for some).
+    pub fn log_debug(&self, line: &str) {
+        kit::log_debug(self.env, line);
+    }
     /// Open sockets (with `tag`, if given).
     pub fn open_sockets(&self, tag: Option<&str>) -> usize {
         kit::sockets(self.state, tag).iter().filter(|ws| kit::is_open(ws)).count()
@@ -152,6 +156,8 @@ impl Ctx<'_> {
 pub struct Incoming {
     pub identity: Option<Identity>,
     pub object_name: Option<String>,
+    /// The name as sent, percent-decoded, any text (RateLimiter's `api:<key>`).
+    name_text: Option<String>,
     query: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -168,7 +174,14 @@ impl Incoming {
         } else {
             Vec::new()
         };
-        Ok(Self { identity: Identity::from_request(req).ok(), object_name: http::object_name(req), query, body })
+        let name_text = req
+            .headers()
+            .get(http::OBJECT_NAME)
+            .ok()
+            .flatten()
+            .map(|n| http::decode_header_text(&n))
+            .filter(|n| !n.is_empty());
+        Ok(Self { identity: Identity::from_request(req).ok(), object_name: http::object_name(req), name_text, query, body })
     }
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -182,6 +195,10 @@ impl Incoming {
     /// The object's name, as the Worker addressed it.
     pub fn object_name(&self) -> Result<&str, ApiError> {
         self.object_name.as_deref().ok_or_else(|| ApiError::bad_request("missing_name", "object name missing"))
+    }
+    /// The object's name as any text (percent-decoded; not limited to the id alphabet).
+    pub fn name_text(&self) -> Result<&str, ApiError> {
+        self.name_text.as_deref().ok_or_else(|| ApiError::bad_request("missing_name", "object name missing"))
     }
     /// The body as JSON (empty → `null`; over 64 KiB → 413; not JSON → 400).
     pub fn json(&self) -> Result<serde_json::Value, ApiError> {

@@ -8,6 +8,7 @@ use crate::effects::Op;
 use crate::error::ApiError;
 use crate::game::GameOp;
 use crate::names::is_valid_name;
+use crate::ratelimit::RateLimitOp;
 
 /// The Durable Object classes, with their binding names in wrangler.toml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +75,7 @@ pub enum Endpoint {
     /// Forward to object `name` of `class` as internal operation `op`.
     Object { class: DoClass, name: String, op: &'static str, websocket: bool, access: Access },
     /// A RateLimiter API call; the object is named by the body's `key`.
-    RateLimit { op: &'static str },
+    RateLimit { op: RateLimitOp },
 }
 
 impl Endpoint {
@@ -156,13 +157,13 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "messages", false, Access::User)))),
         ["api", "game", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::Socket, Access::User)))),
         ["api", "game", id, "state"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::State, Access::User)))),
-        ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: "check/fixed-window" }))),
+        ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: RateLimitOp::FixedWindow }))),
         ["api", "ratelimit", "check", algo @ ("sliding-window" | "token-bucket" | "leaky-bucket" | "gcra")] => {
-            let op: &'static str = match *algo {
-                "sliding-window" => "check/sliding-window",
-                "token-bucket" => "check/token-bucket",
-                "leaky-bucket" => "check/leaky-bucket",
-                _ => "check/gcra",
+            let op = match *algo {
+                "sliding-window" => RateLimitOp::SlidingWindow,
+                "token-bucket" => RateLimitOp::TokenBucket,
+                "leaky-bucket" => RateLimitOp::LeakyBucket,
+                _ => RateLimitOp::Gcra,
             };
             ("POST", Box::new(move || Ok(Endpoint::RateLimit { op })))
         }
@@ -252,7 +253,8 @@ mod tests {
     #[test]
     fn ratelimit_routes_are_admin() {
         let e = r("POST", "/api/ratelimit/check/gcra").unwrap();
-        assert_eq!(e, Endpoint::RateLimit { op: "check/gcra" });
+        assert_eq!(e, Endpoint::RateLimit { op: RateLimitOp::Gcra });
+        assert_eq!(r("POST", "/api/ratelimit/check"), Ok(Endpoint::RateLimit { op: RateLimitOp::FixedWindow }));
         assert_eq!(e.access(), Access::Admin);
         assert_eq!(status(r("POST", "/api/ratelimit/check/other")), 404);
     }
