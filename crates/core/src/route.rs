@@ -5,6 +5,7 @@
 //! it in the Worker, still before any Durable Object is touched.
 
 use crate::effects::Op;
+use crate::counter::CounterApi;
 use crate::error::ApiError;
 use crate::game::GameOp;
 use crate::names::is_valid_name;
@@ -133,17 +134,17 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
                 Ok(object(DoClass::UserSession, user, op, false, access))
             }))
         }
-        ["ws", "counter", n] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "ws", true, Access::User)))),
-        ["api", "counter", n] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "get", false, Access::User)))),
-        ["api", "counter", n, "history"] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "history", false, Access::User)))),
+        ["ws", "counter", n] => ("GET", Box::new(|| Ok(endpoint(DoClass::Counter, name(n, "counter name")?, CounterApi::Socket, Access::User)))),
+        ["api", "counter", n] => ("GET", Box::new(|| Ok(endpoint(DoClass::Counter, name(n, "counter name")?, CounterApi::Get, Access::User)))),
+        ["api", "counter", n, "history"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Counter, name(n, "counter name")?, CounterApi::History, Access::User)))),
         ["api", "counter", n, op @ ("increment" | "decrement" | "set" | "reset")] => {
-            let op: &'static str = match *op {
-                "increment" => "increment",
-                "decrement" => "decrement",
-                "set" => "set",
-                _ => "reset",
+            let op = match *op {
+                "increment" => CounterApi::Increment,
+                "decrement" => CounterApi::Decrement,
+                "set" => CounterApi::Set,
+                _ => CounterApi::Reset,
             };
-            ("POST", Box::new(move || Ok(object(DoClass::Counter, name(n, "counter name")?, op, false, Access::User))))
+            ("POST", Box::new(move || Ok(endpoint(DoClass::Counter, name(n, "counter name")?, op, Access::User))))
         }
         ["api", "chat"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "ws", true, Access::User)))),
         ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "messages", false, Access::User)))),
