@@ -129,6 +129,8 @@ pub struct Ctx<'a> {
     pub now: Millis,
     state: &'a State,
     env: &'a Env,
+    /// The socket `on_gone` is about (never counted as live).
+    gone: Option<&'a WebSocket>,
 }
 
 impl Ctx<'_> {
@@ -145,6 +147,19 @@ impl Ctx<'_> {
     /// With var `DEBUG_WAKE=1`, log a lifecycle line (the e2e suite looks for some).
     pub fn log_debug(&self, line: &str) {
         kit::log_debug(self.env, line);
+    }
+    /// Every socket the object holds (with `tag`, if given), open or closing.
+    pub fn socket_count(&self, tag: Option<&str>) -> usize {
+        kit::sockets(self.state, tag).len()
+    }
+    /// Distinct users (first tag `u:<userId>`) of the open sockets; in `on_gone`, without the
+    /// socket that is gone.
+    pub fn live_users(&self) -> BTreeSet<String> {
+        kit::sockets(self.state, None)
+            .iter()
+            .filter(|ws| kit::is_open(ws) && !self.gone.is_some_and(|g| kit::same_socket(ws, g)))
+            .filter_map(|ws| kit::user_of(self.state, ws))
+            .collect()
     }
     /// Open sockets (with `tag`, if given).
     pub fn open_sockets(&self, tag: Option<&str>) -> usize {
@@ -246,7 +261,7 @@ impl<T: RealtimeObject> Host<T> {
             let _ = sql::exec(&db, statement, vec![]);
         }
         kit::install_auto_response(&state);
-        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env });
+        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env, gone: None });
         if let Some(name) = object.name() {
             kit::log_wake(&env, T::CLASS, &name);
         }
@@ -281,13 +296,16 @@ impl<T: RealtimeObject> Host<T> {
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { now: kit::now(), state: &self.state, env: &self.env }
+        Ctx { now: kit::now(), state: &self.state, env: &self.env, gone: None }
     }
 
     /// Run a hook on the object. Hooks are synchronous, so the borrow ends before any `.await`;
     /// `None` only if that rule were broken (logged, never a panic).
     fn hook<R>(&self, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
-        let ctx = self.ctx();
+        self.hook_with(self.ctx(), f)
+    }
+
+    fn hook_with<R>(&self, ctx: Ctx<'_>, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
         match self.object.try_borrow_mut() {
             Ok(mut object) => Some(f(&mut object, &ctx)),
             Err(_) => {
@@ -403,7 +421,8 @@ impl<T: RealtimeObject> Host<T> {
         conn.gone = true;
         self.attachments.put(ws, &conn, true);
         let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
-        if let Some(effects) = self.hook(|o, ctx| o.on_gone(ctx, &conn, remaining)) {
+        let ctx = Ctx { gone: Some(ws), ..self.ctx() };
+        if let Some(effects) = self.hook_with(ctx, |o, ctx| o.on_gone(ctx, &conn, remaining)) {
             self.execute(Some(ws), effects).await;
         }
     }

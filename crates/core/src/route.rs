@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::game::GameOp;
 use crate::names::is_valid_name;
 use crate::ratelimit::RateLimitOp;
+use crate::waddle::WaddleOp;
 
 /// The Durable Object classes, with their binding names in wrangler.toml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,9 +151,9 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "messages", false, Access::User)))),
         ["api", "chat", room] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "ws", true, Access::User)))),
         ["api", "chat", room, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "messages", false, Access::User)))),
-        ["ws", "waddle", id] => ("GET", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "ws", true, Access::User)))),
-        ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "presence", false, Access::User)))),
-        ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "broadcast", false, Access::Admin)))),
+        ["ws", "waddle", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Socket, Access::User)))),
+        ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Presence, Access::User)))),
+        ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Broadcast, Access::Admin)))),
         ["ws", "channel", id] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "ws", true, Access::User)))),
         ["api", "channel", id, "message"] => ("POST", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "message", false, Access::User)))),
         ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "messages", false, Access::User)))),
