@@ -86,7 +86,7 @@ pub trait RealtimeObject: Sized + 'static {
     /// Whether a change to a socket's `conn` must survive hibernation (default: always). Say
     /// `false` for state that is worthless after a wake — e.g. counts inside a rate window
     /// shorter than the eviction delay — and it stays in memory only (no serialization per frame).
-    fn must_persist(_before: &Self::Conn, _after: &Self::Conn) -> bool {
+    fn must_persist(&self, _before: &Self::Conn, _after: &Self::Conn) -> bool {
         true
     }
 
@@ -159,6 +159,17 @@ impl Ctx<'_> {
             .iter()
             .filter(|ws| kit::is_open(ws) && !self.gone.is_some_and(|g| kit::same_socket(ws, g)))
             .filter_map(|ws| kit::user_of(self.state, ws))
+            .collect()
+    }
+    /// The object's part of every socket's attachment (with `tag`, if given) that the kit has
+    /// not announced gone, open or closing, without the socket `on_gone` is about. Reads every
+    /// attachment: for joins and departures, not per message.
+    pub fn connections<C: DeserializeOwned>(&self, tag: Option<&str>) -> Vec<Connection<C>> {
+        kit::sockets(self.state, tag)
+            .iter()
+            .filter(|ws| !self.gone.is_some_and(|g| kit::same_socket(ws, g)))
+            .filter_map(kit::attachment::<Connection<C>>)
+            .filter(|c| !c.gone)
             .collect()
     }
     /// Open sockets (with `tag`, if given).
@@ -283,7 +294,8 @@ impl<T: RealtimeObject> Host<T> {
     fn wake(&self) {
         let live = kit::liveness::live_users(&self.state);
         let Some(effects) = self.hook(|o, ctx| o.on_wake(ctx, &live)) else { return };
-        if self.commit(None, &effects.store).is_err() {
+        let mut effects = effects;
+        if self.commit(None, std::mem::take(&mut effects.store)).is_err() {
             return;
         }
         self.send_all(None, &effects);
@@ -335,8 +347,8 @@ impl<T: RealtimeObject> Host<T> {
         if op.is_websocket() {
             return self.open(req, &incoming).await;
         }
-        let reply = self.hook(|o, ctx| o.on_request(ctx, op, &incoming)).ok_or_else(ApiError::internal)??;
-        self.commit(None, &reply.effects.store)?;
+        let mut reply = self.hook(|o, ctx| o.on_request(ctx, op, &incoming)).ok_or_else(ApiError::internal)??;
+        self.commit(None, std::mem::take(&mut reply.effects.store))?;
         self.finish(None, reply.effects).await;
         http::json_text_response(reply.status, reply.body)
     }
@@ -344,7 +356,7 @@ impl<T: RealtimeObject> Host<T> {
     /// The WebSocket op: `on_connect`, store, accept, then the rest of the effects.
     async fn open(&self, req: &Request, incoming: &Incoming) -> Result<Response, ApiError> {
         let who = incoming.identity()?.clone();
-        let (conn, effects) = self.hook(|o, ctx| o.on_connect(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
+        let (conn, mut effects) = self.hook(|o, ctx| o.on_connect(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
         let mut tags = vec![format!("u:{}", who.user_id)];
         tags.extend(T::tags(&conn));
         let attachment = Connection {
@@ -356,7 +368,7 @@ impl<T: RealtimeObject> Host<T> {
             gone: false,
         };
         // Before the accept: a socket never sees state that is not on disk.
-        self.commit(None, &effects.store)?;
+        self.commit(None, std::mem::take(&mut effects.store))?;
         let (ws, response) = kit::accept(&self.state, req, &tags, &attachment)?;
         self.attachments.put(&ws, &attachment, false);
         self.finish_with(Some(&ws), effects, true).await;
@@ -378,6 +390,9 @@ impl<T: RealtimeObject> Host<T> {
             kit::close(&ws, close::INTERNAL, "lost connection state");
             return Ok(());
         };
+        if conn.gone {
+            return Ok(()); // the kit already closed it; frames still in flight are dropped
+        }
         let before = conn.clone();
         match self.hook(|o, ctx| o.on_message(ctx, &mut conn, &text)) {
             None => kit::close(&ws, close::INTERNAL, "internal error"),
@@ -387,10 +402,11 @@ impl<T: RealtimeObject> Host<T> {
                     self.gone(&ws).await;
                 }
             }
-            Some(Ok(effects)) => {
-                if self.commit(Some(&ws), &effects.store).is_ok() {
+            Some(Ok(mut effects)) => {
+                if self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok() {
                     if conn != before {
-                        self.attachments.put(&ws, &conn, T::must_persist(&before.conn, &conn.conn));
+                        let persist = self.hook(|o, _| o.must_persist(&before.conn, &conn.conn)).unwrap_or(true);
+                        self.attachments.put(&ws, &conn, persist);
                     }
                     self.finish(Some(&ws), effects).await;
                 }
@@ -449,13 +465,18 @@ impl<T: RealtimeObject> Host<T> {
     pub async fn alarm(&self) -> worker::Result<Response> {
         let mut schedule = kit::load_schedule(&self.state.storage().sql());
         let due = schedule.take_due(kit::now());
-        if due.iter().any(|n| n == HEARTBEAT_TIMER) {
-            let next = self.sweep().await;
-            liveness::rearm(&mut schedule, next);
-        }
         self.apply_timers(&mut schedule, &[]);
         if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
             worker::console_error!("{} alarm: saving the schedule failed: {e}", T::CLASS);
+        }
+        if due.iter().any(|n| n == HEARTBEAT_TIMER) {
+            let next = self.sweep().await;
+            // Reloaded: departures during the sweep may have set timers of their own.
+            let mut schedule = kit::load_schedule(&self.state.storage().sql());
+            liveness::rearm(&mut schedule, next);
+            if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+                worker::console_error!("{} alarm: re-arming the heartbeat failed: {e}", T::CLASS);
+            }
         }
         for name in due.into_iter().filter(|n| n != HEARTBEAT_TIMER) {
             if let Some(effects) = self.hook(|o, ctx| o.on_timer(ctx, &name)) {
@@ -465,19 +486,19 @@ impl<T: RealtimeObject> Host<T> {
         Response::ok("ok")
     }
 
-    async fn execute(&self, origin: Option<&WebSocket>, effects: Effects) {
-        if self.commit(origin, &effects.store).is_ok() {
+    async fn execute(&self, origin: Option<&WebSocket>, mut effects: Effects) {
+        if self.commit(origin, std::mem::take(&mut effects.store)).is_ok() {
             self.finish(origin, effects).await;
         }
     }
 
     /// Store: all statements in one transaction. On failure: nothing was written, `origin` is
     /// closed 1011, and the object is rebuilt from storage.
-    fn commit(&self, origin: Option<&WebSocket>, statements: &[Statement]) -> Result<(), ApiError> {
+    fn commit(&self, origin: Option<&WebSocket>, statements: Vec<Statement>) -> Result<(), ApiError> {
         if statements.is_empty() {
             return Ok(());
         }
-        let Err(e) = transaction(&self.state, statements.to_vec()) else { return Ok(()) };
+        let Err(e) = transaction(&self.state, statements) else { return Ok(()) };
         worker::console_error!("{} store failed: {e}", T::CLASS);
         if let Some(ws) = origin {
             kit::close(ws, close::INTERNAL, "storage failed");

@@ -5,6 +5,7 @@
 //! it in the Worker, still before any Durable Object is touched.
 
 use crate::effects::Op;
+use crate::channel::ChannelOp;
 use crate::counter::CounterApi;
 use crate::error::ApiError;
 use crate::game::GameOp;
@@ -154,9 +155,9 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         ["ws", "waddle", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Socket, Access::User)))),
         ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Presence, Access::User)))),
         ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Broadcast, Access::Admin)))),
-        ["ws", "channel", id] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "ws", true, Access::User)))),
-        ["api", "channel", id, "message"] => ("POST", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "message", false, Access::User)))),
-        ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "messages", false, Access::User)))),
+        ["ws", "channel", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Channel, name(id, "channel id")?, ChannelOp::Socket, Access::User)))),
+        ["api", "channel", id, "message"] => ("POST", Box::new(|| Ok(endpoint(DoClass::Channel, name(id, "channel id")?, ChannelOp::Message, Access::User)))),
+        ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Channel, name(id, "channel id")?, ChannelOp::Messages, Access::User)))),
         ["api", "game", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::Socket, Access::User)))),
         ["api", "game", id, "state"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::State, Access::User)))),
         ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: RateLimitOp::FixedWindow }))),
