@@ -405,7 +405,7 @@ impl<T: RealtimeObject> Host<T> {
             Some(Ok(mut effects)) => {
                 if self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok() {
                     if conn != before {
-                        let persist = self.hook(|o, _| o.must_persist(&before.conn, &conn.conn)).unwrap_or(true);
+                        let persist = self.object.try_borrow().map_or(true, |o| o.must_persist(&before.conn, &conn.conn));
                         self.attachments.put(&ws, &conn, persist);
                     }
                     self.finish(Some(&ws), effects).await;

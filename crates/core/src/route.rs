@@ -6,6 +6,7 @@
 
 use crate::effects::Op;
 use crate::channel::ChannelOp;
+use crate::chat::ChatOp;
 use crate::counter::CounterApi;
 use crate::error::ApiError;
 use crate::game::GameOp;
@@ -148,10 +149,10 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
             };
             ("POST", Box::new(move || Ok(endpoint(DoClass::Counter, name(n, "counter name")?, op, Access::User))))
         }
-        ["api", "chat"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "ws", true, Access::User)))),
-        ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "messages", false, Access::User)))),
-        ["api", "chat", room] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "ws", true, Access::User)))),
-        ["api", "chat", room, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "messages", false, Access::User)))),
+        ["api", "chat"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, "global".into(), ChatOp::Socket, Access::User)))),
+        ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, "global".into(), ChatOp::Messages, Access::User)))),
+        ["api", "chat", room] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, name(room, "room")?, ChatOp::Socket, Access::User)))),
+        ["api", "chat", room, "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, name(room, "room")?, ChatOp::Messages, Access::User)))),
         ["ws", "waddle", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Socket, Access::User)))),
         ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Presence, Access::User)))),
         ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Broadcast, Access::Admin)))),
