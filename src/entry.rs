@@ -8,6 +8,7 @@ use edge_realtime_core::error::ApiError;
 use edge_realtime_core::effects::Op;
 use edge_realtime_core::ratelimit::{self, Decision, GcraDecision, RateLimitOp};
 use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
+use edge_realtime_core::session::SessionOp;
 
 use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, OBJECT_NAME};
 use crate::kit::internal;
@@ -181,7 +182,7 @@ async fn check_revocation(env: &Env, identity: &Identity, class: DoClass, name: 
     headers.set(OBJECT_NAME, &encode_header_text(&identity.user_id)).map_err(internal("object header"))?;
     let url = format!(
         "https://do.internal/{}?class={}&name={}",
-        crate::objects::user_session::CHECK_OP,
+        SessionOp::Check.path(),
         class.as_str(),
         encode_header_text(name)
     );

@@ -129,8 +129,8 @@ pub struct Ctx<'a> {
     pub now: Millis,
     state: &'a State,
     env: &'a Env,
-    /// The socket `on_gone` is about (never counted as live).
-    gone: Option<&'a WebSocket>,
+    /// The event's own socket in `on_message` / `on_gone`: never counted among the others.
+    this: Option<&'a WebSocket>,
 }
 
 impl Ctx<'_> {
@@ -152,25 +152,35 @@ impl Ctx<'_> {
     pub fn socket_count(&self, tag: Option<&str>) -> usize {
         kit::sockets(self.state, tag).len()
     }
-    /// Distinct users (first tag `u:<userId>`) of the open sockets; in `on_gone`, without the
-    /// socket that is gone.
+    /// Distinct users (first tag `u:<userId>`) of the open sockets, without the event's own
+    /// socket (`on_message`, `on_gone`).
     pub fn live_users(&self) -> BTreeSet<String> {
         kit::sockets(self.state, None)
             .iter()
-            .filter(|ws| kit::is_open(ws) && !self.gone.is_some_and(|g| kit::same_socket(ws, g)))
+            .filter(|ws| kit::is_open(ws) && !self.is_this(ws))
             .filter_map(|ws| kit::user_of(self.state, ws))
             .collect()
     }
-    /// The object's part of every socket's attachment (with `tag`, if given) that the kit has
-    /// not announced gone, open or closing, without the socket `on_gone` is about. Reads every
-    /// attachment: for joins and departures, not per message.
+    /// The attachment of every socket (with `tag`, if given) the kit has not announced gone,
+    /// open or closing, without the event's own socket. Reads every attachment: for joins and
+    /// departures, not per message.
     pub fn connections<C: DeserializeOwned>(&self, tag: Option<&str>) -> Vec<Connection<C>> {
+        self.attachments(tag, false)
+    }
+    /// [`Self::connections`] of the sockets that are open (not closing).
+    pub fn open_connections<C: DeserializeOwned>(&self, tag: Option<&str>) -> Vec<Connection<C>> {
+        self.attachments(tag, true)
+    }
+    fn attachments<C: DeserializeOwned>(&self, tag: Option<&str>, open_only: bool) -> Vec<Connection<C>> {
         kit::sockets(self.state, tag)
             .iter()
-            .filter(|ws| !self.gone.is_some_and(|g| kit::same_socket(ws, g)))
+            .filter(|ws| !self.is_this(ws) && (!open_only || kit::is_open(ws)))
             .filter_map(kit::attachment::<Connection<C>>)
             .filter(|c| !c.gone)
             .collect()
+    }
+    fn is_this(&self, ws: &WebSocket) -> bool {
+        self.this.is_some_and(|t| kit::same_socket(ws, t))
     }
     /// Open sockets (with `tag`, if given).
     pub fn open_sockets(&self, tag: Option<&str>) -> usize {
@@ -272,7 +282,7 @@ impl<T: RealtimeObject> Host<T> {
             let _ = sql::exec(&db, statement, vec![]);
         }
         kit::install_auto_response(&state);
-        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env, gone: None });
+        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env, this: None });
         if let Some(name) = object.name() {
             kit::log_wake(&env, T::CLASS, &name);
         }
@@ -308,7 +318,7 @@ impl<T: RealtimeObject> Host<T> {
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { now: kit::now(), state: &self.state, env: &self.env, gone: None }
+        Ctx { now: kit::now(), state: &self.state, env: &self.env, this: None }
     }
 
     /// Run a hook on the object. Hooks are synchronous, so the borrow ends before any `.await`;
@@ -394,7 +404,8 @@ impl<T: RealtimeObject> Host<T> {
             return Ok(()); // the kit already closed it; frames still in flight are dropped
         }
         let before = conn.clone();
-        match self.hook(|o, ctx| o.on_message(ctx, &mut conn, &text)) {
+        let ctx = Ctx { this: Some(&ws), ..self.ctx() };
+        match self.hook_with(ctx, |o, ctx| o.on_message(ctx, &mut conn, &text)) {
             None => kit::close(&ws, close::INTERNAL, "internal error"),
             Some(Err(rejection)) => {
                 kit::reject(&ws, &rejection);
@@ -437,7 +448,7 @@ impl<T: RealtimeObject> Host<T> {
         conn.gone = true;
         self.attachments.put(ws, &conn, true);
         let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
-        let ctx = Ctx { gone: Some(ws), ..self.ctx() };
+        let ctx = Ctx { this: Some(ws), ..self.ctx() };
         if let Some(effects) = self.hook_with(ctx, |o, ctx| o.on_gone(ctx, &conn, remaining)) {
             self.execute(Some(ws), effects).await;
         }
@@ -523,6 +534,11 @@ impl<T: RealtimeObject> Host<T> {
             // Its close event may come late (or after a wake): announce it now.
             Box::pin(self.gone(ws)).await;
         }
+        if let Some(c) = &effects.close_all {
+            for ws in kit::sockets(&self.state, None) {
+                kit::close(&ws, c.code, &c.reason);
+            }
+        }
         let pending = self.pending_timers.try_borrow().map(|p| !p.is_empty()).unwrap_or(false);
         if !effects.timers.is_empty() || heartbeat || pending {
             let mut schedule = kit::load_schedule(&self.state.storage().sql());
@@ -537,6 +553,25 @@ impl<T: RealtimeObject> Host<T> {
             }
         }
         futures::future::join_all(effects.calls.iter().map(|c| self.call(c))).await;
+        if effects.release {
+            self.release().await;
+        }
+    }
+
+    /// [`Effects::release`], after every call of the event finished: sockets closed from
+    /// within an event get their Close frame at once, but workerd keeps their TCP until the
+    /// object is evicted (10–30 s). Flush storage (what was stored must survive the reset),
+    /// then `ctx.abort()`: the runtime drops every socket now. Skipped if a socket is still
+    /// open (e.g. one opened meanwhile with a new token) — the abort would drop it too.
+    async fn release(&self) {
+        if kit::sockets(&self.state, None).iter().any(kit::is_open) {
+            return;
+        }
+        if let Err(e) = kit::liveness::flush(&self.state).await {
+            worker::console_error!("{} release: flush failed: {e:?}", T::CLASS);
+            return;
+        }
+        kit::liveness::abort(&self.state, "release closed sockets");
     }
 
     /// Apply `timers` (after any `on_wake` left pending) to `schedule`; whether it changed.

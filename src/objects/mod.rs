@@ -11,7 +11,8 @@ pub mod waddle;
 use serde::Deserialize;
 use worker::{Request, State};
 
-use edge_realtime_core::error::{close, ApiError};
+use edge_realtime_core::error::ApiError;
+use edge_realtime_core::revocation;
 use edge_realtime_core::query::parse_seq;
 use edge_realtime_core::route::DoClass;
 
@@ -24,8 +25,9 @@ struct TokenIat {
     token_iat: i64,
 }
 
-/// `POST /revoke?userId=&before=` (internal, from UserSession's logout_all fan-out): close
-/// with 4001 every socket of `userId` whose token was issued at or before `before` (ms).
+/// `POST /revoke?userId=&before=` (internal, from UserSession's logout_all fan-out; the kit's
+/// built-in op): close every socket of `userId` the rule of `core::revocation` revokes, with
+/// its frame and 4001.
 /// Returns the sockets it closed.
 pub fn revoke_sockets(state: &State, req: &Request) -> Result<Vec<worker::WebSocket>, ApiError> {
     let user = http::query_param(req, "userId")
@@ -35,9 +37,9 @@ pub fn revoke_sockets(state: &State, req: &Request) -> Result<Vec<worker::WebSoc
     let mut closed = Vec::new();
     for ws in kit::sockets(state, Some(&format!("u:{user}"))) {
         let iat = kit::attachment::<TokenIat>(&ws).map_or(0, |a| a.token_iat);
-        if iat.saturating_mul(1000) <= before {
-            kit::send(&ws, r#"{"type":"logged_out"}"#);
-            kit::close(&ws, close::LOGGED_OUT, "logged out");
+        if revocation::revokes(iat, before) {
+            kit::send(&ws, revocation::LOGGED_OUT_FRAME);
+            kit::close(&ws, revocation::CLOSE_CODE, revocation::CLOSE_REASON);
             closed.push(ws);
         }
     }

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::game::GameOp;
 use crate::names::is_valid_name;
 use crate::ratelimit::RateLimitOp;
+use crate::session::SessionOp;
 use crate::waddle::WaddleOp;
 
 /// The Durable Object classes, with their binding names in wrangler.toml.
@@ -124,17 +125,17 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         ["__user-session"] => ("GET", Box::new(|| {
             let user = name(query("userId").unwrap_or_default(), "userId")?;
             name(query("deviceId").unwrap_or_default(), "deviceId")?;
-            Ok(object(DoClass::UserSession, user, "ws", true, Access::OwnUser))
+            Ok(endpoint(DoClass::UserSession, user, SessionOp::Socket, Access::OwnUser))
         })),
         ["__user-session", op @ ("state" | "clear" | "notify")] => {
-            let (method, op, access): (&str, &'static str, Access) = match *op {
-                "state" => ("GET", "state", Access::OwnUserOrAdmin),
-                "clear" => ("POST", "clear", Access::Admin),
-                _ => ("POST", "notify", Access::Admin),
+            let (method, op, access): (&str, SessionOp, Access) = match *op {
+                "state" => ("GET", SessionOp::State, Access::OwnUserOrAdmin),
+                "clear" => ("POST", SessionOp::Clear, Access::Admin),
+                _ => ("POST", SessionOp::Notify, Access::Admin),
             };
             (method, Box::new(move || {
                 let user = name(query("userId").unwrap_or_default(), "userId")?;
-                Ok(object(DoClass::UserSession, user, op, false, access))
+                Ok(endpoint(DoClass::UserSession, user, op, access))
             }))
         }
         ["ws", "counter", n] => ("GET", Box::new(|| Ok(endpoint(DoClass::Counter, name(n, "counter name")?, CounterApi::Socket, Access::User)))),
