@@ -222,10 +222,17 @@ impl CounterObject {
         let client_id = body.as_ref().map(counter::http_client_id).transpose()?.flatten();
         let (_, created) = self.ensure(ctx, req)?;
         let user_id = identity.user_id.clone();
-        let (event, effects) = match self.mutate(ctx, op, &user_id, client_id.as_deref()).map_err(|e| e.to_api())? {
-            Mutation::Applied { event, effects, .. } => (event, effects),
-            Mutation::Duplicate { seq } => (self.event_at(ctx, seq)?, Effects::none()),
+        let answered = match self.mutate(ctx, op, &user_id, client_id.as_deref()).map_err(|e| e.to_api()) {
+            Ok(Mutation::Applied { event, effects, .. }) => Ok((event, effects)),
+            Ok(Mutation::Duplicate { seq }) => self.event_at(ctx, seq).map(|event| (event, Effects::none())),
+            Err(e) => Err(e),
         };
+        // A hook that fails leaves the object unchanged: forget a counter created just now.
+        let (event, effects) = answered.inspect_err(|_| {
+            if !created.store.is_empty() {
+                self.current = None;
+            }
+        })?;
         let effects = created.and(effects).and(self.maybe_prune(ctx));
         Ok(Reply { status: 200, body: event, effects })
     }
