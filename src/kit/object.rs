@@ -242,6 +242,17 @@ impl Incoming {
     }
 }
 
+/// Store the object's name on first use, so every wake can log it: `slot` is the object's
+/// memory of it, `sql` the statement that stores it (binding the name once).
+pub fn remember_name(slot: &mut Option<String>, req: &Incoming, sql: &'static str) -> Result<Effects, ApiError> {
+    let name = req.object_name()?;
+    if slot.is_some() {
+        return Ok(Effects::none());
+    }
+    *slot = Some(name.to_owned());
+    Ok(Effects::none().store(sql, vec![name.into()]))
+}
+
 /// An HTTP op's answer: exact JSON text and the effects to execute first.
 pub struct Reply {
     pub status: u16,

@@ -16,7 +16,7 @@ use edge_realtime_core::query::parse_seq;
 use edge_realtime_core::replay::{self, Replay};
 use edge_realtime_core::schedule::Schedule;
 
-use crate::kit::object::{Connection, Ctx, Incoming, RealtimeObject, Reply};
+use crate::kit::object::{self, Connection, Ctx, Incoming, RealtimeObject, Reply};
 use crate::kit::Identity;
 
 crate::kit::object::durable_object!(
@@ -115,7 +115,7 @@ impl RealtimeObject for ChannelRoom {
                 let body = std::str::from_utf8(&req.body)
                     .map_err(|_| ApiError::bad_request("invalid_body", "could not read the body"))?;
                 let post = channel::parse_post_body(body).map_err(|e| e.to_api())?;
-                let named = self.named(req)?;
+                let named = object::remember_name(&mut self.name, req, channel::REMEMBER_NAME)?;
                 let (sequence, effects) = self.post(ctx, &identity.user_id.clone(), post)?;
                 Ok(Reply { status: 200, body: channel::post_response(sequence), effects: named.and(effects) })
             }
@@ -133,7 +133,7 @@ impl RealtimeObject for ChannelRoom {
     /// this same hook so no live message can overtake it.
     fn on_connect(&mut self, ctx: &Ctx<'_>, who: &Identity, req: &Incoming) -> Result<((), Effects), ApiError> {
         let since = parse_seq("since", req.query("since"))?;
-        let named = self.named(req)?;
+        let named = object::remember_name(&mut self.name, req, channel::REMEMBER_NAME)?;
         let mut effects = named.and(self.core.effects(self.core.on_connect(&who.user_id, &ctx.live_users())));
         match self.core.replay_plan(since) {
             Replay::Nothing => {}
@@ -174,16 +174,6 @@ impl RealtimeObject for ChannelRoom {
 }
 
 impl ChannelRoom {
-    /// Create the channel row on first use.
-    fn named(&mut self, req: &Incoming) -> Result<Effects, ApiError> {
-        let name = req.object_name()?;
-        if self.name.is_some() {
-            return Ok(Effects::none());
-        }
-        self.name = Some(name.to_owned());
-        Ok(Effects::none().store(channel::REMEMBER_NAME, vec![name.into()]))
-    }
-
     /// Dedup, sequence, store: the sequence and the effects (none for a repeated client id).
     fn post(&mut self, ctx: &Ctx<'_>, user_id: &str, post: Post) -> Result<(i64, Effects), ApiError> {
         if let Some(id) = post.client_id.as_deref() {

@@ -9,7 +9,7 @@ use edge_realtime_core::error::ApiError;
 use edge_realtime_core::frame::Reject;
 use edge_realtime_core::waddle::{self, Presence, Waddle as Core, WaddleConn, WaddleOp};
 
-use crate::kit::object::{Connection, Ctx, Incoming, RealtimeObject, Reply};
+use crate::kit::object::{self, Connection, Ctx, Incoming, RealtimeObject, Reply};
 use crate::kit::Identity;
 
 crate::kit::object::durable_object!(
@@ -71,7 +71,7 @@ impl RealtimeObject for WaddleRoom {
     fn on_request(&mut self, ctx: &Ctx<'_>, op: WaddleOp, req: &Incoming) -> Result<Reply, ApiError> {
         match op {
             WaddleOp::Presence => {
-                let named = self.named(req)?;
+                let named = object::remember_name(&mut self.name, req, waddle::REMEMBER_NAME)?;
                 Ok(Reply { status: 200, body: self.core.presence_view(), effects: named })
             }
             // The body exactly as received, to every socket.
@@ -88,7 +88,7 @@ impl RealtimeObject for WaddleRoom {
 
     /// The member goes online; they get `presence_state`, the others `presence_update`.
     fn on_connect(&mut self, ctx: &Ctx<'_>, who: &Identity, req: &Incoming) -> Result<((), Effects), ApiError> {
-        let named = self.named(req)?;
+        let named = object::remember_name(&mut self.name, req, waddle::REMEMBER_NAME)?;
         let conn = WaddleConn { user_id: who.user_id.clone(), user_name: Some(who.user_name.clone()) };
         Ok(((), named.and(self.core.on_connect(&conn, ctx.now).into_effects())))
     }
@@ -100,17 +100,5 @@ impl RealtimeObject for WaddleRoom {
     /// The member goes offline with their last socket.
     fn on_gone(&mut self, ctx: &Ctx<'_>, conn: &Connection<()>, remaining: usize) -> Effects {
         self.core.on_close(&member(conn), remaining, ctx.now).into_effects()
-    }
-}
-
-impl WaddleRoom {
-    /// Store the object's name once, so every wake can log it.
-    fn named(&mut self, req: &Incoming) -> Result<Effects, ApiError> {
-        let name = req.object_name()?;
-        if self.name.is_some() {
-            return Ok(Effects::none());
-        }
-        self.name = Some(name.to_owned());
-        Ok(Effects::none().store(waddle::REMEMBER_NAME, vec![name.into()]))
     }
 }
