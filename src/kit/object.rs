@@ -2,21 +2,28 @@
 //! object file reads as its protocol (PartyServer's idea in Rust types; docs/custom-object.md).
 //!
 //! An object declares its schema, typed ops, socket attachment and the hooks its protocol
-//! needs. Hooks are synchronous, get a [`Ctx`] (clock, vars, SQL reads) and return
-//! [`Effects`] — they never touch the runtime. [`Host`] does the rest, the same way for every
-//! object:
-//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake log;
+//! needs. Hooks are synchronous, get a [`Ctx`] (clock, vars, SQL reads, the sockets' users and
+//! attachments) and return [`Effects`] — they never touch the runtime. [`Host`] does the rest,
+//! the same way for every object:
+//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake log →
+//!   [`RealtimeObject::on_wake`] with the users that really have an open socket (reconcile);
 //! - `fetch`: the built-in `revoke` op, else the typed op (unknown → 404); the WebSocket op
-//!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment;
+//!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment,
+//!   and makes sure the heartbeat sweep is due;
 //! - frames: binary → 1007, lost attachment → 1011, a `Reject` → close or in-band error;
-//! - close/error: reciprocate (or 1011), then [`RealtimeObject::on_gone`];
+//!   frames of a socket the kit already closed are dropped;
+//! - gone: close/error (reciprocated, or 1011), the heartbeat sweep, `revoke`, a `Reject::Close`
+//!   or `Effects.close` — each socket through [`RealtimeObject::on_gone`] exactly once (the
+//!   envelope's persisted `gone` flag);
 //! - TCP `connect`: refused with an error (the trait's default would panic);
-//! - alarm: the due timers of the persisted schedule, each through `on_timer`.
+//! - alarm: the kit's `heartbeat` sweep (1001 for silent sockets), then the object's due timers
+//!   of the persisted schedule, each through `on_timer`.
 //!
-//! Every outcome runs in one order: **store → send → close → timers → calls**. The store is
-//! one `transactionSync`, so it lands whole or not at all; if it fails nothing is sent, the
-//! socket is closed 1011 (HTTP: 500) and the object is rebuilt with `restore`, so memory never
-//! runs ahead of disk. No `RefCell` borrow is held across an `.await`: hooks run between them.
+//! Every outcome runs in one order: **store → send → close → close_all → timers → calls →
+//! release**. The store is one `transactionSync` (a single statement runs directly), so it
+//! lands whole or not at all; if it fails nothing is sent, the socket is closed 1011 (HTTP:
+//! 500) and the object is rebuilt with `restore`, so memory never runs ahead of disk. No
+//! `RefCell` borrow is held across an `.await`: hooks run between them.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -532,7 +539,7 @@ impl<T: RealtimeObject> Host<T> {
         Err(ApiError::internal())
     }
 
-    /// Everything after a successful store: send → close → timers → calls.
+    /// Everything after a successful store: send → close → close_all → timers → calls → release.
     async fn finish(&self, origin: Option<&WebSocket>, effects: Effects) {
         self.finish_with(origin, effects, false).await;
     }

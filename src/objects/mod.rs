@@ -1,4 +1,5 @@
-//! The Durable Object classes, one file each, all built on [`crate::kit`].
+//! The Durable Object classes, one file each, all hosted by the kit base
+//! ([`crate::kit::object`]): each file is its protocol over its core.
 
 pub mod channel;
 pub mod chat;
@@ -14,7 +15,6 @@ use worker::{Request, State};
 use edge_realtime_core::error::ApiError;
 use edge_realtime_core::revocation;
 use edge_realtime_core::query::parse_seq;
-use edge_realtime_core::route::DoClass;
 
 use crate::kit::{self, http};
 
@@ -44,9 +44,4 @@ pub fn revoke_sockets(state: &State, req: &Request) -> Result<Vec<worker::WebSoc
         }
     }
     Ok(closed)
-}
-
-/// Class of a DO by its wire name (used by the revocation registry).
-pub fn class_of(name: &str) -> Option<DoClass> {
-    DoClass::parse(name)
 }
