@@ -6,8 +6,10 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response};
 use edge_realtime_core::auth::{self, Claims};
 use edge_realtime_core::devtoken;
 use edge_realtime_core::error::ApiError;
-use edge_realtime_core::ratelimit::{self, Decision, GcraDecision};
+use edge_realtime_core::effects::Op;
+use edge_realtime_core::ratelimit::{self, Decision, GcraDecision, RateLimitOp};
 use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
+use edge_realtime_core::session::SessionOp;
 
 use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, OBJECT_NAME};
 use crate::kit::internal;
@@ -71,9 +73,9 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
         Endpoint::RateLimit { op } => {
             let bytes = read_body(&mut req).await?;
             // Validate fully here, so a bad body never reaches (or creates) an object.
-            let check = ratelimit::parse_request(op, &http::parse_json_body(&bytes)?)?;
+            let check = ratelimit::parse_request(op.path(), &http::parse_json_body(&bytes)?)?;
             let name = format!("api:{}", check.key);
-            forward(env, &req, DoClass::RateLimiter, &name, op, None, &identity, Some(bytes)).await
+            forward(env, &req, DoClass::RateLimiter, &name, op.path(), None, &identity, Some(bytes)).await
         }
         Endpoint::Health => Err(ApiError::internal()),
     }
@@ -192,7 +194,7 @@ async fn ask_upgrade_limiter(env: &Env, user_id: &str, per_minute: u32) -> worke
     let name = ratelimit::upgrade_limit_key(user_id);
     let headers = Headers::new();
     headers.set(OBJECT_NAME, &encode_header_text(&name))?;
-    let url = format!("https://do.internal/{}?perMinute={per_minute}", crate::objects::rate_limiter::UPGRADE_OP);
+    let url = format!("https://do.internal/{}?perMinute={per_minute}", RateLimitOp::Upgrade.path());
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers);
     let request = Request::new_with_init(&url, &init)?;
@@ -214,7 +216,7 @@ async fn check_revocation(env: &Env, identity: &Identity, class: DoClass, name: 
     headers.set(OBJECT_NAME, &encode_header_text(&identity.user_id)).map_err(internal("object header"))?;
     let url = format!(
         "https://do.internal/{}?class={}&name={}",
-        crate::objects::user_session::CHECK_OP,
+        SessionOp::Check.path(),
         class.as_str(),
         encode_header_text(name)
     );

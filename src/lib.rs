@@ -5,13 +5,19 @@
 //! The product contract is SPEC.md; README.md says how to run, test and deploy.
 //!
 //! ## Layout
-//! - `crates/core` (`edge_realtime_core`): pure, natively tested cores — auth, routing table,
-//!   frame decoding, one protocol core per DO, rate-limit algorithms, alarm schedule. No I/O.
+//! - `crates/core` (`edge_realtime_core`): pure, natively tested cores — auth, routing table
+//!   (typed ops per class), frame decoding, `Effects`, one protocol core per DO, revocation,
+//!   rate-limit algorithms, alarm schedule. No I/O.
 //! - [`entry`]: the entry Worker — route → `Upgrade` check → auth → forward to a DO.
-//! - [`kit`]: the shared hibernation kit every DO uses (accept with tags + attachment,
-//!   auto-response, broadcast, reciprocated close, frame rejection, alarm, SQL, HTTP errors).
-//! - [`objects`]: one file per Durable Object class, each an adapter over its core;
-//!   `objects::game` is written on the kit's base trait (`kit::object`, docs/custom-object.md).
+//! - [`kit`]: the shared hibernation kit. `kit::object` is the base every DO is written on:
+//!   the `RealtimeObject` trait (schema, typed ops, hooks returning `Effects`) and `Host<T>`,
+//!   the one Durable Object shell (schema + auto-response + wake log, on_wake reconcile, op
+//!   routing, accept with tags + attachment, gone-once departures, heartbeat sweep, timer
+//!   table, revoke, store → send → close → timers → calls → release); `durable_object!`
+//!   declares the class (docs/custom-object.md). The rest are the primitives it uses.
+//! - [`objects`]: one file per Durable Object class, each read top to bottom as its protocol:
+//!   a `RealtimeObject` over its core (Counter, UserSession, ChatRoom, Waddle, Channel,
+//!   RateLimiter, GameServer); the revocation op shared by all lives in `objects::mod`.
 //! - `tests/e2e.rs`: the end-to-end suite against the real runtime (`wrangler dev`).
 
 pub mod entry;

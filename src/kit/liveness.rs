@@ -1,14 +1,14 @@
 //! Liveness: presence that matches the sockets that really exist.
 //!
-//! - **Reconcile on wake** ([`reconcile`]): every constructor hands the users of the sockets
-//!   still open to its object's hook, which drops / marks offline whatever the stored state
+//! - **Reconcile on wake** ([`live_users`]): every constructor (`kit::object::Host::new`)
+//!   hands the users of the sockets still open to its object's `on_wake` hook, which drops / marks offline whatever the stored state
 //!   claims beyond them. After a crash or a deploy (sockets dropped, no close events) the next
 //!   wake repairs presence before the first event is handled.
 //! - **Heartbeat sweep** ([`sweep`]): a client that vanished without a TCP close may never get a
 //!   `webSocketClose` (workerd issue 1187). The runtime remembers each socket's last
 //!   auto-answered `{"type":"ping"}` (`getWebSocketAutoResponseTimestamp`); [`accept`](super::accept)
 //!   tags each socket with its connect time. On the object's alarm, sockets silent for
-//!   `HEARTBEAT_TIMEOUT_MS` are closed and announced gone by the object's departure path; the
+//!   `HEARTBEAT_TIMEOUT_MS` are closed and announced gone through the object's `on_gone`; the
 //!   timer is re-armed at the earliest moment a live socket could go stale, and not at all
 //!   when none remains. The decisions are pure: [`edge_realtime_core::schedule::liveness`].
 
@@ -57,12 +57,6 @@ pub fn live_users(state: &State) -> BTreeSet<String> {
     super::sockets(state, None).iter().filter(|ws| super::is_open(ws)).filter_map(|ws| super::user_of(state, ws)).collect()
 }
 
-/// Run an object's reconcile hook with the users that really have an open socket. Called
-/// from every constructor (after the object's state is loaded).
-pub fn reconcile<R>(state: &State, hook: impl FnOnce(&BTreeSet<String>) -> R) -> R {
-    hook(&live_users(state))
-}
-
 /// One sweep: the open sockets silent for `timeout_ms` (to close and announce gone), and
 /// when the next sweep is due (`None`: no live socket left).
 pub fn sweep(state: &State, now: Millis, timeout_ms: Millis) -> (Vec<WebSocket>, Option<Millis>) {
@@ -77,16 +71,6 @@ pub fn sweep(state: &State, now: Millis, timeout_ms: Millis) -> (Vec<WebSocket>,
 /// Close a swept socket (after the object announced its departure).
 pub fn close_stale(ws: &WebSocket) {
     super::close(ws, SWEEP_CLOSE_CODE, SWEEP_CLOSE_REASON);
-}
-
-/// For objects whose timers are the kit's table: make sure a sweep is due for a socket
-/// accepted at `now`.
-pub async fn arm(state: &State, now: Millis, timeout_ms: Millis) -> Result<(), ApiError> {
-    let mut schedule = super::load_schedule(&state.storage().sql());
-    if liveness::arm_on_connect(&mut schedule, now, timeout_ms) {
-        super::save_schedule(state, &schedule).await?;
-    }
-    Ok(())
 }
 
 /// Flush every write so far to disk (`ctx.storage.sync()`).

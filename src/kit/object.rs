@@ -2,23 +2,31 @@
 //! object file reads as its protocol (PartyServer's idea in Rust types; docs/custom-object.md).
 //!
 //! An object declares its schema, typed ops, socket attachment and the hooks its protocol
-//! needs. Hooks are synchronous, get a [`Ctx`] (clock, vars, SQL reads) and return
-//! [`Effects`] — they never touch the runtime. [`Host`] does the rest, the same way for every
-//! object:
-//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake log;
+//! needs. Hooks are synchronous, get a [`Ctx`] (clock, vars, SQL reads, the sockets' users and
+//! attachments) and return [`Effects`] — they never touch the runtime. [`Host`] does the rest,
+//! the same way for every object:
+//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake log →
+//!   [`RealtimeObject::on_wake`] with the users that really have an open socket (reconcile);
 //! - `fetch`: the built-in `revoke` op, else the typed op (unknown → 404); the WebSocket op
-//!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment;
+//!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment,
+//!   and makes sure the heartbeat sweep is due;
 //! - frames: binary → 1007, lost attachment → 1011, a `Reject` → close or in-band error;
-//! - close/error: reciprocate (or 1011), then [`RealtimeObject::on_gone`];
+//!   frames of a socket the kit already closed are dropped;
+//! - gone: close/error (reciprocated, or 1011), the heartbeat sweep, `revoke`, a `Reject::Close`
+//!   or `Effects.close` — each socket through [`RealtimeObject::on_gone`] exactly once (the
+//!   envelope's persisted `gone` flag);
 //! - TCP `connect`: refused with an error (the trait's default would panic);
-//! - alarm: the due timers of the persisted schedule, each through `on_timer`.
+//! - alarm: the kit's `heartbeat` sweep (1001 for silent sockets), then the object's due timers
+//!   of the persisted schedule, each through `on_timer`.
 //!
-//! Every outcome runs in one order: **store → send → close → timers → calls**. The store is
-//! one `transactionSync`, so it lands whole or not at all; if it fails nothing is sent, the
-//! socket is closed 1011 (HTTP: 500) and the object is rebuilt with `restore`, so memory never
-//! runs ahead of disk. No `RefCell` borrow is held across an `.await`: hooks run between them.
+//! Every outcome runs in one order: **store → send → close → close_all → timers → calls →
+//! release**. The store is one `transactionSync` (a single statement runs directly), so it
+//! lands whole or not at all; if it fails nothing is sent, the socket is closed 1011 (HTTP:
+//! 500) and the object is rebuilt with `restore`, so memory never runs ahead of disk. No
+//! `RefCell` borrow is held across an `.await`: hooks run between them.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,6 +37,7 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, SqlStorageVal
 use edge_realtime_core::effects::{self, Effects, Op, Statement, Timer, To};
 use edge_realtime_core::error::{close, ApiError};
 use edge_realtime_core::frame::Reject;
+use edge_realtime_core::schedule::liveness::{self, HEARTBEAT_TIMER};
 use edge_realtime_core::time::Millis;
 
 use crate::kit::{self, http, sql, Identity};
@@ -46,6 +55,14 @@ pub trait RealtimeObject: Sized + 'static {
 
     /// The constructor: rebuild memory from storage. Runs again after every wake.
     fn restore(ctx: &Ctx<'_>) -> Self;
+
+    /// Every wake, right after `restore`: `live_users` are the users with an open socket now.
+    /// Drop / mark offline whatever the stored state claims beyond them (a crash or a deploy
+    /// dropped sockets without close events). Store and sends run at once; timers on the next
+    /// event.
+    fn on_wake(&mut self, _ctx: &Ctx<'_>, _live_users: &BTreeSet<String>) -> Effects {
+        Effects::none()
+    }
 
     /// The object's name once known, for the wake log.
     fn name(&self) -> Option<String> {
@@ -76,11 +93,13 @@ pub trait RealtimeObject: Sized + 'static {
     /// Whether a change to a socket's `conn` must survive hibernation (default: always). Say
     /// `false` for state that is worthless after a wake — e.g. counts inside a rate window
     /// shorter than the eviction delay — and it stays in memory only (no serialization per frame).
-    fn must_persist(_before: &Self::Conn, _after: &Self::Conn) -> bool {
+    fn must_persist(&self, _before: &Self::Conn, _after: &Self::Conn) -> bool {
         true
     }
 
-    /// A socket closed or errored; `remaining` is how many other open sockets its user has.
+    /// A socket is gone — closed, errored, swept by the heartbeat, revoked, or closed by the
+    /// kit for a `Reject::Close` / `Effects.close` — announced exactly once per socket;
+    /// `remaining` is how many other open sockets its user has.
     fn on_gone(&mut self, _ctx: &Ctx<'_>, _conn: &Connection<Self::Conn>, _remaining: usize) -> Effects {
         Effects::none()
     }
@@ -101,6 +120,14 @@ pub struct Connection<C> {
     pub token_iat: i64,
     pub connected_at: Millis,
     pub conn: C,
+    /// Set once the kit announced the socket gone (`on_gone`), so a late `webSocketClose`
+    /// never announces it twice. Persisted: that close may arrive after a wake.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gone: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What a hook may read: the clock, vars, SQL, how many sockets are open.
@@ -109,6 +136,8 @@ pub struct Ctx<'a> {
     pub now: Millis,
     state: &'a State,
     env: &'a Env,
+    /// The event's own socket in `on_message` / `on_gone`: never counted among the others.
+    this: Option<&'a WebSocket>,
 }
 
 impl Ctx<'_> {
@@ -122,6 +151,44 @@ impl Ctx<'_> {
     pub fn first<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
         Ok(self.rows(query, binds)?.into_iter().next())
     }
+    /// With var `DEBUG_WAKE=1`, log a lifecycle line (the e2e suite looks for some).
+    pub fn log_debug(&self, line: &str) {
+        kit::log_debug(self.env, line);
+    }
+    /// Every socket the object holds (with `tag`, if given), open or closing.
+    pub fn socket_count(&self, tag: Option<&str>) -> usize {
+        kit::sockets(self.state, tag).len()
+    }
+    /// Distinct users (first tag `u:<userId>`) of the open sockets, without the event's own
+    /// socket (`on_message`, `on_gone`).
+    pub fn live_users(&self) -> BTreeSet<String> {
+        kit::sockets(self.state, None)
+            .iter()
+            .filter(|ws| kit::is_open(ws) && !self.is_this(ws))
+            .filter_map(|ws| kit::user_of(self.state, ws))
+            .collect()
+    }
+    /// The attachment of every socket (with `tag`, if given) the kit has not announced gone,
+    /// open or closing, without the event's own socket. Reads every attachment: for joins and
+    /// departures, not per message.
+    pub fn connections<C: DeserializeOwned>(&self, tag: Option<&str>) -> Vec<Connection<C>> {
+        self.attachments(tag, false)
+    }
+    /// [`Self::connections`] of the sockets that are open (not closing).
+    pub fn open_connections<C: DeserializeOwned>(&self, tag: Option<&str>) -> Vec<Connection<C>> {
+        self.attachments(tag, true)
+    }
+    fn attachments<C: DeserializeOwned>(&self, tag: Option<&str>, open_only: bool) -> Vec<Connection<C>> {
+        kit::sockets(self.state, tag)
+            .iter()
+            .filter(|ws| !self.is_this(ws) && (!open_only || kit::is_open(ws)))
+            .filter_map(kit::attachment::<Connection<C>>)
+            .filter(|c| !c.gone)
+            .collect()
+    }
+    fn is_this(&self, ws: &WebSocket) -> bool {
+        self.this.is_some_and(|t| kit::same_socket(ws, t))
+    }
     /// Open sockets (with `tag`, if given).
     pub fn open_sockets(&self, tag: Option<&str>) -> usize {
         kit::sockets(self.state, tag).iter().filter(|ws| kit::is_open(ws)).count()
@@ -132,6 +199,8 @@ impl Ctx<'_> {
 pub struct Incoming {
     pub identity: Option<Identity>,
     pub object_name: Option<String>,
+    /// The name as sent, percent-decoded, any text (RateLimiter's `api:<key>`).
+    name_text: Option<String>,
     query: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -148,7 +217,14 @@ impl Incoming {
         } else {
             Vec::new()
         };
-        Ok(Self { identity: Identity::from_request(req).ok(), object_name: http::object_name(req), query, body })
+        let name_text = req
+            .headers()
+            .get(http::OBJECT_NAME)
+            .ok()
+            .flatten()
+            .map(|n| http::decode_header_text(&n))
+            .filter(|n| !n.is_empty());
+        Ok(Self { identity: Identity::from_request(req).ok(), object_name: http::object_name(req), name_text, query, body })
     }
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -163,10 +239,25 @@ impl Incoming {
     pub fn object_name(&self) -> Result<&str, ApiError> {
         self.object_name.as_deref().ok_or_else(|| ApiError::bad_request("missing_name", "object name missing"))
     }
+    /// The object's name as any text (percent-decoded; not limited to the id alphabet).
+    pub fn name_text(&self) -> Result<&str, ApiError> {
+        self.name_text.as_deref().ok_or_else(|| ApiError::bad_request("missing_name", "object name missing"))
+    }
     /// The body as JSON (empty → `null`; over 64 KiB → 413; not JSON → 400).
     pub fn json(&self) -> Result<serde_json::Value, ApiError> {
         http::parse_json_body(&self.body)
     }
+}
+
+/// Store the object's name on first use, so every wake can log it: `slot` is the object's
+/// memory of it, `sql` the statement that stores it (binding the name once).
+pub fn remember_name(slot: &mut Option<String>, req: &Incoming, sql: &'static str) -> Result<Effects, ApiError> {
+    let name = req.object_name()?;
+    if slot.is_some() {
+        return Ok(Effects::none());
+    }
+    *slot = Some(name.to_owned());
+    Ok(Effects::none().store(sql, vec![name.into()]))
 }
 
 /// An HTTP op's answer: exact JSON text and the effects to execute first.
@@ -196,6 +287,10 @@ pub struct Host<T: RealtimeObject> {
     object: RefCell<T>,
     /// Attachments in memory: the frame path neither deserializes nor rewrites them.
     attachments: kit::AttachmentCache<Connection<T::Conn>>,
+    /// `HEARTBEAT_TIMEOUT_MS`.
+    heartbeat_ms: Millis,
+    /// Timer changes `on_wake` asked for, applied with the next event's timers.
+    pending_timers: RefCell<Vec<Timer>>,
 }
 
 impl<T: RealtimeObject> Host<T> {
@@ -205,21 +300,52 @@ impl<T: RealtimeObject> Host<T> {
             let _ = sql::exec(&db, statement, vec![]);
         }
         kit::install_auto_response(&state);
-        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env });
+        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env, this: None });
         if let Some(name) = object.name() {
             kit::log_wake(&env, T::CLASS, &name);
         }
-        Self { state, env, object: RefCell::new(object), attachments: kit::AttachmentCache::default() }
+        let heartbeat_ms = kit::liveness::timeout_ms(&env);
+        let host = Self {
+            state,
+            env,
+            object: RefCell::new(object),
+            attachments: kit::AttachmentCache::default(),
+            heartbeat_ms,
+            pending_timers: RefCell::new(Vec::new()),
+        };
+        host.wake();
+        host
+    }
+
+    /// Reconcile on wake ([`RealtimeObject::on_wake`]): store and sends now (the constructor
+    /// cannot await), timers with the next event.
+    fn wake(&self) {
+        let live = kit::liveness::live_users(&self.state);
+        let Some(effects) = self.hook(|o, ctx| o.on_wake(ctx, &live)) else { return };
+        let mut effects = effects;
+        if self.commit(None, std::mem::take(&mut effects.store)).is_err() {
+            return;
+        }
+        self.send_all(None, &effects);
+        if let Ok(mut pending) = self.pending_timers.try_borrow_mut() {
+            pending.extend(effects.timers);
+        }
+        if !effects.calls.is_empty() {
+            worker::console_error!("{}: on_wake calls are not supported (dropped)", T::CLASS);
+        }
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { now: kit::now(), state: &self.state, env: &self.env }
+        Ctx { now: kit::now(), state: &self.state, env: &self.env, this: None }
     }
 
     /// Run a hook on the object. Hooks are synchronous, so the borrow ends before any `.await`;
     /// `None` only if that rule were broken (logged, never a panic).
     fn hook<R>(&self, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
-        let ctx = self.ctx();
+        self.hook_with(self.ctx(), f)
+    }
+
+    fn hook_with<R>(&self, ctx: Ctx<'_>, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
         match self.object.try_borrow_mut() {
             Ok(mut object) => Some(f(&mut object, &ctx)),
             Err(_) => {
@@ -237,16 +363,20 @@ impl<T: RealtimeObject> Host<T> {
         let path = req.path();
         let path = path.trim_start_matches('/');
         if path == REVOKE_OP {
-            let closed = crate::objects::revoke_sockets(&self.state, req)?;
-            return http::json_text_response(200, serde_json::json!({"closed": closed}).to_string());
+            let revoked = crate::objects::revoke_sockets(&self.state, req)?;
+            for ws in &revoked {
+                self.gone(ws).await;
+            }
+            let body = serde_json::json!({"ok": true, "closed": revoked.len()});
+            return http::json_text_response(200, body.to_string());
         }
         let op = T::Op::parse(path).ok_or_else(|| ApiError::not_found(format!("unknown {} operation", T::CLASS)))?;
         let incoming = Incoming::read(req, !op.is_websocket()).await?;
         if op.is_websocket() {
             return self.open(req, &incoming).await;
         }
-        let reply = self.hook(|o, ctx| o.on_request(ctx, op, &incoming)).ok_or_else(ApiError::internal)??;
-        self.commit(None, &reply.effects.store)?;
+        let mut reply = self.hook(|o, ctx| o.on_request(ctx, op, &incoming)).ok_or_else(ApiError::internal)??;
+        self.commit(None, std::mem::take(&mut reply.effects.store))?;
         self.finish(None, reply.effects).await;
         http::json_text_response(reply.status, reply.body)
     }
@@ -254,7 +384,7 @@ impl<T: RealtimeObject> Host<T> {
     /// The WebSocket op: `on_connect`, store, accept, then the rest of the effects.
     async fn open(&self, req: &Request, incoming: &Incoming) -> Result<Response, ApiError> {
         let who = incoming.identity()?.clone();
-        let (conn, effects) = self.hook(|o, ctx| o.on_connect(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
+        let (conn, mut effects) = self.hook(|o, ctx| o.on_connect(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
         let mut tags = vec![format!("u:{}", who.user_id)];
         tags.extend(T::tags(&conn));
         let attachment = Connection {
@@ -263,12 +393,13 @@ impl<T: RealtimeObject> Host<T> {
             token_iat: who.token_iat,
             connected_at: kit::now(),
             conn,
+            gone: false,
         };
         // Before the accept: a socket never sees state that is not on disk.
-        self.commit(None, &effects.store)?;
+        self.commit(None, std::mem::take(&mut effects.store))?;
         let (ws, response) = kit::accept(&self.state, req, &tags, &attachment)?;
         self.attachments.put(&ws, &attachment, false);
-        self.finish(Some(&ws), effects).await;
+        self.finish_with(Some(&ws), effects, true).await;
         Ok(response)
     }
 
@@ -277,6 +408,9 @@ impl<T: RealtimeObject> Host<T> {
             Ok(text) => text,
             Err(rejection) => {
                 kit::reject(&ws, &rejection);
+                if matches!(rejection, Reject::Close { .. }) {
+                    self.gone(&ws).await;
+                }
                 return Ok(());
             }
         };
@@ -284,14 +418,24 @@ impl<T: RealtimeObject> Host<T> {
             kit::close(&ws, close::INTERNAL, "lost connection state");
             return Ok(());
         };
+        if conn.gone {
+            return Ok(()); // the kit already closed it; frames still in flight are dropped
+        }
         let before = conn.clone();
-        match self.hook(|o, ctx| o.on_message(ctx, &mut conn, &text)) {
+        let ctx = Ctx { this: Some(&ws), ..self.ctx() };
+        match self.hook_with(ctx, |o, ctx| o.on_message(ctx, &mut conn, &text)) {
             None => kit::close(&ws, close::INTERNAL, "internal error"),
-            Some(Err(rejection)) => kit::reject(&ws, &rejection),
-            Some(Ok(effects)) => {
-                if self.commit(Some(&ws), &effects.store).is_ok() {
+            Some(Err(rejection)) => {
+                kit::reject(&ws, &rejection);
+                if matches!(rejection, Reject::Close { .. }) {
+                    self.gone(&ws).await;
+                }
+            }
+            Some(Ok(mut effects)) => {
+                if self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok() {
                     if conn != before {
-                        self.attachments.put(&ws, &conn, T::must_persist(&before.conn, &conn.conn));
+                        let persist = self.object.try_borrow().map_or(true, |o| o.must_persist(&before.conn, &conn.conn));
+                        self.attachments.put(&ws, &conn, persist);
                     }
                     self.finish(Some(&ws), effects).await;
                 }
@@ -312,13 +456,32 @@ impl<T: RealtimeObject> Host<T> {
         Ok(())
     }
 
+    /// Announce `ws` gone (`on_gone`), once: the `gone` flag is saved on its attachment first,
+    /// so a later close or error event of the same socket finds it and does nothing.
     async fn gone(&self, ws: &WebSocket) {
-        let Some(conn) = self.attachments.get(ws) else { return };
-        self.attachments.forget(ws);
+        let Some(mut conn) = self.attachments.get(ws) else { return };
+        if conn.gone {
+            return;
+        }
+        conn.gone = true;
+        self.attachments.put(ws, &conn, true);
         let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
-        if let Some(effects) = self.hook(|o, ctx| o.on_gone(ctx, &conn, remaining)) {
+        let ctx = Ctx { this: Some(ws), ..self.ctx() };
+        if let Some(effects) = self.hook_with(ctx, |o, ctx| o.on_gone(ctx, &conn, remaining)) {
             self.execute(Some(ws), effects).await;
         }
+    }
+
+    /// The heartbeat sweep: close every socket silent for `HEARTBEAT_TIMEOUT_MS` (1001
+    /// `heartbeat timeout`) and announce it gone, one at a time (so a user's last one counts
+    /// `remaining` 0 exactly once). Returns when the next sweep is due.
+    async fn sweep(&self) -> Option<Millis> {
+        let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
+        for ws in stale {
+            kit::liveness::close_stale(&ws);
+            self.gone(&ws).await;
+        }
+        next
     }
 
     /// Raw TCP is not part of any protocol: refuse it (the trait's default would panic).
@@ -326,15 +489,25 @@ impl<T: RealtimeObject> Host<T> {
         Err(worker::Error::RustError(format!("{} does not accept raw TCP connections", T::CLASS)))
     }
 
-    /// The due timers, each through `on_timer`. Their removal is saved first: a timer fires at
-    /// most once, even if a handler's effects fail.
+    /// The kit's heartbeat sweep first, then the due timers, each through `on_timer`. Their
+    /// removal is saved first: a timer fires at most once, even if a handler's effects fail.
     pub async fn alarm(&self) -> worker::Result<Response> {
         let mut schedule = kit::load_schedule(&self.state.storage().sql());
         let due = schedule.take_due(kit::now());
+        self.apply_timers(&mut schedule, &[]);
         if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
             worker::console_error!("{} alarm: saving the schedule failed: {e}", T::CLASS);
         }
-        for name in due {
+        if due.iter().any(|n| n == HEARTBEAT_TIMER) {
+            let next = self.sweep().await;
+            // Reloaded: departures during the sweep may have set timers of their own.
+            let mut schedule = kit::load_schedule(&self.state.storage().sql());
+            liveness::rearm(&mut schedule, next);
+            if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+                worker::console_error!("{} alarm: re-arming the heartbeat failed: {e}", T::CLASS);
+            }
+        }
+        for name in due.into_iter().filter(|n| n != HEARTBEAT_TIMER) {
             if let Some(effects) = self.hook(|o, ctx| o.on_timer(ctx, &name)) {
                 self.execute(None, effects).await;
             }
@@ -342,19 +515,19 @@ impl<T: RealtimeObject> Host<T> {
         Response::ok("ok")
     }
 
-    async fn execute(&self, origin: Option<&WebSocket>, effects: Effects) {
-        if self.commit(origin, &effects.store).is_ok() {
+    async fn execute(&self, origin: Option<&WebSocket>, mut effects: Effects) {
+        if self.commit(origin, std::mem::take(&mut effects.store)).is_ok() {
             self.finish(origin, effects).await;
         }
     }
 
     /// Store: all statements in one transaction. On failure: nothing was written, `origin` is
     /// closed 1011, and the object is rebuilt from storage.
-    fn commit(&self, origin: Option<&WebSocket>, statements: &[Statement]) -> Result<(), ApiError> {
+    fn commit(&self, origin: Option<&WebSocket>, statements: Vec<Statement>) -> Result<(), ApiError> {
         if statements.is_empty() {
             return Ok(());
         }
-        let Err(e) = transaction(&self.state, statements.to_vec()) else { return Ok(()) };
+        let Err(e) = transaction(&self.state, statements) else { return Ok(()) };
         worker::console_error!("{} store failed: {e}", T::CLASS);
         if let Some(ws) = origin {
             kit::close(ws, close::INTERNAL, "storage failed");
@@ -366,8 +539,74 @@ impl<T: RealtimeObject> Host<T> {
         Err(ApiError::internal())
     }
 
-    /// Everything after a successful store: send → close → timers → calls.
+    /// Everything after a successful store: send → close → close_all → timers → calls → release.
     async fn finish(&self, origin: Option<&WebSocket>, effects: Effects) {
+        self.finish_with(origin, effects, false).await;
+    }
+
+    /// [`Self::finish`]; `heartbeat` (a socket was accepted) makes sure a sweep is due.
+    async fn finish_with(&self, origin: Option<&WebSocket>, effects: Effects, heartbeat: bool) {
+        self.send_all(origin, &effects);
+        if let (Some(ws), Some(c)) = (origin, &effects.close) {
+            kit::close(ws, c.code, &c.reason);
+            // Its close event may come late (or after a wake): announce it now.
+            Box::pin(self.gone(ws)).await;
+        }
+        if let Some(c) = &effects.close_all {
+            for ws in kit::sockets(&self.state, None) {
+                kit::close(&ws, c.code, &c.reason);
+            }
+        }
+        let pending = self.pending_timers.try_borrow().map(|p| !p.is_empty()).unwrap_or(false);
+        if !effects.timers.is_empty() || heartbeat || pending {
+            let mut schedule = kit::load_schedule(&self.state.storage().sql());
+            let mut changed = self.apply_timers(&mut schedule, &effects.timers);
+            if heartbeat {
+                changed |= liveness::arm_on_connect(&mut schedule, kit::now(), self.heartbeat_ms);
+            }
+            if changed {
+                if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+                    worker::console_error!("{} schedule failed: {e}", T::CLASS);
+                }
+            }
+        }
+        futures::future::join_all(effects.calls.iter().map(|c| self.call(c))).await;
+        if effects.release {
+            self.release().await;
+        }
+    }
+
+    /// [`Effects::release`], after every call of the event finished: sockets closed from
+    /// within an event get their Close frame at once, but workerd keeps their TCP until the
+    /// object is evicted (10–30 s). Flush storage (what was stored must survive the reset),
+    /// then `ctx.abort()`: the runtime drops every socket now. Skipped if a socket is still
+    /// open (e.g. one opened meanwhile with a new token) — the abort would drop it too.
+    async fn release(&self) {
+        if kit::sockets(&self.state, None).iter().any(kit::is_open) {
+            return;
+        }
+        if let Err(e) = kit::liveness::flush(&self.state).await {
+            worker::console_error!("{} release: flush failed: {e:?}", T::CLASS);
+            return;
+        }
+        kit::liveness::abort(&self.state, "release closed sockets");
+    }
+
+    /// Apply `timers` (after any `on_wake` left pending) to `schedule`; whether it changed.
+    fn apply_timers(&self, schedule: &mut edge_realtime_core::schedule::Schedule, timers: &[Timer]) -> bool {
+        let pending = self.pending_timers.try_borrow_mut().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        let changed = !pending.is_empty() || !timers.is_empty();
+        for timer in pending.iter().chain(timers) {
+            match timer {
+                Timer::Set { name, at } => schedule.set(name, *at),
+                Timer::Cancel { name } => schedule.cancel(name),
+            }
+        }
+        changed
+    }
+
+    /// The sends, in order (`To::This` needs an origin socket).
+    fn send_all(&self, origin: Option<&WebSocket>, effects: &Effects) {
         for send in &effects.sends {
             match (&send.to, origin) {
                 (To::This, Some(ws)) => kit::send(ws, &send.frame),
@@ -377,22 +616,6 @@ impl<T: RealtimeObject> Host<T> {
                 (To::Tag(tag), _) => kit::broadcast(&self.state, &send.frame, Some(tag), None),
             }
         }
-        if let (Some(ws), Some(c)) = (origin, &effects.close) {
-            kit::close(ws, c.code, &c.reason);
-        }
-        if !effects.timers.is_empty() {
-            let mut schedule = kit::load_schedule(&self.state.storage().sql());
-            for timer in &effects.timers {
-                match timer {
-                    Timer::Set { name, at } => schedule.set(name, *at),
-                    Timer::Cancel { name } => schedule.cancel(name),
-                }
-            }
-            if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
-                worker::console_error!("{} schedule failed: {e}", T::CLASS);
-            }
-        }
-        futures::future::join_all(effects.calls.iter().map(|c| self.call(c))).await;
     }
 
     /// POST `call.op` to another object; failures are logged (what was stored stands).

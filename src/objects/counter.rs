@@ -1,39 +1,35 @@
-//! Counter Durable Object (SPEC §6.2): an adapter over `core::counter`. State lives in
-//! SQLite and is cached in memory; every mutation is read-modify-write inside one
-//! synchronous turn (no `.await` between read and write), so none is ever lost.
-
-use std::cell::RefCell;
+//! Counter Durable Object (SPEC §6.2): the kit hosts it ([`crate::kit::object`]) and
+//! `core::counter` decides. State lives in SQLite and is cached in memory; every mutation is
+//! one synchronous hook (dedup read → core → store → broadcast), so none is ever lost.
 
 use serde::{Deserialize, Serialize};
-use worker::{durable_object, DurableObject, Env, Request, Response, State, WebSocket, WebSocketIncomingMessage};
 
-use edge_realtime_core::counter::{self, CounterError, CounterOp, CounterState, OpKind, Operation};
-use edge_realtime_core::error::ApiError;
+use edge_realtime_core::counter::{self, CounterApi, CounterError, CounterState, OpKind, Operation, PRUNE_TIMER};
+use edge_realtime_core::effects::Effects;
+use edge_realtime_core::error::{close, ApiError};
 use edge_realtime_core::frame::Reject;
 use edge_realtime_core::query::{parse_limit, parse_seq};
 use edge_realtime_core::replay::{self, Replay};
-use edge_realtime_core::time::Millis;
 
-use crate::kit::{self, http, sql, Identity};
+use crate::kit::object::{Connection, Ctx, Incoming, RealtimeObject, Reply};
+use crate::kit::{http, Identity};
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, value INTEGER NOT NULL, \
-     created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, operation_count INTEGER NOT NULL, seq INTEGER NOT NULL, \
-     pruned_through INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS operations (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, amount INTEGER, value INTEGER NOT NULL, \
-     previous_value INTEGER NOT NULL, timestamp INTEGER NOT NULL, user_id TEXT NOT NULL, client_id TEXT)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS operations_client ON operations (user_id, client_id) WHERE client_id IS NOT NULL",
-    kit::SCHEDULE_SCHEMA,
-];
-const PRUNE_TIMER: &str = "prune";
-const PRUNE_INTERVAL_MS: Millis = 60_000;
-const DEFAULT_MAX_HISTORY: i64 = 10_000;
+crate::kit::object::durable_object!(
+    /// One counter (`idFromName(name)`): its value and operation history in SQLite.
+    Counter => CounterObject
+);
 
-/// Per-socket attachment.
-#[derive(Debug, Serialize, Deserialize)]
-struct CounterConn {
-    user_id: String,
-    token_iat: i64,
+/// The counter in memory (`None` until the first request names it), rebuilt after every wake.
+pub struct CounterObject {
+    current: Option<(CounterState, i64)>,
+    /// Whether the `prune` timer is set (so a mutation never reads the schedule).
+    prune_armed: bool,
+}
+
+/// A socket's part of the attachment: the event types it subscribed to (`?ops=`, its tags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CounterConn {
+    ops: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -71,28 +67,20 @@ impl OperationRow {
     }
 }
 
-#[durable_object]
-pub struct Counter {
-    state: State,
-    env: Env,
-    /// Cached row; `None` until the first request names the counter.
-    current: RefCell<Option<(CounterState, i64)>>,
+#[derive(Deserialize)]
+struct SeqRow {
+    seq: i64,
 }
 
-/// The result of a mutation: the event frame and its seq, or the original seq of a repeat.
-enum Mutation {
-    Applied { event: serde_json::Value, seq: i64 },
-    Duplicate { seq: i64 },
-}
 
-impl Counter {
-    fn sql(&self) -> worker::SqlStorage {
-        self.state.storage().sql()
-    }
+impl RealtimeObject for CounterObject {
+    const CLASS: &'static str = "Counter";
+    const SCHEMA: &'static [&'static str] = counter::SCHEMA;
+    type Op = CounterApi;
+    type Conn = CounterConn;
 
-    fn load(&self) -> Result<Option<(CounterState, i64)>, ApiError> {
-        let row: Option<CounterRow> = sql::first(&self.sql(), "SELECT * FROM counter WHERE id = 1", vec![])?;
-        Ok(row.map(|r| {
+    fn restore(ctx: &Ctx<'_>) -> Self {
+        let current = ctx.first::<CounterRow>("SELECT * FROM counter WHERE id = 1", vec![]).ok().flatten().map(|r| {
             let state = CounterState {
                 name: r.name,
                 value: r.value,
@@ -102,288 +90,188 @@ impl Counter {
                 seq: r.seq,
             };
             (state, r.pruned_through)
-        }))
+        });
+        let prune_armed = ctx
+            .first::<SeqRow>("SELECT at AS seq FROM _schedule WHERE name = ?", vec![PRUNE_TIMER.into()])
+            .ok()
+            .flatten()
+            .is_some();
+        Self { current, prune_armed }
     }
 
-    /// The counter's state, creating its row on first use.
-    fn ensure(&self, req: &Request) -> Result<(CounterState, i64), ApiError> {
-        if let Some(current) = self.current.borrow().clone() {
-            return Ok(current);
-        }
-        if let Some(loaded) = self.load()? {
-            *self.current.borrow_mut() = Some(loaded.clone());
-            return Ok(loaded);
-        }
-        let name = http::object_name(req).ok_or_else(|| ApiError::bad_request("missing_name", "object name missing"))?;
-        let fresh = CounterState::new(&name, kit::now());
-        sql::exec(
-            &self.sql(),
-            "INSERT INTO counter (id, name, value, created_at, updated_at, operation_count, seq, pruned_through) VALUES (1, ?, 0, ?, ?, 0, 0, 0)",
-            vec![name.as_str().into(), sql::int(fresh.created_at), sql::int(fresh.updated_at)],
-        )?;
-        *self.current.borrow_mut() = Some((fresh.clone(), 0));
-        Ok((fresh, 0))
+    fn name(&self) -> Option<String> {
+        self.current.as_ref().map(|(s, _)| s.name.clone())
     }
 
-    fn cached(&self) -> Result<(CounterState, i64), ApiError> {
-        if let Some(c) = self.current.borrow().clone() {
-            return Ok(c);
+    fn on_request(&mut self, ctx: &Ctx<'_>, op: CounterApi, req: &Incoming) -> Result<Reply, ApiError> {
+        if let Some(kind) = op.mutation() {
+            return self.http_mutation(ctx, kind, req);
         }
-        let loaded = self.load()?.ok_or_else(ApiError::internal)?;
-        *self.current.borrow_mut() = Some(loaded.clone());
-        Ok(loaded)
+        let (state, created) = self.ensure(ctx, req)?;
+        match op {
+            CounterApi::History => Ok(history(ctx, req)?.with(created)),
+            _ => Ok(Reply::json(200, &state.view()).with(created)),
+        }
     }
 
-    /// Apply one operation: dedup by client id, store, then broadcast. Synchronous on purpose.
-    fn mutate(&self, op: CounterOp, user_id: &str, client_id: Option<&str>) -> Result<Mutation, CounterError> {
-        let db = self.sql();
-        let storage_err = |_| CounterError::Storage;
-        if let Some(id) = client_id {
-            #[derive(Deserialize)]
-            struct Seq {
-                seq: i64,
+    /// `GET /ws/counter/:name[?ops=][&since=]`: the snapshot, then the missed events it wants.
+    /// The replay read happens before the accept, so an error never leaves a socket behind.
+    fn on_connect(&mut self, ctx: &Ctx<'_>, _who: &Identity, req: &Incoming) -> Result<(CounterConn, Effects), ApiError> {
+        let ops = counter::parse_ops_filter(req.query("ops"))?;
+        let since = parse_seq("since", req.query("since"))?;
+        let (state, created) = self.ensure(ctx, req)?;
+        let pruned_through = self.current.as_ref().map_or(0, |(_, p)| *p);
+        let mut effects = created.to_self(state.snapshot_frame());
+        match replay::plan(since, state.seq, pruned_through) {
+            Replay::Nothing => {}
+            Replay::Resync { latest_seq } => effects = effects.to_self(replay::resync_frame(latest_seq)),
+            Replay::After(from) => {
+                let rows: Vec<OperationRow> = ctx.rows(
+                    "SELECT seq, type, amount, value, previous_value, timestamp FROM operations WHERE seq > ? ORDER BY seq",
+                    vec![from.into()],
+                )?;
+                for op in rows.into_iter().filter_map(OperationRow::into_operation).filter(|op| ops.contains(&op.kind)) {
+                    effects = effects.to_self(state.event(&op).to_string());
+                }
             }
-            let seen: Option<Seq> = sql::first(
-                &db,
-                "SELECT seq FROM operations WHERE user_id = ? AND client_id = ?",
-                vec![user_id.into(), id.into()],
-            )
-            .map_err(storage_err)?;
+        }
+        Ok((CounterConn { ops: ops.into_iter().map(counter::op_tag).collect() }, effects))
+    }
+
+    fn tags(conn: &CounterConn) -> Vec<String> {
+        conn.ops.clone()
+    }
+
+    /// A mutation frame: broadcast to its type's subscribers, then `ack` to the sender.
+    fn on_message(&mut self, ctx: &Ctx<'_>, conn: &mut Connection<CounterConn>, text: &str) -> Result<Effects, Reject> {
+        let frame: serde_json::Value = edge_realtime_core::frame::decode(text, &counter::WS_TYPES)?;
+        let kind = frame
+            .get("type")
+            .and_then(|t| t.as_str())
+            .and_then(OpKind::parse)
+            .ok_or_else(|| Reject::close(close::POLICY, "unknown message type"))?;
+        let client_id = counter::client_id(&frame)?;
+        let op = counter::parse_op(kind, Some(&frame)).map_err(|e| e.to_reject())?;
+        let (seq, effects) = match self.mutate(ctx, op, &conn.user_id, client_id.as_deref()).map_err(|e| e.to_reject())? {
+            Mutation::Applied { seq, effects, .. } => (seq, effects),
+            Mutation::Duplicate { seq } => (seq, Effects::none()),
+        };
+        Ok(effects.to_self(counter::ack_frame(client_id.as_deref(), seq)).and(self.maybe_prune(ctx)))
+    }
+
+    fn on_timer(&mut self, ctx: &Ctx<'_>, name: &str) -> Effects {
+        if name != PRUNE_TIMER {
+            return Effects::none();
+        }
+        self.prune_armed = false;
+        let Some((state, pruned_through)) = self.current.as_mut() else { return Effects::none() };
+        match replay::prune_through(state.seq, *pruned_through, max_history(ctx)) {
+            Some(cutoff) => {
+                *pruned_through = cutoff;
+                counter::prune(cutoff)
+            }
+            None => Effects::none(),
+        }
+    }
+}
+
+/// A mutation: applied (its event frame, seq and effects), or the original seq of a repeat.
+enum Mutation {
+    Applied { event: String, seq: i64, effects: Effects },
+    Duplicate { seq: i64 },
+}
+
+impl CounterObject {
+    /// The counter's state, and the effects that create its row on first use.
+    fn ensure(&mut self, ctx: &Ctx<'_>, req: &Incoming) -> Result<(CounterState, Effects), ApiError> {
+        if let Some((state, _)) = &self.current {
+            return Ok((state.clone(), Effects::none()));
+        }
+        let (fresh, created) = counter::create(req.object_name()?, ctx.now);
+        self.current = Some((fresh.clone(), 0));
+        Ok((fresh, created))
+    }
+
+    /// Dedup by client id, then the core's mutation (memory follows; the kit stores first and
+    /// rebuilds memory if the store fails).
+    fn mutate(
+        &mut self,
+        ctx: &Ctx<'_>,
+        op: counter::CounterOp,
+        user_id: &str,
+        client_id: Option<&str>,
+    ) -> Result<Mutation, CounterError> {
+        if let Some(id) = client_id {
+            let seen: Option<SeqRow> = ctx
+                .first("SELECT seq FROM operations WHERE user_id = ? AND client_id = ?", vec![user_id.into(), id.into()])
+                .map_err(|_| CounterError::Storage)?;
             if let Some(seen) = seen {
                 return Ok(Mutation::Duplicate { seq: seen.seq });
             }
         }
-        let (current, pruned_through) = self.cached().map_err(storage_err)?;
-        let now = kit::now().max(current.updated_at);
-        let (next, operation) = current.apply(op, now)?;
-        sql::exec(
-            &db,
-            "UPDATE counter SET value = ?, updated_at = ?, operation_count = ?, seq = ? WHERE id = 1",
-            vec![sql::int(next.value), sql::int(next.updated_at), sql::int(next.operation_count), sql::int(next.seq)],
-        )
-        .map_err(storage_err)?;
-        sql::exec(
-            &db,
-            "INSERT INTO operations (seq, type, amount, value, previous_value, timestamp, user_id, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            vec![
-                sql::int(operation.seq),
-                operation.kind.as_str().into(),
-                operation.amount.map_or(worker::SqlStorageValue::Null, sql::int),
-                sql::int(operation.value),
-                sql::int(operation.previous_value),
-                sql::int(operation.timestamp),
-                user_id.into(),
-                sql::opt_text(client_id),
-            ],
-        )
-        .map_err(storage_err)?;
-        let event = next.event(&operation);
-        *self.current.borrow_mut() = Some((next, pruned_through));
-        kit::broadcast(&self.state, &event.to_string(), Some(&op_tag(operation.kind)), None);
-        Ok(Mutation::Applied { event, seq: operation.seq })
+        let Some((current, _)) = self.current.as_mut() else { return Err(CounterError::Storage) };
+        let (next, event, seq, effects) = counter::mutate(current, op, user_id, client_id, ctx.now)?;
+        *current = next;
+        Ok(Mutation::Applied { event, seq, effects })
     }
 
-    /// Schedule history pruning at most once a minute, and only when there is something to prune.
-    async fn maybe_schedule_prune(&self) {
-        let Ok((state, pruned_through)) = self.cached() else { return };
-        if replay::prune_through(state.seq, pruned_through, self.max_history()).is_none() {
-            return;
-        }
-        let mut schedule = kit::load_schedule(&self.sql());
-        if schedule.get(PRUNE_TIMER).is_none() {
-            schedule.set(PRUNE_TIMER, kit::now() + PRUNE_INTERVAL_MS);
-            let _ = kit::save_schedule(&self.state, &schedule).await;
-        }
-    }
-
-    fn max_history(&self) -> i64 {
-        self.env
-            .var("COUNTER_MAX_HISTORY")
-            .ok()
-            .and_then(|v| v.to_string().parse::<i64>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(DEFAULT_MAX_HISTORY)
-    }
-
-    fn operations_after(&self, since: i64) -> Result<Vec<Operation>, ApiError> {
-        let rows: Vec<OperationRow> = sql::rows(
-            &self.sql(),
-            "SELECT seq, type, amount, value, previous_value, timestamp FROM operations WHERE seq > ? ORDER BY seq",
-            vec![sql::int(since)],
-        )?;
-        Ok(rows.into_iter().filter_map(OperationRow::into_operation).collect())
-    }
-
-    async fn open_socket(&self, req: &Request) -> Result<Response, ApiError> {
-        let identity = Identity::from_request(req)?;
-        let ops = counter::parse_ops_filter(http::query_param(req, "ops").as_deref())?;
-        let since = parse_seq("since", http::query_param(req, "since").as_deref())?;
-        let (state, pruned_through) = self.ensure(req)?;
-        let mut tags = vec![format!("u:{}", identity.user_id)];
-        tags.extend(ops.iter().map(|k| op_tag(*k)));
-        let conn = CounterConn { user_id: identity.user_id, token_iat: identity.token_iat };
-        // Everything that can fail (the replay read) happens before the socket is accepted, so
-        // an error never leaves an accepted socket behind. No await in between: same turn.
-        let mut frames = vec![state.snapshot_frame()];
-        match replay::plan(since, state.seq, pruned_through) {
-            Replay::Nothing => {}
-            Replay::Resync { latest_seq } => frames.push(replay::resync_frame(latest_seq)),
-            Replay::After(from) => frames.extend(
-                self.operations_after(from)?
-                    .iter()
-                    .filter(|op| ops.contains(&op.kind))
-                    .map(|op| state.event(op).to_string()),
-            ),
-        }
-        let (ws, response) = kit::accept(&self.state, req, &tags, &conn)?;
-        for frame in &frames {
-            kit::send(&ws, frame);
-        }
-        Ok(response)
-    }
-
-    async fn http_mutation(&self, mut req: Request, kind: OpKind) -> Result<Response, ApiError> {
-        let identity = Identity::from_request(&req)?;
-        let body = http::read_optional_json_body(&mut req).await?;
+    fn http_mutation(&mut self, ctx: &Ctx<'_>, kind: OpKind, req: &Incoming) -> Result<Reply, ApiError> {
+        let identity = req.identity()?;
+        let body = if req.body.iter().all(u8::is_ascii_whitespace) { None } else { Some(http::parse_json_body(&req.body)?) };
         let op = counter::parse_op(kind, body.as_ref()).map_err(|e| e.to_api())?;
         let client_id = body.as_ref().map(counter::http_client_id).transpose()?.flatten();
-        self.ensure(&req)?;
-        let event = match self.mutate(op, &identity.user_id, client_id.as_deref()).map_err(|e| e.to_api())? {
-            Mutation::Applied { event, .. } => event,
-            Mutation::Duplicate { seq } => self.event_at(seq)?,
+        let (_, created) = self.ensure(ctx, req)?;
+        let user_id = identity.user_id.clone();
+        let answered = match self.mutate(ctx, op, &user_id, client_id.as_deref()).map_err(|e| e.to_api()) {
+            Ok(Mutation::Applied { event, effects, .. }) => Ok((event, effects)),
+            Ok(Mutation::Duplicate { seq }) => self.event_at(ctx, seq).map(|event| (event, Effects::none())),
+            Err(e) => Err(e),
         };
-        self.maybe_schedule_prune().await;
-        http::json_response(200, &event).map_err(kit::internal("response"))
-    }
-
-    /// The stored event with `seq` (for answering a repeated client id with the original).
-    fn event_at(&self, seq: i64) -> Result<serde_json::Value, ApiError> {
-        let (state, _) = self.cached()?;
-        let row: Option<OperationRow> = sql::first(
-            &self.sql(),
-            "SELECT seq, type, amount, value, previous_value, timestamp FROM operations WHERE seq = ?",
-            vec![sql::int(seq)],
-        )?;
-        row.and_then(OperationRow::into_operation).map(|op| state.event(&op)).ok_or_else(ApiError::internal)
-    }
-
-    fn history(&self, req: &Request) -> Result<Response, ApiError> {
-        let limit = parse_limit(http::query_param(req, "limit").as_deref(), 50, 100)?;
-        let before = parse_seq("before", http::query_param(req, "before").as_deref())?.unwrap_or(i64::MAX);
-        let rows: Vec<OperationRow> = sql::rows(
-            &self.sql(),
-            "SELECT seq, type, amount, value, previous_value, timestamp FROM operations WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-            vec![sql::int(before.min(edge_realtime_core::MAX_SAFE_INTEGER)), sql::int(i64::from(limit) + 1)],
-        )?;
-        let ops: Vec<Operation> = rows.into_iter().filter_map(OperationRow::into_operation).collect();
-        let page = replay::page(ops, limit, |op| op.seq);
-        let operations: Vec<serde_json::Value> = page.items.iter().map(Operation::history_entry).collect();
-        http::json_response(200, &serde_json::json!({"operations": operations, "nextBefore": page.next}))
-            .map_err(kit::internal("response"))
-    }
-
-    async fn route(&self, req: Request) -> Result<Response, ApiError> {
-        let op = req.path();
-        match op.trim_start_matches('/') {
-            "ws" => self.open_socket(&req).await,
-            "get" => {
-                let (state, _) = self.ensure(&req)?;
-                http::json_response(200, &state.view()).map_err(kit::internal("response"))
+        // A hook that fails leaves the object unchanged: forget a counter created just now.
+        let (event, effects) = answered.inspect_err(|_| {
+            if !created.store.is_empty() {
+                self.current = None;
             }
-            "increment" => self.http_mutation(req, OpKind::Increment).await,
-            "decrement" => self.http_mutation(req, OpKind::Decrement).await,
-            "set" => self.http_mutation(req, OpKind::SetValue).await,
-            "reset" => self.http_mutation(req, OpKind::Reset).await,
-            "history" => {
-                self.ensure(&req)?;
-                self.history(&req)
-            }
-            "revoke" => {
-                crate::objects::revoke_sockets(&self.state, &req)?;
-                http::json_response(200, &serde_json::json!({"ok": true})).map_err(kit::internal("response"))
-            }
-            _ => Err(ApiError::not_found("unknown counter operation")),
-        }
-    }
-
-    fn on_frame(&self, ws: &WebSocket, text: &str) -> Result<(), Reject> {
-        let frame: serde_json::Value = edge_realtime_core::frame::decode(text, &counter::WS_TYPES)?;
-        let kind = frame.get("type").and_then(|t| t.as_str()).and_then(OpKind::parse).ok_or_else(|| {
-            Reject::close(edge_realtime_core::error::close::POLICY, "unknown message type")
         })?;
-        let client_id = counter::client_id(&frame)?;
-        let op = counter::parse_op(kind, Some(&frame)).map_err(|e| e.to_reject())?;
-        let conn: CounterConn = kit::attachment(ws)
-            .ok_or_else(|| Reject::close(edge_realtime_core::error::close::INTERNAL, "lost connection state"))?;
-        let seq = match self.mutate(op, &conn.user_id, client_id.as_deref()).map_err(|e| e.to_reject())? {
-            Mutation::Applied { seq, .. } | Mutation::Duplicate { seq } => seq,
-        };
-        kit::send(ws, &counter::ack_frame(client_id.as_deref(), seq));
-        Ok(())
+        let effects = created.and(effects).and(self.maybe_prune(ctx));
+        Ok(Reply { status: 200, body: event, effects })
+    }
+
+    /// The stored event with `seq` (a repeated client id is answered with the original).
+    fn event_at(&self, ctx: &Ctx<'_>, seq: i64) -> Result<String, ApiError> {
+        let (state, _) = self.current.as_ref().ok_or_else(ApiError::internal)?;
+        let row: Option<OperationRow> = ctx.first(
+            "SELECT seq, type, amount, value, previous_value, timestamp FROM operations WHERE seq = ?",
+            vec![seq.into()],
+        )?;
+        row.and_then(OperationRow::into_operation).map(|op| state.event(&op).to_string()).ok_or_else(ApiError::internal)
+    }
+
+    /// Arm the `prune` timer (a minute out) when there is history to prune and it is not set.
+    fn maybe_prune(&mut self, ctx: &Ctx<'_>) -> Effects {
+        let Some((state, pruned_through)) = &self.current else { return Effects::none() };
+        if self.prune_armed || replay::prune_through(state.seq, *pruned_through, max_history(ctx)).is_none() {
+            return Effects::none();
+        }
+        self.prune_armed = true;
+        Effects::none().set_timer(PRUNE_TIMER, ctx.now + counter::PRUNE_INTERVAL_MS)
     }
 }
 
-fn op_tag(kind: OpKind) -> String {
-    format!("op:{}", kind.as_str())
+fn max_history(ctx: &Ctx<'_>) -> i64 {
+    counter::parse_max_history(ctx.var("COUNTER_MAX_HISTORY").as_deref())
 }
 
-impl DurableObject for Counter {
-    fn new(state: State, env: Env) -> Self {
-        let db = state.storage().sql();
-        for statement in SCHEMA {
-            let _ = sql::exec(&db, statement, vec![]);
-        }
-        kit::install_auto_response(&state);
-        let counter = Self { state, env, current: RefCell::new(None) };
-        // Rebuild the in-memory cache from storage: this runs again after every wake.
-        if let Ok(Some(loaded)) = counter.load() {
-            kit::log_wake(&counter.env, "Counter", &loaded.0.name);
-            *counter.current.borrow_mut() = Some(loaded);
-        }
-        counter
-    }
-
-    async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        http::respond(self.route(req).await)
-    }
-
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
-        let outcome = kit::frame_text(message).and_then(|text| self.on_frame(&ws, &text));
-        if let Err(rejection) = outcome {
-            kit::reject(&ws, &rejection);
-        } else {
-            self.maybe_schedule_prune().await;
-        }
-        Ok(())
-    }
-
-    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _was_clean: bool) -> worker::Result<()> {
-        kit::reciprocate_close(&ws, code, &reason);
-        Ok(())
-    }
-
-    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
-        kit::close(&ws, edge_realtime_core::error::close::INTERNAL, "socket error");
-        Ok(())
-    }
-
-    async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
-        Err(worker::Error::RustError("Counter does not accept raw TCP connections".into()))
-    }
-
-    async fn alarm(&self) -> worker::Result<Response> {
-        let mut schedule = kit::load_schedule(&self.sql());
-        if schedule.take_due(kit::now()).iter().any(|t| t == PRUNE_TIMER) {
-            if let Ok((state, pruned_through)) = self.cached() {
-                if let Some(cutoff) = replay::prune_through(state.seq, pruned_through, self.max_history()) {
-                    let db = self.sql();
-                    let _ = sql::exec(&db, "DELETE FROM operations WHERE seq <= ?", vec![sql::int(cutoff)]);
-                    let _ = sql::exec(&db, "UPDATE counter SET pruned_through = ? WHERE id = 1", vec![sql::int(cutoff)]);
-                    *self.current.borrow_mut() = Some((state, cutoff));
-                }
-            }
-        }
-        let _ = kit::save_schedule(&self.state, &schedule).await;
-        Response::ok("ok")
-    }
+/// `GET /api/counter/:name/history?limit=&before=`
+fn history(ctx: &Ctx<'_>, req: &Incoming) -> Result<Reply, ApiError> {
+    let limit = parse_limit(req.query("limit"), 50, 100)?;
+    let before = parse_seq("before", req.query("before"))?.unwrap_or(i64::MAX);
+    let rows: Vec<OperationRow> = ctx.rows(
+        "SELECT seq, type, amount, value, previous_value, timestamp FROM operations WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+        vec![before.min(edge_realtime_core::MAX_SAFE_INTEGER).into(), (i64::from(limit) + 1).into()],
+    )?;
+    let ops: Vec<Operation> = rows.into_iter().filter_map(OperationRow::into_operation).collect();
+    let page = replay::page(ops, limit, |op| op.seq);
+    let operations: Vec<serde_json::Value> = page.items.iter().map(Operation::history_entry).collect();
+    Ok(Reply::json(200, &serde_json::json!({"operations": operations, "nextBefore": page.next})))
 }

@@ -1,4 +1,5 @@
-//! The Durable Object classes, one file each, all built on [`crate::kit`].
+//! The Durable Object classes, one file each, all hosted by the kit base
+//! ([`crate::kit::object`]): each file is its protocol over its core.
 
 pub mod channel;
 pub mod chat;
@@ -11,9 +12,9 @@ pub mod waddle;
 use serde::Deserialize;
 use worker::{Request, State};
 
-use edge_realtime_core::error::{close, ApiError};
+use edge_realtime_core::error::ApiError;
+use edge_realtime_core::revocation;
 use edge_realtime_core::query::parse_seq;
-use edge_realtime_core::route::DoClass;
 
 use crate::kit::{self, http};
 
@@ -24,26 +25,23 @@ struct TokenIat {
     token_iat: i64,
 }
 
-/// `POST /revoke?userId=&before=` (internal, from UserSession's logout_all fan-out): close
-/// with 4001 every socket of `userId` whose token was issued at or before `before` (ms).
-pub fn revoke_sockets(state: &State, req: &Request) -> Result<usize, ApiError> {
+/// `POST /revoke?userId=&before=` (internal, from UserSession's logout_all fan-out; the kit's
+/// built-in op): close every socket of `userId` the rule of `core::revocation` revokes, with
+/// its frame and 4001.
+/// Returns the sockets it closed.
+pub fn revoke_sockets(state: &State, req: &Request) -> Result<Vec<worker::WebSocket>, ApiError> {
     let user = http::query_param(req, "userId")
         .filter(|u| edge_realtime_core::names::is_valid_name(u))
         .ok_or_else(|| ApiError::bad_request("invalid_name", "userId required"))?;
     let before = parse_seq("before", http::query_param(req, "before").as_deref())?.unwrap_or(i64::MAX);
-    let mut closed = 0;
+    let mut closed = Vec::new();
     for ws in kit::sockets(state, Some(&format!("u:{user}"))) {
         let iat = kit::attachment::<TokenIat>(&ws).map_or(0, |a| a.token_iat);
-        if iat.saturating_mul(1000) <= before {
-            kit::send(&ws, r#"{"type":"logged_out"}"#);
-            kit::close(&ws, close::LOGGED_OUT, "logged out");
-            closed += 1;
+        if revocation::revokes(iat, before) {
+            kit::send(&ws, revocation::LOGGED_OUT_FRAME);
+            kit::close(&ws, revocation::CLOSE_CODE, revocation::CLOSE_REASON);
+            closed.push(ws);
         }
     }
     Ok(closed)
-}
-
-/// Class of a DO by its wire name (used by the revocation registry).
-pub fn class_of(name: &str) -> Option<DoClass> {
-    DoClass::parse(name)
 }

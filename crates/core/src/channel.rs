@@ -33,6 +33,7 @@ use serde_json::Value;
 
 use crate::error::{close, ApiError};
 use crate::frame::{check_client_id, decode, Reject, MAX_FRAME_BYTES};
+use crate::effects::{Effects, To};
 use crate::query::{parse_limit, parse_seq};
 use crate::replay::{self, Replay};
 use crate::schedule::Schedule;
@@ -52,6 +53,27 @@ pub const HISTORY_MAX_LIMIT: u32 = 100;
 /// Timer names in the [`Schedule`].
 pub const TYPING_TIMER: &str = "typing";
 pub const PRUNE_TIMER: &str = "prune";
+
+crate::ops! {
+    /// Channel's operations (`/ws/channel/:id`, `/api/channel/:id/{message,messages}`).
+    pub enum ChannelOp {
+        Socket = "ws" (websocket),
+        Message = "message",
+        Messages = "messages",
+    }
+}
+
+/// The Channel object's tables (the kit adds `_schedule`).
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS channel (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, \
+     latest_seq INTEGER NOT NULL DEFAULT 0, pruned_through INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS messages (sequence INTEGER PRIMARY KEY, user_id TEXT NOT NULL, content TEXT NOT NULL, \
+     timestamp INTEGER NOT NULL, client_id TEXT)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_client ON messages (user_id, client_id) WHERE client_id IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS typing (user_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)",
+];
+/// Create the channel row on first use (its name lets every wake log it).
+pub const REMEMBER_NAME: &str = "INSERT OR IGNORE INTO channel (id, name) VALUES (1, ?)";
 
 /// The `type`s a client may send (`ping` is normally answered by the runtime's auto-response;
 /// a differently spaced ping reaches the object and is answered here).
@@ -467,14 +489,54 @@ impl Channel {
         }
     }
 
-    /// Arm the heartbeat sweep for a socket accepted at `now` (see [`crate::schedule::liveness`]).
-    pub fn arm_heartbeat(&mut self, now: Millis, timeout_ms: Millis) -> bool {
-        crate::schedule::liveness::arm_on_connect(&mut self.timers, now, timeout_ms)
+    /// A post's effects once `message` is prepared: its row and the new latest sequence in one
+    /// store, then [`Self::commit`]'s (the broadcast, pruning armed).
+    pub fn post_effects(&mut self, message: &ChannelMessage, now: Millis, retention: Retention) -> Effects {
+        let stored = Effects::none()
+            .store(
+                "INSERT INTO messages (sequence, user_id, content, timestamp, client_id) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    message.sequence.into(),
+                    message.user_id.as_str().into(),
+                    message.content.as_str().into(),
+                    message.timestamp.into(),
+                    message.client_id.as_deref().into(),
+                ],
+            )
+            .store("UPDATE channel SET latest_seq = ? WHERE id = 1", vec![message.sequence.into()]);
+        let outcome = self.commit(message, now, retention);
+        stored.and(self.effects(outcome))
     }
 
-    /// After a heartbeat sweep: the next sweep at `next`, or none.
-    pub fn rearm_heartbeat(&mut self, next: Option<Millis>) {
-        crate::schedule::liveness::rearm(&mut self.timers, next);
+    /// An [`Outcome`] as the kit's effects: pruning and the typing table stored, then
+    /// `to_self`, `to_all`, `to_others`, then the typing / prune timers as they now stand.
+    pub fn effects(&self, outcome: Outcome) -> Effects {
+        let mut e = Effects::none();
+        if let Some(cutoff) = outcome.prune_through {
+            e = e
+                .store("DELETE FROM messages WHERE sequence <= ?", vec![cutoff.into()])
+                .store("UPDATE channel SET pruned_through = ? WHERE id = 1", vec![cutoff.into()]);
+        }
+        if outcome.typing_changed {
+            e = e.store("DELETE FROM typing", vec![]);
+            for (user_id, expires_at) in &self.typing {
+                e = e.store("INSERT INTO typing (user_id, expires_at) VALUES (?, ?)", vec![user_id.as_str().into(), (*expires_at).into()]);
+            }
+        }
+        for (to, frames) in [(To::This, outcome.to_self), (To::All, outcome.to_all), (To::Others, outcome.to_others)] {
+            for frame in frames {
+                e = e.send(to.clone(), frame);
+            }
+        }
+        if outcome.timers_changed {
+            for name in [TYPING_TIMER, PRUNE_TIMER] {
+                e = match self.timers.get(name) {
+                    Some(at) => e.set_timer(name, at),
+                    None => e.cancel_timer(name),
+                };
+            }
+        }
+        e
     }
 
     /// The DO alarm fired at `now`: expire typing flags (broadcast if the set changed) and, if
@@ -947,18 +1009,22 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_timer_shares_the_schedule_with_typing_and_prune() {
+    fn outcomes_become_effects_in_the_kits_order() {
         let mut c = Channel::default();
-        assert!(c.arm_heartbeat(0, 90_000));
-        assert!(!c.arm_heartbeat(1_000, 90_000));
-        assert_eq!(c.poll_timeout(), Some(90_000));
-        // The alarm takes it due like any timer; the adapter re-arms it after the sweep.
-        let outcome = c.on_alarm(90_000, 100);
-        assert!(outcome.timers_changed);
-        assert_eq!(c.poll_timeout(), None);
-        c.rearm_heartbeat(Some(150_000));
-        assert_eq!(c.poll_timeout(), Some(150_000));
-        c.rearm_heartbeat(None);
-        assert_eq!(c.poll_timeout(), None);
+        let Handled::Done(outcome) = c.on_message("u", r#"{"type":"typing","isTyping":true}"#, 1_000).unwrap() else {
+            panic!("typing is not a post")
+        };
+        let e = c.effects(outcome);
+        // The typing table is rewritten, everyone hears the list, the typing timer moves.
+        assert_eq!(e.store.len(), 2);
+        assert_eq!(e.frames_to(&To::All), vec![r#"{"type":"typing","users":["u"]}"#]);
+        assert!(e.timers.contains(&crate::effects::Timer::Set { name: TYPING_TIMER.into(), at: 1_000 + TYPING_TTL_MS }));
+        assert!(e.timers.contains(&crate::effects::Timer::Cancel { name: PRUNE_TIMER.into() }));
+        // A post: its row and the new latest sequence, then the broadcast.
+        let message = c.prepare("u", Post { content: "hi".into(), client_id: None }, 2_000).unwrap();
+        let e = c.post_effects(&message, 2_000, keep(100));
+        assert_eq!(e.store.len(), 2);
+        assert_eq!(e.frames_to(&To::All), vec![message.frame().as_str()]);
+        assert_eq!(c.latest_seq(), 1);
     }
 }

@@ -47,6 +47,23 @@ pub const MAX_RATE_VIOLATIONS: u32 = 3;
 /// of [`ChatConfig::prune_interval_ms`]; var `CHAT_PRUNE_INTERVAL_MS` lowers it only so the
 /// e2e suite can watch a prune happen without waiting a minute.
 pub const PRUNE_INTERVAL_MS: Millis = 60_000;
+crate::ops! {
+    /// ChatRoom's operations (`/api/chat[/:room]`, `/api/chat[/:room]/messages`).
+    pub enum ChatOp {
+        Socket = "ws" (websocket),
+        Messages = "messages",
+    }
+}
+
+/// The ChatRoom object's tables (the kit adds `_schedule`).
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS room (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, \
+     latest_seq INTEGER NOT NULL, pruned_through INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, client_id TEXT, kind TEXT NOT NULL, \
+     user_id TEXT NOT NULL, user_name TEXT NOT NULL, content TEXT NOT NULL, timestamp INTEGER NOT NULL)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_client ON messages (user_id, client_id) WHERE client_id IS NOT NULL",
+];
+
 /// The [`Schedule`] timer that prunes history.
 pub const PRUNE_TIMER: &str = "prune";
 /// History page size when `limit` is absent, and its maximum (larger values are clamped).

@@ -5,10 +5,113 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::effects::{Effects, To};
 use crate::error::ApiError;
 use crate::frame::Reject;
 use crate::time::{iso8601, Millis};
 use crate::MAX_SAFE_INTEGER;
+
+crate::ops! {
+    /// Counter's operations (`/ws/counter/:name`, `/api/counter/:name[/<op>]`).
+    pub enum CounterApi {
+        Socket = "ws" (websocket),
+        Get = "get",
+        History = "history",
+        Increment = "increment",
+        Decrement = "decrement",
+        Set = "set",
+        Reset = "reset",
+    }
+}
+
+impl CounterApi {
+    /// The mutation an HTTP op performs (`None`: a read).
+    pub fn mutation(self) -> Option<OpKind> {
+        match self {
+            Self::Increment => Some(OpKind::Increment),
+            Self::Decrement => Some(OpKind::Decrement),
+            Self::Set => Some(OpKind::SetValue),
+            Self::Reset => Some(OpKind::Reset),
+            Self::Socket | Self::Get | Self::History => None,
+        }
+    }
+}
+
+/// The Counter object's tables (the kit adds `_schedule`).
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, value INTEGER NOT NULL, \
+     created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, operation_count INTEGER NOT NULL, seq INTEGER NOT NULL, \
+     pruned_through INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS operations (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, amount INTEGER, value INTEGER NOT NULL, \
+     previous_value INTEGER NOT NULL, timestamp INTEGER NOT NULL, user_id TEXT NOT NULL, client_id TEXT)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS operations_client ON operations (user_id, client_id) WHERE client_id IS NOT NULL",
+];
+/// The history-pruning timer (set at most once a minute, only when there is something to prune).
+pub const PRUNE_TIMER: &str = "prune";
+pub const PRUNE_INTERVAL_MS: Millis = 60_000;
+/// `COUNTER_MAX_HISTORY` when unset or invalid.
+pub const DEFAULT_MAX_HISTORY: i64 = 10_000;
+
+/// `COUNTER_MAX_HISTORY`: a positive integer, else the default.
+pub fn parse_max_history(raw: Option<&str>) -> i64 {
+    raw.and_then(|v| v.parse::<i64>().ok()).filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_HISTORY)
+}
+
+/// The socket tag of an event type: a socket opened with `?ops=` carries one per type it wants.
+pub fn op_tag(kind: OpKind) -> String {
+    format!("op:{}", kind.as_str())
+}
+
+/// A counter created on first use: its row.
+pub fn create(name: &str, now: Millis) -> (CounterState, Effects) {
+    let fresh = CounterState::new(name, now);
+    let effects = Effects::none().store(
+        "INSERT INTO counter (id, name, value, created_at, updated_at, operation_count, seq, pruned_through) VALUES (1, ?, 0, ?, ?, 0, 0, 0)",
+        vec![name.into(), fresh.created_at.into(), fresh.updated_at.into()],
+    );
+    (fresh, effects)
+}
+
+/// Apply `op` by `user_id` (with the client's dedup id) at `now`: the next state, the event
+/// frame (exact JSON, built once) and its seq, and the effects — the state row and the history
+/// row in one store, then the event to every socket subscribed to its type.
+pub fn mutate(
+    current: &CounterState,
+    op: CounterOp,
+    user_id: &str,
+    client_id: Option<&str>,
+    now: Millis,
+) -> Result<(CounterState, String, i64, Effects), CounterError> {
+    let (next, operation) = current.apply(op, now.max(current.updated_at))?;
+    let event = next.event(&operation).to_string();
+    let effects = Effects::none()
+        .store(
+            "UPDATE counter SET value = ?, updated_at = ?, operation_count = ?, seq = ? WHERE id = 1",
+            vec![next.value.into(), next.updated_at.into(), next.operation_count.into(), next.seq.into()],
+        )
+        .store(
+            "INSERT INTO operations (seq, type, amount, value, previous_value, timestamp, user_id, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                operation.seq.into(),
+                operation.kind.as_str().into(),
+                operation.amount.into(),
+                operation.value.into(),
+                operation.previous_value.into(),
+                operation.timestamp.into(),
+                user_id.into(),
+                client_id.into(),
+            ],
+        )
+        .send(To::Tag(op_tag(operation.kind)), event.clone());
+    Ok((next, event, operation.seq, effects))
+}
+
+/// The prune step of the `prune` timer: delete history through `cutoff`.
+pub fn prune(cutoff: i64) -> Effects {
+    Effects::none()
+        .store("DELETE FROM operations WHERE seq <= ?", vec![cutoff.into()])
+        .store("UPDATE counter SET pruned_through = ? WHERE id = 1", vec![cutoff.into()])
+}
 
 /// The persisted state of one counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,5 +558,20 @@ mod tests {
         assert_eq!(status(json!({"id": 5})), Err((400, "invalid_id")));
         assert_eq!(status(json!({"id": ""})), Err((422, "invalid_id")));
         assert_eq!(status(json!({"id": "x".repeat(129)})), Err((422, "invalid_id")));
+    }
+
+    #[test]
+    fn mutate_stores_then_broadcasts_to_the_type_tag() {
+        let state = CounterState::new("c", 1_000);
+        let (next, event, seq, effects) = mutate(&state, CounterOp::Increment(2), "u1", Some("x"), 500).unwrap();
+        assert_eq!((next.value, seq, next.updated_at), (2, 1, 1_000));
+        assert_eq!(effects.store.len(), 2);
+        assert_eq!(effects.frames_to(&To::Tag("op:increment".into())), vec![event.as_str()]);
+        assert!(mutate(&next, CounterOp::SetValue(crate::MAX_SAFE_INTEGER), "u1", None, 2_000)
+            .and_then(|(n, ..)| mutate(&n, CounterOp::Increment(1), "u1", None, 3_000))
+            .is_err());
+        assert_eq!(CounterApi::Set.mutation(), Some(OpKind::SetValue));
+        assert_eq!(parse_max_history(Some("0")), DEFAULT_MAX_HISTORY);
+        assert_eq!(parse_max_history(Some("5")), 5);
     }
 }

@@ -89,14 +89,21 @@ pub struct Call {
     pub op: String,
 }
 
-/// Everything one hook decided. Build it with the chaining methods.
+/// Everything one hook decided. Build it with the chaining methods. Order: store → send →
+/// close → close_all → timers → calls → release.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
     pub store: Vec<Statement>,
     pub sends: Vec<Send>,
     pub close: Option<Close>,
+    /// Close every socket of the object (after `close`). They are not announced gone at once:
+    /// their close events do that (or [`Effects::release`] drops them).
+    pub close_all: Option<Close>,
     pub timers: Vec<Timer>,
     pub calls: Vec<Call>,
+    /// After every call finished: flush storage, then reset the object (`ctx.abort()`) so the
+    /// sockets it closed lose their TCP now — skipped while any socket is still open.
+    pub release: bool,
 }
 
 impl Effects {
@@ -125,6 +132,14 @@ impl Effects {
         self.close = Some(Close { code, reason: crate::error::clip_reason(&reason.into()) });
         self
     }
+    pub fn close_all(mut self, code: u16, reason: impl Into<String>) -> Self {
+        self.close_all = Some(Close { code, reason: crate::error::clip_reason(&reason.into()) });
+        self
+    }
+    pub fn release(mut self) -> Self {
+        self.release = true;
+        self
+    }
     pub fn set_timer(mut self, name: impl Into<String>, at: Millis) -> Self {
         self.timers.push(Timer::Set { name: name.into(), at });
         self
@@ -142,8 +157,10 @@ impl Effects {
         self.store.extend(other.store);
         self.sends.extend(other.sends);
         self.close = other.close.or(self.close);
+        self.close_all = other.close_all.or(self.close_all);
         self.timers.extend(other.timers);
         self.calls.extend(other.calls);
+        self.release |= other.release;
         self
     }
     /// The frames addressed to `to`, in order (for tests).

@@ -302,7 +302,7 @@ fn ack_frame(id: Option<&str>, seq: i64) -> String {
 
 /// UserSession's internal `games` op (game ids are names: nothing to escape).
 pub fn membership_op(game_id: &str, action: &str) -> String {
-    format!("games?gameId={game_id}&action={action}")
+    format!("{}?gameId={game_id}&action={action}", crate::effects::Op::path(&crate::session::SessionOp::Games))
 }
 
 #[cfg(test)]

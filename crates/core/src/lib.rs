@@ -39,6 +39,7 @@ pub mod names;
 pub mod query;
 pub mod ratelimit;
 pub mod replay;
+pub mod revocation;
 pub mod route;
 pub mod schedule;
 pub mod session;

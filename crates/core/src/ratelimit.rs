@@ -43,6 +43,30 @@ pub const MAX_RATE_PER_SEC: f64 = 1e9;
 /// The Worker's default WebSocket-upgrade allowance per user (var `WS_UPGRADES_PER_MINUTE`).
 pub const DEFAULT_WS_UPGRADES_PER_MINUTE: u32 = 30;
 
+crate::ops! {
+    /// RateLimiter's operations: one check per algorithm (the public API, `POST
+    /// /api/ratelimit/check[/<algorithm>]`) and the Worker's own upgrade guard.
+    pub enum RateLimitOp {
+        FixedWindow = "check/fixed-window",
+        SlidingWindow = "check/sliding-window",
+        TokenBucket = "check/token-bucket",
+        LeakyBucket = "check/leaky-bucket",
+        Gcra = "check/gcra",
+        /// Internal (`?perMinute=`): the WebSocket upgrade limit, keyed by the object's name.
+        Upgrade = "upgrade",
+    }
+}
+
+/// The RateLimiter object's tables (the kit adds `_schedule`): its name (for the wake log,
+/// forgotten with the last row) and one state row per `(algorithm, key)`.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS limits (algorithm TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL, \
+     forget_at INTEGER NOT NULL, PRIMARY KEY (algorithm, key))",
+];
+/// The RateLimiter's one timer: delete rows whose `forget_at` has passed.
+pub const FORGET_TIMER: &str = "forget";
+
 /// Micro-units per unit: rates per second are stored as this many micro-units per second.
 const MICRO: f64 = 1_000_000.0;
 /// Scaled time one token or request costs in a bucket meter: 10^9 = 10^6 (micro) × 10^3 (ms/s).

@@ -5,9 +5,15 @@
 //! it in the Worker, still before any Durable Object is touched.
 
 use crate::effects::Op;
+use crate::channel::ChannelOp;
+use crate::chat::ChatOp;
+use crate::counter::CounterApi;
 use crate::error::ApiError;
 use crate::game::GameOp;
 use crate::names::is_valid_name;
+use crate::ratelimit::RateLimitOp;
+use crate::session::SessionOp;
+use crate::waddle::WaddleOp;
 
 /// The Durable Object classes, with their binding names in wrangler.toml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +80,7 @@ pub enum Endpoint {
     /// Forward to object `name` of `class` as internal operation `op`.
     Object { class: DoClass, name: String, op: &'static str, websocket: bool, access: Access },
     /// A RateLimiter API call; the object is named by the body's `key`.
-    RateLimit { op: &'static str },
+    RateLimit { op: RateLimitOp },
 }
 
 impl Endpoint {
@@ -119,50 +125,50 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         ["__user-session"] => ("GET", Box::new(|| {
             let user = name(query("userId").unwrap_or_default(), "userId")?;
             name(query("deviceId").unwrap_or_default(), "deviceId")?;
-            Ok(object(DoClass::UserSession, user, "ws", true, Access::OwnUser))
+            Ok(endpoint(DoClass::UserSession, user, SessionOp::Socket, Access::OwnUser))
         })),
         ["__user-session", op @ ("state" | "clear" | "notify")] => {
-            let (method, op, access): (&str, &'static str, Access) = match *op {
-                "state" => ("GET", "state", Access::OwnUserOrAdmin),
-                "clear" => ("POST", "clear", Access::Admin),
-                _ => ("POST", "notify", Access::Admin),
+            let (method, op, access): (&str, SessionOp, Access) = match *op {
+                "state" => ("GET", SessionOp::State, Access::OwnUserOrAdmin),
+                "clear" => ("POST", SessionOp::Clear, Access::Admin),
+                _ => ("POST", SessionOp::Notify, Access::Admin),
             };
             (method, Box::new(move || {
                 let user = name(query("userId").unwrap_or_default(), "userId")?;
-                Ok(object(DoClass::UserSession, user, op, false, access))
+                Ok(endpoint(DoClass::UserSession, user, op, access))
             }))
         }
-        ["ws", "counter", n] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "ws", true, Access::User)))),
-        ["api", "counter", n] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "get", false, Access::User)))),
-        ["api", "counter", n, "history"] => ("GET", Box::new(|| Ok(object(DoClass::Counter, name(n, "counter name")?, "history", false, Access::User)))),
+        ["ws", "counter", n] => ("GET", Box::new(|| Ok(endpoint(DoClass::Counter, name(n, "counter name")?, CounterApi::Socket, Access::User)))),
+        ["api", "counter", n] => ("GET", Box::new(|| Ok(endpoint(DoClass::Counter, name(n, "counter name")?, CounterApi::Get, Access::User)))),
+        ["api", "counter", n, "history"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Counter, name(n, "counter name")?, CounterApi::History, Access::User)))),
         ["api", "counter", n, op @ ("increment" | "decrement" | "set" | "reset")] => {
-            let op: &'static str = match *op {
-                "increment" => "increment",
-                "decrement" => "decrement",
-                "set" => "set",
-                _ => "reset",
+            let op = match *op {
+                "increment" => CounterApi::Increment,
+                "decrement" => CounterApi::Decrement,
+                "set" => CounterApi::Set,
+                _ => CounterApi::Reset,
             };
-            ("POST", Box::new(move || Ok(object(DoClass::Counter, name(n, "counter name")?, op, false, Access::User))))
+            ("POST", Box::new(move || Ok(endpoint(DoClass::Counter, name(n, "counter name")?, op, Access::User))))
         }
-        ["api", "chat"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "ws", true, Access::User)))),
-        ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, "global".into(), "messages", false, Access::User)))),
-        ["api", "chat", room] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "ws", true, Access::User)))),
-        ["api", "chat", room, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::ChatRoom, name(room, "room")?, "messages", false, Access::User)))),
-        ["ws", "waddle", id] => ("GET", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "ws", true, Access::User)))),
-        ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "presence", false, Access::User)))),
-        ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(object(DoClass::Waddle, name(id, "waddle id")?, "broadcast", false, Access::Admin)))),
-        ["ws", "channel", id] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "ws", true, Access::User)))),
-        ["api", "channel", id, "message"] => ("POST", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "message", false, Access::User)))),
-        ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(object(DoClass::Channel, name(id, "channel id")?, "messages", false, Access::User)))),
+        ["api", "chat"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, "global".into(), ChatOp::Socket, Access::User)))),
+        ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, "global".into(), ChatOp::Messages, Access::User)))),
+        ["api", "chat", room] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, name(room, "room")?, ChatOp::Socket, Access::User)))),
+        ["api", "chat", room, "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, name(room, "room")?, ChatOp::Messages, Access::User)))),
+        ["ws", "waddle", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Socket, Access::User)))),
+        ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Presence, Access::User)))),
+        ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Broadcast, Access::Admin)))),
+        ["ws", "channel", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Channel, name(id, "channel id")?, ChannelOp::Socket, Access::User)))),
+        ["api", "channel", id, "message"] => ("POST", Box::new(|| Ok(endpoint(DoClass::Channel, name(id, "channel id")?, ChannelOp::Message, Access::User)))),
+        ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Channel, name(id, "channel id")?, ChannelOp::Messages, Access::User)))),
         ["api", "game", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::Socket, Access::User)))),
         ["api", "game", id, "state"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::State, Access::User)))),
-        ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: "check/fixed-window" }))),
+        ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: RateLimitOp::FixedWindow }))),
         ["api", "ratelimit", "check", algo @ ("sliding-window" | "token-bucket" | "leaky-bucket" | "gcra")] => {
-            let op: &'static str = match *algo {
-                "sliding-window" => "check/sliding-window",
-                "token-bucket" => "check/token-bucket",
-                "leaky-bucket" => "check/leaky-bucket",
-                _ => "check/gcra",
+            let op = match *algo {
+                "sliding-window" => RateLimitOp::SlidingWindow,
+                "token-bucket" => RateLimitOp::TokenBucket,
+                "leaky-bucket" => RateLimitOp::LeakyBucket,
+                _ => RateLimitOp::Gcra,
             };
             ("POST", Box::new(move || Ok(Endpoint::RateLimit { op })))
         }
@@ -252,7 +258,8 @@ mod tests {
     #[test]
     fn ratelimit_routes_are_admin() {
         let e = r("POST", "/api/ratelimit/check/gcra").unwrap();
-        assert_eq!(e, Endpoint::RateLimit { op: "check/gcra" });
+        assert_eq!(e, Endpoint::RateLimit { op: RateLimitOp::Gcra });
+        assert_eq!(r("POST", "/api/ratelimit/check"), Ok(Endpoint::RateLimit { op: RateLimitOp::FixedWindow }));
         assert_eq!(e.access(), Access::Admin);
         assert_eq!(status(r("POST", "/api/ratelimit/check/other")), 404);
     }

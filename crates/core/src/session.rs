@@ -39,6 +39,35 @@ pub const MAX_ACTIVE_GAMES: usize = 100;
 /// The client frame types of SPEC §6.1.
 pub const CLIENT_TYPES: [&str; 6] = ["join_game", "leave_game", "update_presence", "sync_state", "logout_all", "ping"];
 
+crate::ops! {
+    /// UserSession's operations: the device socket, the state view, the admin `clear` and
+    /// `notify`, and two internal ones — `check` (the entry Worker's revocation check before
+    /// every WebSocket connect) and `games` (a GameServer's join / leave).
+    pub enum SessionOp {
+        Socket = "ws" (websocket),
+        State = "state",
+        Clear = "clear",
+        Notify = "notify",
+        Check = "check",
+        Games = "games",
+    }
+}
+
+/// The UserSession object's tables (the kit adds `_schedule`).
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS session (id INTEGER PRIMARY KEY CHECK (id = 1), user_id TEXT NOT NULL, state TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS registry (class TEXT NOT NULL, name TEXT NOT NULL, seen_at INTEGER NOT NULL, PRIMARY KEY (class, name))",
+];
+
+/// Store the session row.
+pub fn store_state(state: &SessionState) -> crate::effects::Effects {
+    let json = serde_json::to_string(state).unwrap_or_default();
+    crate::effects::Effects::none().store(
+        "INSERT INTO session (id, user_id, state) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+        vec![state.user_id.as_str().into(), json.into()],
+    )
+}
+
 /// Close reason sent with 4001 to every socket on `logout_all`.
 pub const LOGGED_OUT_REASON: &str = "logged out";
 /// Close reason sent with 4001 to a socket whose token predates the last logout.
@@ -224,6 +253,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// As the kit's effects: the session row, the sends, this socket's close. The new state
+    /// and attachment are returned for the adapter's memory; `logout_all` is left to it.
+    pub fn into_effects(self) -> (Option<SessionState>, Option<DeviceConn>, Option<LogoutAll>, crate::effects::Effects) {
+        let mut e = self.state.as_ref().map_or_else(crate::effects::Effects::none, store_state);
+        for d in self.sends {
+            let to = match d.to {
+                To::This => crate::effects::To::This,
+                To::All => crate::effects::To::All,
+                To::Others => crate::effects::To::Others,
+            };
+            e = e.send(to, d.frame);
+        }
+        if let Some(c) = self.close {
+            e = e.close(c.code, c.reason);
+        }
+        (self.state, self.attachment, self.logout_all, e)
+    }
+
     fn send(mut self, to: To, frame: String) -> Self {
         self.sends.push(Delivery { to, frame });
         self

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::effects::Effects;
 use crate::error::ApiError;
 use crate::frame::{decode, Reject, MAX_FRAME_BYTES};
 use crate::names::is_valid_name;
@@ -87,6 +88,42 @@ pub struct Outcome {
     pub to_self: Vec<String>,
     pub to_others: Vec<String>,
 }
+
+impl Outcome {
+    /// As the kit's effects: the presence row, then `to_self`, then `to_others`.
+    pub fn into_effects(self) -> Effects {
+        let mut effects = Effects::none();
+        if let Some((user_id, presence)) = self.store {
+            effects = effects.store(UPSERT_PRESENCE, vec![user_id.into(), presence.status.as_str().into(), presence.last_seen.into()]);
+        }
+        for frame in self.to_self {
+            effects = effects.to_self(frame);
+        }
+        for frame in self.to_others {
+            effects = effects.to_others(frame);
+        }
+        effects
+    }
+}
+
+crate::ops! {
+    /// Waddle's operations (`/ws/waddle/:id`, `/api/waddle/:id/{presence,broadcast}`).
+    pub enum WaddleOp {
+        Socket = "ws" (websocket),
+        Presence = "presence",
+        Broadcast = "broadcast",
+    }
+}
+
+/// The Waddle object's tables (the kit adds `_schedule`).
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS waddle (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS presence (user_id TEXT PRIMARY KEY, status TEXT NOT NULL, last_seen INTEGER NOT NULL)",
+];
+/// Store the object's name once (the wake log names it).
+pub const REMEMBER_NAME: &str = "INSERT OR IGNORE INTO waddle (id, name) VALUES (1, ?)";
+const UPSERT_PRESENCE: &str = "INSERT INTO presence (user_id, status, last_seen) VALUES (?, ?, ?) \
+     ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen";
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
