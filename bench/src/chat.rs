@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, connect, next_json, now_us, Socket};
+use crate::procfs;
 use crate::server::Services;
 use crate::stats::{self, Samples, Table};
 use crate::{fail, Opts, Res};
@@ -43,6 +44,8 @@ struct RoomResult {
     lost: u64,
     duplicates: u64,
     errors: Vec<String>,
+    /// CPU of the driver and of the server over the measured run, from `/proc`.
+    cpu: String,
 }
 
 impl RoomResult {
@@ -175,7 +178,7 @@ async fn send(socket: &mut Socket, index: usize, measure_from_us: u64, end_us: u
     }
 }
 
-async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg: &Config) -> Res<RoomResult> {
+async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, pgrp: Option<u32>, cfg: &Config) -> Res<RoomResult> {
     let url = format!("{ws_base}/api/chat/{}", client::unique("bench"));
     let token = |user: String| secret.map(|s| client::token(s, &user)).transpose();
     let shared = Arc::new(Shared::default());
@@ -193,6 +196,7 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg:
     // Let the join announcements settle before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    let meter = procfs::CpuMeter::start(pgrp);
     let start_us = now_us();
     let measure_from_us = start_us + u64::try_from(cfg.warmup.as_micros())?;
     let end_us = measure_from_us + u64::try_from(cfg.duration.as_micros())?;
@@ -228,6 +232,7 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg:
     while shared.delivered.load(Ordering::Relaxed) < expected && now_us() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = meter.report();
     let _ = stop_tx.send(true);
 
     let mut latency = Samples::default();
@@ -257,6 +262,7 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg:
         lost: expected.saturating_sub(delivered),
         duplicates,
         errors,
+        cpu,
     })
 }
 
@@ -276,15 +282,17 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     let mut results: Vec<Result<RoomResult, (&str, String)>> = Vec::new();
     if matches!(target, "both" | "edge") {
         let label = "edge-realtime ChatRoom";
-        let ws_base = services.edge().await?.ws_base();
+        let edge = services.edge().await?;
+        let (ws_base, pgrp) = (edge.ws_base(), edge.pgrp());
         eprintln!("chat: {label}, {} receivers, {} senders, {:?} + {:?} warmup", cfg.receivers, cfg.senders, cfg.duration, cfg.warmup);
-        results.push(run_room(label, &ws_base, Some(&secret), &cfg).await.map_err(|e| (label, e.to_string())));
+        results.push(run_room(label, &ws_base, Some(&secret), pgrp, &cfg).await.map_err(|e| (label, e.to_string())));
     }
     if matches!(target, "both" | "baseline") {
         let label = "JS baseline (bare hibernating DO)";
-        let ws_base = services.baseline().await?.ws_base();
+        let baseline = services.baseline().await?;
+        let (ws_base, pgrp) = (baseline.ws_base(), baseline.pgrp());
         eprintln!("chat: {label}");
-        results.push(run_room(label, &ws_base, None, &cfg).await.map_err(|e| (label, e.to_string())));
+        results.push(run_room(label, &ws_base, None, pgrp, &cfg).await.map_err(|e| (label, e.to_string())));
     }
 
     println!(
@@ -294,6 +302,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     );
     let mut table = Table::new(&[
         "target", "sent msg/s", "delivered msg/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "samples", "lost", "duplicates",
+        "CPU (% of one core)",
     ]);
     let mut failures = Vec::new();
     for result in &mut results {
@@ -310,6 +319,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
                     r.latency.len().to_string(),
                     format!("{} of {}", r.lost, r.sent_total * u64::try_from(cfg.receivers)?),
                     r.duplicates.to_string(),
+                    r.cpu.clone(),
                 ]);
                 failures.extend(r.errors.iter().map(|e| format!("{}: {e}", r.label)));
                 if r.lost > 0 {
@@ -332,6 +342,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
             stats::ratio(e50, b50),
             stats::ratio(e95, b95),
             stats::ratio(e99, b99),
+            String::new(),
             String::new(),
             String::new(),
             String::new(),
