@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{stream, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,6 +22,10 @@ use crate::procfs;
 use crate::server::Services;
 use crate::stats::{self, Samples, Table};
 use crate::{fail, Opts, Res};
+
+/// Receiver handshakes in flight while a room fills (one at a time made 1,000 receivers take
+/// minutes: every join is announced to everyone already in).
+const CONNECT_IN_FLIGHT: usize = 32;
 
 struct Config {
     receivers: usize,
@@ -102,9 +106,17 @@ async fn receive(mut socket: Socket, senders: usize, shared: Arc<Shared>, mut st
     let mut stats = ReceiverStats::default();
     // Highest n seen per sender: a sender's messages arrive in order (one DO, one socket).
     let mut last = vec![0_u64; senders];
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + client::HEARTBEAT_EVERY, client::HEARTBEAT_EVERY);
     loop {
         let msg = tokio::select! {
             _ = stop.changed() => break,
+            _ = heartbeat.tick() => {
+                if let Err(e) = socket.send(Message::Text(client::PING.to_owned())).await {
+                    stats.error = Some(format!("receiver heartbeat failed: {e}"));
+                    break;
+                }
+                continue;
+            }
             msg = socket.next() => msg,
         };
         let text = match msg {
@@ -152,10 +164,16 @@ struct SenderStats {
 async fn send(socket: &mut Socket, index: usize, measure_from_us: u64, end_us: u64) -> Res<SenderStats> {
     let mut stats = SenderStats::default();
     let mut n = 0_u64;
+    let mut next_ping = tokio::time::Instant::now() + client::HEARTBEAT_EVERY;
     loop {
         let sent_us = now_us();
         if sent_us >= end_us {
             return Ok(stats);
+        }
+        if tokio::time::Instant::now() >= next_ping {
+            // Its pong is read (and skipped) below, with the echoes.
+            socket.send(Message::Text(client::PING.to_owned())).await?;
+            next_ping += client::HEARTBEAT_EVERY;
         }
         n += 1;
         let measured = sent_us >= measure_from_us;
@@ -183,12 +201,22 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, pgrp
     let token = |user: String| secret.map(|s| client::token(s, &user)).transpose();
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let senders = cfg.senders;
 
-    let mut receivers = Vec::with_capacity(cfg.receivers);
-    for i in 0..cfg.receivers {
-        let socket = connect(&url, token(format!("bench-r{i}"))?.as_deref()).await?;
-        receivers.push(tokio::spawn(receive(socket, cfg.senders, Arc::clone(&shared), stop_rx.clone())));
-    }
+    // Receivers join `CONNECT_IN_FLIGHT` at a time, each reading (and pinging) from its handshake on.
+    let tokens = (0..cfg.receivers).map(|i| token(format!("bench-r{i}"))).collect::<Res<Vec<_>>>()?;
+    let joined: Vec<Res<_>> = stream::iter(tokens)
+        .map(|t| {
+            let (url, shared, stop_rx) = (url.clone(), Arc::clone(&shared), stop_rx.clone());
+            async move {
+                let socket = connect(&url, t.as_deref()).await?;
+                Ok(tokio::spawn(receive(socket, senders, shared, stop_rx)))
+            }
+        })
+        .buffered(CONNECT_IN_FLIGHT)
+        .collect()
+        .await;
+    let receivers = joined.into_iter().collect::<Res<Vec<_>>>()?;
     let mut sockets = Vec::with_capacity(cfg.senders);
     for j in 0..cfg.senders {
         sockets.push(connect(&url, token(format!("bench-s{j}"))?.as_deref()).await?);

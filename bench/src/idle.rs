@@ -88,6 +88,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     http.post(&inc).bearer_auth(&writer).json(&json!({"amount": 1})).send().await?.error_for_status()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = pgrp.and_then(procfs::group_rss_kb);
+    let by_process_before = pgrp.map(procfs::group_rss_by_process).unwrap_or_default();
 
     eprintln!("idle: opening {} sockets to counter {name} ({} in flight)", cfg.sockets, cfg.concurrency);
     let url = format!("{ws_base}/ws/counter/{name}");
@@ -127,6 +128,8 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     eprintln!("idle: {} sockets open in {} s; idle {:?}", sockets.len(), stats::ms(connect_us / 1000), cfg.idle);
     tokio::time::sleep(cfg.idle).await;
     let rss_hibernated = pgrp.and_then(procfs::group_rss_kb);
+    let by_process_hibernated = pgrp.map(procfs::group_rss_by_process).unwrap_or_default();
+    let fds: Vec<Option<usize>> = by_process_hibernated.iter().map(|(_, pid, _)| procfs::socket_fds(*pid)).collect();
 
     let needle = format!("wake Counter {name}");
     let wakes_before = log.as_ref().map(|l| l.count(&needle));
@@ -189,6 +192,23 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     row(&mut table, "RSS after the broadcast woke it (MiB)", mb(rss_woken));
     row(&mut table, "**memory per hibernated socket (KiB)**", format!("**{}**", per_socket_kb(rss_before, rss_hibernated, cfg.sockets)));
     row(&mut table, "memory per socket, active (KiB)", per_socket_kb(rss_before, rss_connected, cfg.sockets));
+    let port = base.rsplit(':').next().unwrap_or_default().to_owned();
+    for ((name, pid, kb), fds) in by_process_hibernated.iter().zip(fds) {
+        let before = by_process_before.iter().find(|(_, p, _)| p == pid).map(|(_, _, kb)| *kb);
+        // wrangler dev runs two workerd: its proxy on the public port (dev only), and the Worker.
+        let role = match name.as_str() {
+            "workerd" if procfs::cmdline(*pid).contains(&format!(":{port}")) => "wrangler's proxy workerd, dev only",
+            "workerd" => "the Worker's workerd",
+            "node" => "wrangler (node)",
+            _ => "",
+        };
+        let fds = fds.map_or_else(String::new, |n| format!(", {n} socket fds"));
+        row(
+            &mut table,
+            &format!("· {name} {role} (pid {pid}): MiB before → hibernated, KiB per socket"),
+            format!("{} → {}, {}{fds}", mb(before), mb(Some(*kb)), per_socket_kb(before, Some(*kb), cfg.sockets)),
+        );
+    }
     row(&mut table, "object evicted before the broadcast (log)", proven);
     row(&mut table, "broadcast: HTTP increment answered (ms)", stats::ms(http_us));
     row(&mut table, "broadcast: reached the first socket (ms)", arrivals.ms(0.0));

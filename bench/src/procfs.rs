@@ -54,6 +54,35 @@ pub fn group_rss_kb(pgrp: u32) -> Option<u64> {
     Some(pids.iter().filter_map(|pid| read(*pid, "status").as_deref().and_then(parse_rss_kb)).sum())
 }
 
+/// `Name` of a `/proc/<pid>/status` text.
+pub fn parse_name(status: &str) -> Option<&str> {
+    status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim)
+}
+
+/// Resident memory per process of group `pgrp`: (name, pid, kB), largest first.
+pub fn group_rss_by_process(pgrp: u32) -> Vec<(String, u32, u64)> {
+    let mut all: Vec<(String, u32, u64)> = group_pids(pgrp)
+        .into_iter()
+        .filter_map(|pid| {
+            let status = read(pid, "status")?;
+            Some((parse_name(&status)?.to_owned(), pid, parse_rss_kb(&status)?))
+        })
+        .collect();
+    all.sort_by(|a, b| b.2.cmp(&a.2));
+    all
+}
+
+/// How many of `pid`'s open files are sockets (`None` when unreadable).
+pub fn socket_fds(pid: u32) -> Option<usize> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| l.to_string_lossy().starts_with("socket:")).count())
+}
+
+/// `pid`'s command line, arguments joined by spaces.
+pub fn cmdline(pid: u32) -> String {
+    read(pid, "cmdline").map(|c| c.replace('\0', " ")).unwrap_or_default()
+}
+
 /// CPU time of every process of group `pgrp` (children reaped by them not included), in ticks.
 pub fn group_cpu_ticks(pgrp: u32) -> Option<u64> {
     let pids = group_pids(pgrp);
@@ -120,6 +149,7 @@ mod tests {
         let status = "Name:\tworkerd\nVmPeak:\t  999 kB\nVmRSS:\t  123456 kB\nThreads:\t9\n";
         assert_eq!(parse_rss_kb(status), Some(123_456));
         assert_eq!(parse_rss_kb("Name:\tkthreadd\n"), None);
+        assert_eq!(parse_name(status), Some("workerd"));
     }
 
     #[test]

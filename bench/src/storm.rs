@@ -93,6 +93,8 @@ async fn read_until(
     resumed: Option<&AtomicUsize>,
 ) -> Res<Option<u64>> {
     let mut resumed_at = None;
+    // A ping now and every `HEARTBEAT_EVERY`, like a real client (the sweep closes silent sockets).
+    let mut heartbeat = tokio::time::interval(client::HEARTBEAT_EVERY);
     loop {
         if check.last >= replay_to && resumed_at.is_none() {
             resumed_at = Some(now_us());
@@ -115,6 +117,7 @@ async fn read_until(
                 }
             }
             changed = upto.changed() => { changed.map_err(|_| fail("publisher gone"))?; }
+            _ = heartbeat.tick() => { socket.send(Message::Text(client::PING.to_owned())).await?; }
         }
     }
 }
@@ -346,7 +349,11 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
         results.push(("JS baseline room (reconnect only)", baseline(&ws, &cfg).await));
     }
     println!(
-        "{} clients ({} users on the edge) connected, {} messages read, then every TCP dropped without a close;          edge: {} messages posted while all were away, then all reconnect at once with `?since=` their last          sequence while one message is posted every {:?} until all have resumed (plus one after); each client          checks its sequences gaplessly up to the last. Baseline: all reconnect at once, then one broadcast must          reach all. Resumed = connected and every missed message received (baseline: connected).\n",
+        "{} clients ({} users on the edge) connected, {} messages read, then every TCP dropped without a close; \
+         edge: {} messages posted while all were away, then all reconnect at once with `?since=` their last \
+         sequence while one message is posted every {:?} until all have resumed (plus one after); each client \
+         checks its sequences gaplessly up to the last. Baseline: all reconnect at once, then one broadcast must \
+         reach all. Resumed = connected and every missed message received (baseline: connected).\n",
         cfg.clients, cfg.users, cfg.before, cfg.missed, cfg.live
     );
     let mut table = Table::new(&[
