@@ -68,7 +68,7 @@ pub fn group_rss_by_process(pgrp: u32) -> Vec<(String, u32, u64)> {
             Some((parse_name(&status)?.to_owned(), pid, parse_rss_kb(&status)?))
         })
         .collect();
-    all.sort_by(|a, b| b.2.cmp(&a.2));
+    all.sort_by_key(|p| std::cmp::Reverse(p.2));
     all
 }
 
