@@ -161,7 +161,8 @@ async fn edge(base: &str, ws_base: &str, secret: &str, cfg: &Config) -> Res<Outc
     let channel = client::unique("bench-storm");
     let url = format!("{ws_base}/ws/channel/{channel}");
     let post_url = format!("{base}/api/channel/{channel}/message");
-    let http = client::http()?;
+    // A post waits its turn behind the storm's handshakes in the object: measured, not limited.
+    let http = reqwest::Client::builder().timeout(STORM_WITHIN).build()?;
     let writer = client::token(secret, "bench-storm-writer")?;
     let tokens: Vec<Option<String>> = (0..cfg.clients)
         .map(|i| client::token(secret, &format!("bench-storm{}", i % cfg.users.max(1))).map(Some))
