@@ -69,6 +69,29 @@ async fn await_event(mut socket: Socket, value: i64, first: Arc<AtomicUsize>, mu
     Ok(at)
 }
 
+/// With `--direct true`: the Worker's own workerd entry, skipping wrangler's proxy workerd (dev
+/// only, and six file descriptors per WebSocket). Found as the port of the group's other workerd
+/// that answers `/health` with `"status":"ok"`.
+async fn direct_base(http: &reqwest::Client, pgrp: Option<u32>, public_port: &str) -> Res<String> {
+    let pgrp = pgrp.ok_or_else(|| fail("--direct needs a wrangler dev started by the driver"))?;
+    for pid in procfs::group_pids(pgrp) {
+        if procfs::parse_name(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()) != Some("workerd")
+            || procfs::cmdline(pid).contains(&format!(":{public_port}"))
+        {
+            continue;
+        }
+        for port in procfs::listening_ports(pid) {
+            let base = format!("http://127.0.0.1:{port}");
+            let Ok(resp) = http.get(format!("{base}/health")).timeout(Duration::from_secs(5)).send().await else { continue };
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if body.get("status").and_then(Value::as_str) == Some("ok") {
+                return Ok(base);
+            }
+        }
+    }
+    Err(fail("--direct: no port of the Worker's workerd answers /health"))
+}
+
 pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     let cfg = Config {
         sockets: opts.usize("sockets", 500)?,
@@ -80,8 +103,14 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     }
     let secret = services.secret().to_owned();
     let edge = services.edge().await?;
-    let (base, ws_base, log, pgrp) = (edge.base.clone(), edge.ws_base(), edge.log(), edge.pgrp());
+    let (mut base, log, pgrp) = (edge.base.clone(), edge.log(), edge.pgrp());
+    let public_port = base.rsplit(':').next().unwrap_or_default().to_owned();
     let http = client::http()?;
+    if opts.flag("direct") {
+        base = direct_base(&http, pgrp, &public_port).await?;
+        eprintln!("idle: --direct: the Worker's workerd answers at {base}");
+    }
+    let ws_base = base.replacen("http", "ws", 1);
     let name = client::unique("bench-idle");
     let writer = client::token(&secret, "bench-idle-writer")?;
     let inc = format!("{base}/api/counter/{name}/increment");
@@ -129,7 +158,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     tokio::time::sleep(cfg.idle).await;
     let rss_hibernated = pgrp.and_then(procfs::group_rss_kb);
     let by_process_hibernated = pgrp.map(procfs::group_rss_by_process).unwrap_or_default();
-    let fds: Vec<Option<usize>> = by_process_hibernated.iter().map(|(_, pid, _)| procfs::socket_fds(*pid)).collect();
+    let fds: Vec<Option<(usize, usize)>> = by_process_hibernated.iter().map(|(_, pid, _)| procfs::open_fds(*pid)).collect();
 
     let needle = format!("wake Counter {name}");
     let wakes_before = log.as_ref().map(|l| l.count(&needle));
@@ -192,7 +221,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     row(&mut table, "RSS after the broadcast woke it (MiB)", mb(rss_woken));
     row(&mut table, "**memory per hibernated socket (KiB)**", format!("**{}**", per_socket_kb(rss_before, rss_hibernated, cfg.sockets)));
     row(&mut table, "memory per socket, active (KiB)", per_socket_kb(rss_before, rss_connected, cfg.sockets));
-    let port = base.rsplit(':').next().unwrap_or_default().to_owned();
+    let port = public_port;
     for ((name, pid, kb), fds) in by_process_hibernated.iter().zip(fds) {
         let before = by_process_before.iter().find(|(_, p, _)| p == pid).map(|(_, _, kb)| *kb);
         // wrangler dev runs two workerd: its proxy on the public port (dev only), and the Worker.
@@ -202,7 +231,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
             "node" => "wrangler (node)",
             _ => "",
         };
-        let fds = fds.map_or_else(String::new, |n| format!(", {n} socket fds"));
+        let fds = fds.map_or_else(String::new, |(all, sockets)| format!(", {all} fds ({sockets} sockets)"));
         row(
             &mut table,
             &format!("· {name} {role} (pid {pid}): MiB before → hibernated, KiB per socket"),

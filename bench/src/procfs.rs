@@ -72,15 +72,42 @@ pub fn group_rss_by_process(pgrp: u32) -> Vec<(String, u32, u64)> {
     all
 }
 
-/// How many of `pid`'s open files are sockets (`None` when unreadable).
-pub fn socket_fds(pid: u32) -> Option<usize> {
+/// How many files `pid` has open, and how many of them are sockets (`None` when unreadable).
+pub fn open_fds(pid: u32) -> Option<(usize, usize)> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    Some(dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| l.to_string_lossy().starts_with("socket:")).count())
+    let links: Vec<_> = dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).collect();
+    let sockets = links.iter().filter(|l| l.to_string_lossy().starts_with("socket:")).count();
+    Some((links.len(), sockets))
 }
 
 /// `pid`'s command line, arguments joined by spaces.
 pub fn cmdline(pid: u32) -> String {
     read(pid, "cmdline").map(|c| c.replace('\0', " ")).unwrap_or_default()
+}
+
+/// The local ports of the listening sockets (state `0A`) among `/proc/net/tcp` lines whose inode
+/// is in `inodes`.
+pub fn parse_listen_ports(net_tcp: &str, inodes: &[u64]) -> Vec<u16> {
+    net_tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (cols.get(1)?, cols.get(3)?, cols.get(9)?.parse::<u64>().ok()?);
+            (*state == "0A" && inodes.contains(&inode)).then_some(())?;
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect()
+}
+
+/// The TCP ports process `pid` listens on (IPv4).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let inodes: Vec<u64> = dir
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| l.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        .collect();
+    std::fs::read_to_string("/proc/net/tcp").map(|t| parse_listen_ports(&t, &inodes)).unwrap_or_default()
 }
 
 /// CPU time of every process of group `pgrp` (children reaped by them not included), in ticks.
@@ -150,6 +177,18 @@ mod tests {
         assert_eq!(parse_rss_kb(status), Some(123_456));
         assert_eq!(parse_rss_kb("Name:\tkthreadd\n"), None);
         assert_eq!(parse_name(status), Some("workerd"));
+    }
+
+    #[test]
+    fn finds_listening_ports_of_given_inodes() {
+        let net = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:86CB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0 100 0 0 10 0
+   1: 0100007F:864B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1002 1 0 100 0 0 10 0
+   2: 0100007F:864B 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0 20 4 30 10 -1
+   3: garbage";
+        assert_eq!(parse_listen_ports(net, &[1002, 1003]), vec![0x864B]);
+        assert_eq!(parse_listen_ports(net, &[1001, 1002]), vec![0x86CB, 0x864B]);
+        assert!(parse_listen_ports(net, &[]).is_empty());
     }
 
     #[test]
