@@ -65,9 +65,9 @@ bench-size: setup
 	$(BENCH) size $(ARGS)
 
 ## Scale runs (docs/benchmarks.md "Scale"), not part of `make bench`: several minutes each.
-## Every socket is a file descriptor in the driver and one or two in each workerd: the soft
-## `ulimit -n` is raised to the hard limit first (it must be at least ~4 per idle socket:
-## `make bench-idle` with 5,000 sockets needs a hard limit above 20,000).
+## Every socket is a file descriptor in the driver and in the Worker's workerd (and six in
+## wrangler's dev-only proxy workerd, which `bench-idle` skips with --direct): the soft
+## `ulimit -n` is raised to the hard limit first and printed.
 SCALE = ulimit -n "$$(ulimit -Hn)" 2>/dev/null; echo "ulimit -n: $$(ulimit -n)"; $(BENCH)
 
 bench-scale: bench-chat-1000 bench-idle bench-storm
@@ -76,7 +76,7 @@ bench-chat-1000: setup
 	@$(SCALE) chat --receivers 1000 --senders 5 --duration 10 --warmup 2 $(ARGS)
 
 bench-idle: setup
-	@$(SCALE) idle --sockets 5000 --concurrency 32 $(ARGS)
+	@$(SCALE) idle --sockets 5000 --concurrency 32 --direct true $(ARGS)
 
 bench-storm: setup
 	@$(SCALE) storm --clients 1000 $(ARGS)

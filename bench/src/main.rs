@@ -45,7 +45,7 @@ chat     --receivers 50 --senders 5 --duration 15 --warmup 3 --drain 10 --target
 counter  --clients 10 --duration 10 --warmup 2 --mode both|http|ws
 wake     --objects 3 --rounds 3 --idle 15 --hot 20 --target all|counter|chat|baseline
 size     --no-build true   (measure build/index_bg.wasm as it is)
-idle     --sockets 500 --idle 20 --concurrency 64   (not in `all`)
+idle     --sockets 500 --idle 20 --concurrency 64 --direct false   (not in `all`)
 storm    --clients 200 --users 20 --before 3 --missed 5 --live-ms 100 --concurrency 64 --target both|edge|baseline   (not in `all`)
 
 BENCH_BASE_URL / BENCH_BASELINE_URL: use running servers instead of starting wrangler dev.
