@@ -4,7 +4,7 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit clean
+.PHONY: dev test setup token lint unit e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-scale bench-chat-1000 bench-idle bench-storm clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
@@ -69,6 +69,23 @@ bench-wake: setup
 
 bench-size: setup
 	$(BENCH) size $(ARGS)
+
+## Scale runs (docs/benchmarks.md "Scale"), not part of `make bench`: several minutes each.
+## Every socket is a file descriptor in the driver and in the Worker's workerd (and six in
+## wrangler's dev-only proxy workerd, which `bench-idle` skips with --direct): the soft
+## `ulimit -n` is raised to the hard limit first and printed.
+SCALE = ulimit -n "$$(ulimit -Hn)" 2>/dev/null; echo "ulimit -n: $$(ulimit -n)"; $(BENCH)
+
+bench-scale: bench-chat-1000 bench-idle bench-storm
+
+bench-chat-1000: setup
+	@$(SCALE) chat --receivers 1000 --senders 5 --duration 10 --warmup 2 $(ARGS)
+
+bench-idle: setup
+	@$(SCALE) idle --sockets 5000 --concurrency 32 --direct true $(ARGS)
+
+bench-storm: setup
+	@$(SCALE) storm --clients 1000 $(ARGS)
 
 clean:
 	rm -rf build target .wrangler

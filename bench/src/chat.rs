@@ -12,15 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{stream, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, connect, next_json, now_us, Socket};
+use crate::procfs;
 use crate::server::Services;
 use crate::stats::{self, Samples, Table};
 use crate::{fail, Opts, Res};
+
+/// Receiver handshakes in flight while a room fills (one at a time made 1,000 receivers take
+/// minutes: every join is announced to everyone already in).
+const CONNECT_IN_FLIGHT: usize = 32;
 
 struct Config {
     receivers: usize,
@@ -43,6 +48,8 @@ struct RoomResult {
     lost: u64,
     duplicates: u64,
     errors: Vec<String>,
+    /// CPU of the driver and of the server over the measured run, from `/proc`.
+    cpu: String,
 }
 
 impl RoomResult {
@@ -99,9 +106,17 @@ async fn receive(mut socket: Socket, senders: usize, shared: Arc<Shared>, mut st
     let mut stats = ReceiverStats::default();
     // Highest n seen per sender: a sender's messages arrive in order (one DO, one socket).
     let mut last = vec![0_u64; senders];
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + client::HEARTBEAT_EVERY, client::HEARTBEAT_EVERY);
     loop {
         let msg = tokio::select! {
             _ = stop.changed() => break,
+            _ = heartbeat.tick() => {
+                if let Err(e) = socket.send(Message::Text(client::PING.to_owned())).await {
+                    stats.error = Some(format!("receiver heartbeat failed: {e}"));
+                    break;
+                }
+                continue;
+            }
             msg = socket.next() => msg,
         };
         let text = match msg {
@@ -149,10 +164,16 @@ struct SenderStats {
 async fn send(socket: &mut Socket, index: usize, measure_from_us: u64, end_us: u64) -> Res<SenderStats> {
     let mut stats = SenderStats::default();
     let mut n = 0_u64;
+    let mut next_ping = tokio::time::Instant::now() + client::HEARTBEAT_EVERY;
     loop {
         let sent_us = now_us();
         if sent_us >= end_us {
             return Ok(stats);
+        }
+        if tokio::time::Instant::now() >= next_ping {
+            // Its pong is read (and skipped) below, with the echoes.
+            socket.send(Message::Text(client::PING.to_owned())).await?;
+            next_ping += client::HEARTBEAT_EVERY;
         }
         n += 1;
         let measured = sent_us >= measure_from_us;
@@ -175,17 +196,27 @@ async fn send(socket: &mut Socket, index: usize, measure_from_us: u64, end_us: u
     }
 }
 
-async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg: &Config) -> Res<RoomResult> {
+async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, pgrp: Option<u32>, cfg: &Config) -> Res<RoomResult> {
     let url = format!("{ws_base}/api/chat/{}", client::unique("bench"));
     let token = |user: String| secret.map(|s| client::token(s, &user)).transpose();
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let senders = cfg.senders;
 
-    let mut receivers = Vec::with_capacity(cfg.receivers);
-    for i in 0..cfg.receivers {
-        let socket = connect(&url, token(format!("bench-r{i}"))?.as_deref()).await?;
-        receivers.push(tokio::spawn(receive(socket, cfg.senders, Arc::clone(&shared), stop_rx.clone())));
-    }
+    // Receivers join `CONNECT_IN_FLIGHT` at a time, each reading (and pinging) from its handshake on.
+    let tokens = (0..cfg.receivers).map(|i| token(format!("bench-r{i}"))).collect::<Res<Vec<_>>>()?;
+    let joined: Vec<Res<_>> = stream::iter(tokens)
+        .map(|t| {
+            let (url, shared, stop_rx) = (url.clone(), Arc::clone(&shared), stop_rx.clone());
+            async move {
+                let socket = connect(&url, t.as_deref()).await?;
+                Ok(tokio::spawn(receive(socket, senders, shared, stop_rx)))
+            }
+        })
+        .buffered(CONNECT_IN_FLIGHT)
+        .collect()
+        .await;
+    let receivers = joined.into_iter().collect::<Res<Vec<_>>>()?;
     let mut sockets = Vec::with_capacity(cfg.senders);
     for j in 0..cfg.senders {
         sockets.push(connect(&url, token(format!("bench-s{j}"))?.as_deref()).await?);
@@ -193,6 +224,7 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg:
     // Let the join announcements settle before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    let meter = procfs::CpuMeter::start(pgrp);
     let start_us = now_us();
     let measure_from_us = start_us + u64::try_from(cfg.warmup.as_micros())?;
     let end_us = measure_from_us + u64::try_from(cfg.duration.as_micros())?;
@@ -228,6 +260,7 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg:
     while shared.delivered.load(Ordering::Relaxed) < expected && now_us() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = meter.report();
     let _ = stop_tx.send(true);
 
     let mut latency = Samples::default();
@@ -257,6 +290,7 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, cfg:
         lost: expected.saturating_sub(delivered),
         duplicates,
         errors,
+        cpu,
     })
 }
 
@@ -276,15 +310,17 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     let mut results: Vec<Result<RoomResult, (&str, String)>> = Vec::new();
     if matches!(target, "both" | "edge") {
         let label = "edge-realtime ChatRoom";
-        let ws_base = services.edge().await?.ws_base();
+        let edge = services.edge().await?;
+        let (ws_base, pgrp) = (edge.ws_base(), edge.pgrp());
         eprintln!("chat: {label}, {} receivers, {} senders, {:?} + {:?} warmup", cfg.receivers, cfg.senders, cfg.duration, cfg.warmup);
-        results.push(run_room(label, &ws_base, Some(&secret), &cfg).await.map_err(|e| (label, e.to_string())));
+        results.push(run_room(label, &ws_base, Some(&secret), pgrp, &cfg).await.map_err(|e| (label, e.to_string())));
     }
     if matches!(target, "both" | "baseline") {
         let label = "JS baseline (bare hibernating DO)";
-        let ws_base = services.baseline().await?.ws_base();
+        let baseline = services.baseline().await?;
+        let (ws_base, pgrp) = (baseline.ws_base(), baseline.pgrp());
         eprintln!("chat: {label}");
-        results.push(run_room(label, &ws_base, None, &cfg).await.map_err(|e| (label, e.to_string())));
+        results.push(run_room(label, &ws_base, None, pgrp, &cfg).await.map_err(|e| (label, e.to_string())));
     }
 
     println!(
@@ -294,6 +330,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     );
     let mut table = Table::new(&[
         "target", "sent msg/s", "delivered msg/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "samples", "lost", "duplicates",
+        "CPU (% of one core)",
     ]);
     let mut failures = Vec::new();
     for result in &mut results {
@@ -310,6 +347,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
                     r.latency.len().to_string(),
                     format!("{} of {}", r.lost, r.sent_total * u64::try_from(cfg.receivers)?),
                     r.duplicates.to_string(),
+                    r.cpu.clone(),
                 ]);
                 failures.extend(r.errors.iter().map(|e| format!("{}: {e}", r.label)));
                 if r.lost > 0 {
@@ -332,6 +370,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
             stats::ratio(e50, b50),
             stats::ratio(e95, b95),
             stats::ratio(e99, b99),
+            String::new(),
             String::new(),
             String::new(),
             String::new(),

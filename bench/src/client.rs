@@ -19,6 +19,12 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Time allowed for one handshake or one awaited frame before the run counts it as an error.
 pub const RECV: Duration = Duration::from_secs(15);
 
+/// How often every long-lived benchmark socket sends the heartbeat, like a real client: rooms
+/// and channels close a socket silent for `HEARTBEAT_TIMEOUT_MS` (90 s) with 1001, and only
+/// these exact bytes count (answered by the runtime's auto-response, without waking the object).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(20);
+pub const PING: &str = r#"{"type":"ping"}"#;
+
 /// Microseconds since the first call: the timestamp carried in benchmark messages.
 pub fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

@@ -11,14 +11,19 @@
 //! - [`server`]: `wrangler dev` on free ports with a fresh `--persist-to`, killed as a group.
 //! - [`client`]: tokens, WebSocket and HTTP helpers, the benchmark clock.
 //! - [`stats`]: percentiles and Markdown tables.
-//! - [`chat`], [`counter`], [`wake`], [`size`]: one scenario per file.
+//! - [`procfs`]: memory and CPU of process groups from `/proc`.
+//! - [`chat`], [`counter`], [`wake`], [`size`], [`idle`], [`storm`]: one scenario per file
+//!   (`all` runs the first four; `idle` and `storm` are scale runs, asked for by name).
 
 mod chat;
 mod client;
 mod counter;
+mod idle;
+mod procfs;
 mod server;
 mod size;
 mod stats;
+mod storm;
 mod wake;
 
 use std::collections::HashMap;
@@ -34,12 +39,14 @@ pub fn fail(msg: impl Into<String>) -> BoxError {
     msg.into().into()
 }
 
-const USAGE: &str = "usage: edge-realtime-bench <all|chat|counter|wake|size> [--option value ...]
+const USAGE: &str = "usage: edge-realtime-bench <all|chat|counter|wake|size|idle|storm> [--option value ...]
 
-chat     --receivers 50 --senders 5 --duration 15 --warmup 3 --target both|edge|baseline
+chat     --receivers 50 --senders 5 --duration 15 --warmup 3 --drain 10 --target both|edge|baseline
 counter  --clients 10 --duration 10 --warmup 2 --mode both|http|ws
-wake     --counters 4 --rounds 3 --idle 15 --hot 20
+wake     --objects 3 --rounds 3 --idle 15 --hot 20 --target all|counter|chat|baseline
 size     --no-build true   (measure build/index_bg.wasm as it is)
+idle     --sockets 500 --idle 20 --concurrency 64 --direct false   (not in `all`)
+storm    --clients 200 --users 20 --before 3 --missed 5 --live-ms 100 --concurrency 64 --target both|edge|baseline   (not in `all`)
 
 BENCH_BASE_URL / BENCH_BASELINE_URL: use running servers instead of starting wrangler dev.
 BENCH_VERBOSE=1: echo wrangler's output.";
@@ -111,7 +118,15 @@ async fn run(scenario: &str, opts: &Opts) -> Res<()> {
         print_header("Chat fan-out");
         chat::run(&mut services, opts).await?;
     }
-    if !all && !matches!(scenario, "size" | "counter" | "wake" | "chat") {
+    if scenario == "idle" {
+        print_header("Idle hibernated sockets");
+        idle::run(&mut services, opts).await?;
+    }
+    if scenario == "storm" {
+        print_header("Reconnect storm");
+        storm::run(&mut services, opts).await?;
+    }
+    if !all && !matches!(scenario, "size" | "counter" | "wake" | "chat" | "idle" | "storm") {
         return Err(fail(format!("unknown scenario {scenario:?}\n\n{USAGE}")));
     }
     Ok(())

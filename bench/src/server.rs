@@ -52,6 +52,20 @@ impl Log {
     pub fn count(&self, needle: &str) -> usize {
         self.0.lock().map(|l| l.iter().filter(|line| line.contains(needle)).count()).unwrap_or(0)
     }
+
+    /// Wait (up to `within`) until more than `before` lines contain `needle`.
+    pub async fn wait_for_more(&self, needle: &str, before: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.count(needle) > before {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// The servers a run needs, started on first use.
@@ -119,6 +133,12 @@ impl Service {
 
     pub fn ws_base(&self) -> String {
         self.base.replacen("http", "ws", 1)
+    }
+
+    /// The process group of the `wrangler dev` we started (npx → node → workerd), for memory and
+    /// CPU readings from `/proc`.
+    pub fn pgrp(&self) -> Option<u32> {
+        self.local.as_ref().map(|l| l.child.id())
     }
 
     /// wrangler's output, when we started it (a remote server's logs are out of reach).

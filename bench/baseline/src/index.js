@@ -2,13 +2,18 @@
 // the least a hibernating chat room can do. No auth, no storage, no validation beyond
 // JSON.parse, no sequencing: every text frame is parsed and the original text is sent to every
 // socket of the room (the sender included). Same ping/pong auto-response as edge-realtime.
+// The constructor logs `[baseline] wake <id hex>` (as edge-realtime's objects do with
+// DEBUG_WAKE=1), so the wake benchmark can prove each measured round really woke the object;
+// `GET /api/chat/<room>/id` gives that hex without touching the object.
 // Benchmark-only code: it is not part of the product and is never deployed.
 
 const ROOM_PATH = /^\/api\/chat\/([A-Za-z0-9_.-]{1,64})$/;
+const ID_PATH = /^\/api\/chat\/([A-Za-z0-9_.-]{1,64})\/id$/;
 
 export class BaselineRoom {
   constructor(ctx, env) {
     this.ctx = ctx;
+    console.log(`[baseline] wake ${ctx.id}`);
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair('{"type":"ping"}', '{"type":"pong"}'));
   }
 
@@ -63,6 +68,10 @@ export default {
     const { pathname } = new URL(request.url);
     if (pathname === "/health") {
       return Response.json({ status: "ok", version: "baseline" });
+    }
+    const id = ID_PATH.exec(pathname);
+    if (id) {
+      return new Response(env.ROOM.idFromName(id[1]).toString());
     }
     const match = ROOM_PATH.exec(pathname);
     if (!match) {
