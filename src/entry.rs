@@ -1,5 +1,5 @@
 //! The entry Worker: route → `Upgrade` check → auth → forward to one Durable Object.
-//! Everything here is decided before any DO is touched (SPEC §3, §4).
+//! Everything here is decided before any DO is touched (docs/protocol.md §3, §4).
 
 use worker::{Env, Headers, Method, Request, RequestInit, Response};
 
@@ -137,7 +137,7 @@ fn auth_secret(env: &Env) -> Result<String, ApiError> {
         })
 }
 
-/// Roles and "names a user" rules (SPEC §3).
+/// Roles and "names a user" rules (docs/protocol.md §3).
 fn authorize(endpoint: &Endpoint, claims: &Claims) -> Result<(), ApiError> {
     let named_user = match endpoint {
         Endpoint::Object { class: DoClass::UserSession, name, .. } => Some(name.as_str()),
@@ -164,7 +164,7 @@ async fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
-/// The per-user WebSocket-upgrade limit (SPEC §6.6), checked after auth and before the target
+/// The per-user WebSocket-upgrade limit (docs/protocol.md §6.6), checked after auth and before the target
 /// object is touched: `Some(429)` (with `Retry-After` and `RateLimit-*`) once the user's
 /// allowance of `WS_UPGRADES_PER_MINUTE` is spent. The user's RateLimiter object
 /// (`ws-upgrade:<sub>`) decides. If it cannot answer, the upgrade goes through and the failure
@@ -206,7 +206,7 @@ async fn ask_upgrade_limiter(env: &Env, user_id: &str, per_minute: u32) -> worke
     response.json::<GcraDecision>().await
 }
 
-/// SPEC §3 revocation, before any WebSocket is forwarded: ask the user's UserSession whether
+/// docs/protocol.md §3 revocation, before any WebSocket is forwarded: ask the user's UserSession whether
 /// this token predates their last `logout_all` (→ 401 `token_revoked`). The same call records
 /// `(class, name)` in the user's registry, so a later `logout_all` reaches that object's
 /// sockets. Costs one extra DO round trip per WebSocket connect; fails closed.

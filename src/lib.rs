@@ -2,7 +2,7 @@
 //!
 //! Real-time state over WebSockets on Cloudflare Workers, in Rust: one entry Worker that
 //! validates and authenticates, and hibernation-aware Durable Objects behind it.
-//! The product contract is SPEC.md; README.md says how to run, test and deploy.
+//! The product contract is docs/protocol.md; README.md says how to run, test and deploy.
 //!
 //! ## Layout
 //! - `crates/core` (`edge_realtime_core`): pure, natively tested cores — auth, routing table

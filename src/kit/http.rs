@@ -1,5 +1,5 @@
 //! HTTP on both sides of the Worker → DO hop: identity headers, JSON bodies and responses,
-//! and the one mapping from [`ApiError`] to the SPEC §5 error response.
+//! and the one mapping from [`ApiError`] to the docs/protocol.md §5 error response.
 
 use serde::Serialize;
 use worker::url::form_urlencoded;
@@ -74,7 +74,7 @@ pub fn json_response<T: Serialize>(status: u16, body: &T) -> worker::Result<Resp
     Ok(response)
 }
 
-/// The SPEC §5 error response (with `Retry-After` on 429).
+/// The docs/protocol.md §5 error response (with `Retry-After` on 429).
 pub fn error_response(err: &ApiError) -> worker::Result<Response> {
     let mut response = Response::ok(err.body())?.with_status(err.status);
     let headers = response.headers_mut();

@@ -1,4 +1,4 @@
-//! Channel Durable Object (SPEC §6.5): the kit hosts it ([`crate::kit::object`]) and
+//! Channel Durable Object (docs/protocol.md §6.5): the kit hosts it ([`crate::kit::object`]) and
 //! `core::channel` decides. Messages live in SQLite; the core's small state (latest sequence,
 //! pruned_through, typing flags, its timers) is rebuilt on every wake. A post is deduplicated,
 //! sequenced and stored in one synchronous hook, so sequences stay gapless under any mix of

@@ -1,4 +1,4 @@
-//! ChatRoom Durable Object (SPEC §6.3): the kit hosts it ([`crate::kit::object`]) and
+//! ChatRoom Durable Object (docs/protocol.md §6.3): the kit hosts it ([`crate::kit::object`]) and
 //! `core::chat` decides, one object per room.
 //!
 //! Storage: a `room` row (name, `latest_seq`, `pruned_through`) and one `messages` row per

@@ -1,4 +1,4 @@
-//! Counter Durable Object (SPEC §6.2): the kit hosts it ([`crate::kit::object`]) and
+//! Counter Durable Object (docs/protocol.md §6.2): the kit hosts it ([`crate::kit::object`]) and
 //! `core::counter` decides. State lives in SQLite and is cached in memory; every mutation is
 //! one synchronous hook (dedup read → core → store → broadcast), so none is ever lost.
 

@@ -1,4 +1,4 @@
-//! RateLimiter Durable Object (SPEC §6.6): the kit hosts it ([`crate::kit::object`]) and
+//! RateLimiter Durable Object (docs/protocol.md §6.6): the kit hosts it ([`crate::kit::object`]) and
 //! `core::ratelimit` decides. One object per limited key — the Worker names it `api:<key>` for
 //! the HTTP API and `ws-upgrade:<userId>` for its own upgrade limit — so no single object is a
 //! global bottleneck.

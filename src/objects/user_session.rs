@@ -1,4 +1,4 @@
-//! UserSession Durable Object (SPEC §6.1, §3): one per user; the kit hosts it
+//! UserSession Durable Object (docs/protocol.md §6.1, §3): one per user; the kit hosts it
 //! ([`crate::kit::object`]) and `core::session` decides. The session row (games,
 //! `lastActive`, last logout) lives in SQLite and in memory; each device's presence lives in
 //! its socket's attachment, so a woken object rebuilds everything from storage + attachments

@@ -1,4 +1,4 @@
-//! Waddle Durable Object (SPEC §6.4): the kit hosts it ([`crate::kit::object`]) and
+//! Waddle Durable Object (docs/protocol.md §6.4): the kit hosts it ([`crate::kit::object`]) and
 //! `core::waddle` decides. One object per community; the presence table lives in SQLite and
 //! in memory (rebuilt on every wake), typing is relayed and never stored.
 

@@ -1,4 +1,4 @@
-//! HS256 JWT verification and minting (SPEC §3), and where a request carries its token.
+//! HS256 JWT verification and minting (docs/protocol.md §3), and where a request carries its token.
 //!
 //! Hand-rolled over `hmac`/`sha2` because the usual JWT crates pull in `ring` or `getrandom`,
 //! which do not build for `wasm32-unknown-unknown` without extra glue; the format is small.

@@ -1,4 +1,4 @@
-//! Channel core (SPEC §6.5): gapless sequenced messages, typing with alarm-driven expiry,
+//! Channel core (docs/protocol.md §6.5): gapless sequenced messages, typing with alarm-driven expiry,
 //! participants, `?since=` recovery and pruning.
 //!
 //! The core owns the small state the adapter persists between wakes — `latest_seq`,
@@ -17,7 +17,7 @@
 //! adapter reads from socket tags and passes in (always *excluding* the socket being
 //! accepted or closed), so the answer is right whether or not the object just woke up.
 //!
-//! Wire decisions (SPEC leaves them open):
+//! Wire decisions (docs/protocol.md leaves them open):
 //! - message `timestamp` is ISO-8601 with milliseconds; `id` is the client id or `null`.
 //! - a WebSocket post is acknowledged to its sender with `{"type":"ack","id","sequence"}`;
 //!   the `message` broadcast also reaches the sender. A repeated id gets only the ack.

@@ -1,4 +1,4 @@
-//! ChatRoom core (SPEC §6.3): validation, per-connection rate limiting, sequencing, join/leave,
+//! ChatRoom core (docs/protocol.md §6.3): validation, per-connection rate limiting, sequencing, join/leave,
 //! history pages and the pruning decision. No I/O: the adapter passes `now` and server ids in.
 //!
 //! What the adapter keeps:
@@ -20,7 +20,7 @@
 //! - close/error: [`ChatLog::leave`] (store + broadcast if `Some`) → broadcast [`user_count_frame`].
 //! - alarm: timer [`PRUNE_TIMER`] due → [`ChatLog::prune`] → `DELETE … WHERE seq <= cutoff`.
 //!
-//! Decisions SPEC leaves open (see the items for details): the count is *distinct users*, and
+//! Decisions docs/protocol.md leaves open (see the items for details): the count is *distinct users*, and
 //! join/leave messages mark a user's first/last socket; characters are Unicode scalar values;
 //! the third over-limit message in a row closes with 1008; a repeated client id gets the original
 //! `message` frame back, to the sender only.
@@ -43,7 +43,7 @@ pub const MAX_CONTENT_CHARS: usize = 2000;
 pub const MAX_USER_NAME_CHARS: usize = 64;
 /// Over-limit messages in a row (no accepted message between) that close the socket with 1008.
 pub const MAX_RATE_VIOLATIONS: u32 = 3;
-/// Pruning runs from the alarm at most this often, never per message (SPEC §6.3). The default
+/// Pruning runs from the alarm at most this often, never per message (docs/protocol.md §6.3). The default
 /// of [`ChatConfig::prune_interval_ms`]; var `CHAT_PRUNE_INTERVAL_MS` lowers it only so the
 /// e2e suite can watch a prune happen without waiting a minute.
 pub const PRUNE_INTERVAL_MS: Millis = 60_000;
@@ -391,7 +391,7 @@ impl ChatLog {
         }
     }
 
-    /// What a socket connecting with `?since=` gets before live traffic (SPEC §6).
+    /// What a socket connecting with `?since=` gets before live traffic (docs/protocol.md §6).
     pub fn replay(&self, since: Option<i64>) -> Replay {
         replay::plan(since, self.latest_seq, self.pruned_through)
     }

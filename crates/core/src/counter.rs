@@ -1,4 +1,4 @@
-//! Counter core (SPEC §6.2): given the counter's state, an operation and `now`, the new state,
+//! Counter core (docs/protocol.md §6.2): given the counter's state, an operation and `now`, the new state,
 //! the event to broadcast and the history row to store. The adapter runs it inside one
 //! synchronous SQLite turn, so concurrent mutations are serialized and never lost.
 
@@ -410,7 +410,7 @@ pub fn client_id(frame: &Value) -> Result<Option<String>, Reject> {
 }
 
 /// The client id of an HTTP mutation body: absent → none; a string of 1..=128 characters;
-/// `null` or another type → 400 (SPEC §5 wrong type); an empty or longer string → 422.
+/// `null` or another type → 400 (docs/protocol.md §5 wrong type); an empty or longer string → 422.
 pub fn http_client_id(body: &Value) -> Result<Option<String>, ApiError> {
     match body.get("id") {
         None => Ok(None),

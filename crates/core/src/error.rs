@@ -1,4 +1,4 @@
-//! Errors every layer shares: the HTTP error body of SPEC §5 and the WebSocket close codes.
+//! Errors every layer shares: the HTTP error body of docs/protocol.md §5 and the WebSocket close codes.
 //!
 //! Client errors carry a stable snake_case `code` and a human message that is echoed back;
 //! internal errors are logged by the adapter and masked as `internal_error`.
@@ -54,7 +54,7 @@ impl ApiError {
         Self::new(500, "internal_error", "internal error")
     }
 
-    /// The JSON body of SPEC §5.
+    /// The JSON body of docs/protocol.md §5.
     pub fn body(&self) -> String {
         serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
     }
@@ -68,7 +68,7 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// WebSocket close codes of SPEC §5.
+/// WebSocket close codes of docs/protocol.md §5.
 pub mod close {
     /// The frame is not valid JSON, has wrong field types, or is binary.
     pub const INVALID_DATA: u16 = 1007;

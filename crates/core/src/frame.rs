@@ -1,7 +1,7 @@
-//! Decoding client frames (SPEC §5): size, JSON, known `type`, field types — in that order.
+//! Decoding client frames (docs/protocol.md §5): size, JSON, known `type`, field types — in that order.
 //!
 //! Every DO protocol is a `#[serde(tag = "type")]` enum; [`decode`] maps each failure to the
-//! close code SPEC §5 names, so no DO decides those codes itself.
+//! close code docs/protocol.md §5 names, so no DO decides those codes itself.
 
 use serde::de::DeserializeOwned;
 

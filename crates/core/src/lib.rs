@@ -5,23 +5,23 @@
 //! executes what they decide against the Workers runtime.
 //!
 //! ## Layout
-//! - [`error`]: the HTTP error body and WebSocket close codes of SPEC §5.
-//! - [`names`]: name validation (SPEC §4).
+//! - [`error`]: the HTTP error body and WebSocket close codes of docs/protocol.md §5.
+//! - [`names`]: name validation (docs/protocol.md §4).
 //! - [`accept`]: the runtime's limits on a hibernatable socket's tags and attachment.
-//! - [`auth`]: HS256 JWT verify/mint and token extraction (SPEC §3).
+//! - [`auth`]: HS256 JWT verify/mint and token extraction (docs/protocol.md §3).
 //! - [`devtoken`]: the dev-only `POST /__dev/token` sign-in (`DEV_TOKENS=1`; never in production).
-//! - [`route`]: the entry Worker's routing table (SPEC §4).
+//! - [`route`]: the entry Worker's routing table (docs/protocol.md §4).
 //! - [`frame`]: decoding client frames into protocol enums, mapping failures to close codes.
 //! - [`query`]: `limit` / cursor query parameters.
 //! - [`replay`]: `?since=` recovery plans, pruning cutoffs and history pages.
 //! - [`schedule`]: many named timers multiplexed onto one DO alarm.
 //! - [`time`]: milliseconds and ISO-8601.
-//! - [`counter`]: the Counter protocol (SPEC §6.2).
-//! - [`ratelimit`]: the RateLimiter's five algorithms, exact on an injected clock (SPEC §6.6).
-//! - [`chat`]: the ChatRoom protocol (SPEC §6.3): validation, rate limit, history, pruning.
-//! - [`session`]: the UserSession protocol: games, presence, logout-all (SPEC §6.1, §3).
-//! - [`waddle`]: the Waddle protocol: community presence and typing relay (SPEC §6.4).
-//! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (SPEC §6.5).
+//! - [`counter`]: the Counter protocol (docs/protocol.md §6.2).
+//! - [`ratelimit`]: the RateLimiter's five algorithms, exact on an injected clock (docs/protocol.md §6.6).
+//! - [`chat`]: the ChatRoom protocol (docs/protocol.md §6.3): validation, rate limit, history, pruning.
+//! - [`session`]: the UserSession protocol: games, presence, logout-all (docs/protocol.md §6.1, §3).
+//! - [`waddle`]: the Waddle protocol: community presence and typing relay (docs/protocol.md §6.4).
+//! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (docs/protocol.md §6.5).
 //! - [`effects`]: what a kit object's hooks decide, as data (store, send, close, timers, calls), and typed ops.
 //! - [`game`]: the GameServer protocol: a turn-based room of up to 4 players (docs/game.md).
 

@@ -1,4 +1,4 @@
-//! Name validation (SPEC §4): object names, user, device and game ids.
+//! Name validation (docs/protocol.md §4): object names, user, device and game ids.
 
 /// Longest accepted name.
 pub const MAX_NAME_LEN: usize = 64;

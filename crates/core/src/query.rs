@@ -1,4 +1,4 @@
-//! Query-string parameters shared by history routes (SPEC §5: clamp over max, 400 on 0/garbage).
+//! Query-string parameters shared by history routes (docs/protocol.md §5: clamp over max, 400 on 0/garbage).
 
 use crate::error::ApiError;
 

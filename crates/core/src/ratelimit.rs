@@ -1,4 +1,4 @@
-//! RateLimiter core (SPEC §6.6): five algorithms as pure `check(state, params, now)` functions.
+//! RateLimiter core (docs/protocol.md §6.6): five algorithms as pure `check(state, params, now)` functions.
 //!
 //! The adapter keeps one row per (algorithm, key) holding [`State::to_json`] and its
 //! [`State::forget_at`]; a check is `parse_request` → `State::load` → `Params::check` → store
@@ -431,7 +431,7 @@ pub struct GcraDecision {
     pub reset_after_ms: i64,
 }
 
-/// Any algorithm's answer; serializes to exactly its SPEC §6.6 shape.
+/// Any algorithm's answer; serializes to exactly its docs/protocol.md §6.6 shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Decision {
@@ -820,7 +820,7 @@ pub fn upgrade_limit_key(user_id: &str) -> String {
     format!("ws-upgrade:{user_id}")
 }
 
-/// Parameters of the per-user WebSocket-upgrade limit (SPEC §6.6, var `WS_UPGRADES_PER_MINUTE`).
+/// Parameters of the per-user WebSocket-upgrade limit (docs/protocol.md §6.6, var `WS_UPGRADES_PER_MINUTE`).
 ///
 /// GCRA with `rate = burst = per_minute` per 60 s: a user may open `per_minute` sockets at
 /// once (several tabs reloading together), then one every `60 / per_minute` s. Chosen because

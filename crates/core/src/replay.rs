@@ -1,4 +1,4 @@
-//! `?since=<seq>` recovery and history paging shared by every sequenced object (SPEC §6).
+//! `?since=<seq>` recovery and history paging shared by every sequenced object (docs/protocol.md §6).
 //!
 //! An object remembers `pruned_through`: the highest `seq` it has deleted. A replay from
 //! `since` is complete only if nothing after `since` was pruned; otherwise the client gets

@@ -1,4 +1,4 @@
-//! Revocation (SPEC §3): the rule, the frame and close code a revoked socket gets, and the
+//! Revocation (docs/protocol.md §3): the rule, the frame and close code a revoked socket gets, and the
 //! registry policy of the user's UserSession (which objects a `logout_all` must reach).
 //!
 //! The UserSession is the authority: the entry Worker asks it (`check`) before every WebSocket

@@ -1,4 +1,4 @@
-//! The entry Worker's routing table (SPEC §4), pure so it is tested natively.
+//! The entry Worker's routing table (docs/protocol.md §4), pure so it is tested natively.
 //!
 //! `resolve` turns method + path + query into an [`Endpoint`] or the exact [`ApiError`]
 //! (404 unknown path, 405 wrong method, 400 bad name). Auth and the `Upgrade` check run after

@@ -1,4 +1,4 @@
-//! UserSession core (SPEC §6.1, §3): one object per user coordinates that user's devices —
+//! UserSession core (docs/protocol.md §6.1, §3): one object per user coordinates that user's devices —
 //! active games, aggregate presence, logout-all and notifications.
 //!
 //! What lives where, so that a woken DO rebuilds everything without extra reads:
@@ -10,11 +10,11 @@
 //! Every handler returns an [`Outcome`]; the adapter persists `state`, rewrites the attachment,
 //! performs `sends` in order, then `close`, then `logout_all`.
 //!
-//! Wire decisions (SPEC leaves them open):
+//! Wire decisions (docs/protocol.md leaves them open):
 //! - `lastActive` is milliseconds since the epoch (a JSON number, as the design notes' clients
 //!   read it): the time of the last connect, close or accepted client frame. Rejected frames and
 //!   admin calls other than `clear` don't move it.
-//! - `connectedDevices` is the number of connected devices (design note 000, SPEC §4/§6.1: a
+//! - `connectedDevices` is the number of connected devices (design note 000, docs/protocol.md §4/§6.1: a
 //!   count); two sockets of one device count once. `devices` is the sorted, de-duplicated list
 //!   of their ids (its length is `connectedDevices`).
 //! - A change (game joined/left, aggregate presence moved) goes to every device of the user,
@@ -33,10 +33,10 @@ use crate::frame::{self, Reject};
 use crate::names::is_valid_name;
 use crate::time::Millis;
 
-/// SPEC §6.1: at most 100 active games per user.
+/// docs/protocol.md §6.1: at most 100 active games per user.
 pub const MAX_ACTIVE_GAMES: usize = 100;
 
-/// The client frame types of SPEC §6.1.
+/// The client frame types of docs/protocol.md §6.1.
 pub const CLIENT_TYPES: [&str; 6] = ["join_game", "leave_game", "update_presence", "sync_state", "logout_all", "ping"];
 
 crate::ops! {
@@ -91,7 +91,7 @@ impl Presence {
         }
     }
 
-    /// Exact, case-sensitive: only the three SPEC values.
+    /// Exact, case-sensitive: only the three values of docs/protocol.md §6.1.
     pub fn parse(s: &str) -> Option<Self> {
         [Presence::Online, Presence::Away, Presence::Offline].into_iter().find(|p| p.as_str() == s)
     }
@@ -190,7 +190,7 @@ fn connected_devices(devices: &[DeviceConn]) -> Vec<&str> {
     devices.iter().map(|d| d.device_id.as_str()).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// SPEC §3: a token is revoked if it was issued at or before the last logout-all,
+/// docs/protocol.md §3: a token is revoked if it was issued at or before the last logout-all,
 /// `iat * 1000 <= logged_out_at`.
 ///
 /// `iat` has whole-second precision, so a token minted in the same second as the logout but
@@ -318,7 +318,7 @@ impl SessionError {
     }
 }
 
-/// Client frames of SPEC §6.1 (unknown fields are ignored).
+/// Client frames of docs/protocol.md §6.1 (unknown fields are ignored).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientFrame {

@@ -1,11 +1,11 @@
-//! Waddle core (SPEC §6.4): one object per community, holding every member's presence.
+//! Waddle core (docs/protocol.md §6.4): one object per community, holding every member's presence.
 //!
 //! The core keeps the persisted presence table in memory (the adapter loads it with
 //! [`Waddle::from_rows`] in the constructor) and turns connects, frames and closes into an
 //! [`Outcome`]: the row to upsert, frames for the originating socket and frames for the others.
 //! Typing is relayed, never stored.
 //!
-//! Wire decisions (SPEC leaves them open):
+//! Wire decisions (docs/protocol.md leaves them open):
 //! - `lastSeen` is a number of milliseconds since the epoch (what the design seed stores), set on
 //!   every status change: connect, `presence_update`, last close.
 //! - `presence_state.users` and the HTTP view are sorted by user id, and include the connecting
