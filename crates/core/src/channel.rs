@@ -253,13 +253,10 @@ impl ChannelError {
 
 /// Validate content and id (the types are already right).
 fn validate(content: &str, client_id: Option<String>) -> Result<Post, ChannelError> {
-    let content = content.trim();
-    if content.is_empty() {
-        return Err(ChannelError::EmptyContent);
-    }
-    if content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(ChannelError::ContentTooLong);
-    }
+    let content = crate::content::check(content, MAX_CONTENT_CHARS).map_err(|e| match e {
+        crate::content::ContentError::Empty => ChannelError::EmptyContent,
+        crate::content::ContentError::TooLong => ChannelError::ContentTooLong,
+    })?;
     check_client_id(client_id.as_deref()).map_err(|_| ChannelError::InvalidId)?;
     Ok(Post { content: content.to_owned(), client_id })
 }
@@ -744,9 +741,11 @@ mod tests {
         assert_eq!(validate(&format!("  {at_max}\t"), None).map(|p| p.content), Ok(at_max.clone()));
         assert_eq!(validate(&format!("{at_max}x"), None), Err(ChannelError::ContentTooLong));
         assert_eq!(validate("x", None).map(|p| p.content), Ok("x".into()));
-        for empty in ["", " ", "\n\t  "] {
+        for empty in ["", " ", "\n\t  ", "\u{feff}"] {
             assert_eq!(validate(empty, None), Err(ChannelError::EmptyContent), "{empty:?}");
         }
+        // Trimmed exactly like ChatRoom (and JavaScript's trim): the BOM goes too.
+        assert_eq!(validate("\u{feff} hi\u{a0}", None).map(|p| p.content), Ok("hi".into()));
         assert_eq!(validate("x", Some(String::new())), Err(ChannelError::InvalidId));
         assert_eq!(validate("x", Some("i".repeat(129))), Err(ChannelError::InvalidId));
         assert!(validate("x", Some("i".repeat(128))).is_ok());

@@ -33,6 +33,7 @@ use crate::frame::{self, Reject};
 use crate::names::is_valid_name;
 use crate::query::{parse_limit, parse_seq};
 use crate::replay::{self, Replay};
+use crate::content::ContentError;
 use crate::schedule::Schedule;
 use crate::time::{iso8601, Millis};
 use crate::MAX_SAFE_INTEGER;
@@ -136,7 +137,7 @@ impl ChatConn {
         let user_id = user_id
             .filter(|id| is_valid_name(id))
             .ok_or_else(|| ApiError::unauthorized("unauthenticated", "missing or invalid user identity"))?;
-        let name = user_name.map(trim).filter(|n| !n.is_empty()).unwrap_or(user_id);
+        let name = user_name.map(crate::content::trim).filter(|n| !n.is_empty()).unwrap_or(user_id);
         Ok(Self {
             user_id: user_id.to_owned(),
             user_name: name.chars().take(MAX_USER_NAME_CHARS).collect(),
@@ -225,13 +226,11 @@ pub fn on_message(conn: &mut ChatConn, cfg: &ChatConfig, text: &str, now: Millis
         Ok(ClientFrame::Ping) => return Inbound::Reply(pong_frame()),
         Ok(ClientFrame::Message { content, id }) => (content, id),
     };
-    let content = trim(&content);
-    if content.chars().count() > MAX_CONTENT_CHARS {
-        return Reject::close(close::TOO_BIG, "message content over 2000 characters").into();
-    }
-    if content.is_empty() {
-        return Reject::in_band("invalid_content", "content must not be empty").into();
-    }
+    let content = match crate::content::check(&content, MAX_CONTENT_CHARS) {
+        Ok(content) => content,
+        Err(ContentError::TooLong) => return Reject::close(close::TOO_BIG, "message content over 2000 characters").into(),
+        Err(ContentError::Empty) => return Reject::in_band("invalid_content", "content must not be empty").into(),
+    };
     if let Err(reject) = frame::check_client_id(client_id.as_deref()) {
         return reject.into();
     }
@@ -240,11 +239,6 @@ pub fn on_message(conn: &mut ChatConn, cfg: &ChatConfig, text: &str, now: Millis
         Err(Some(retry_after_ms)) => Inbound::Reply(rate_limited_frame(cfg, retry_after_ms)),
         Err(None) => Reject::close(close::POLICY, "rate limit exceeded repeatedly").into(),
     }
-}
-
-/// Trim like JavaScript's `String.prototype.trim` (Unicode White_Space plus the BOM).
-fn trim(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
 }
 
 /// `{"type":"pong"}`

@@ -29,6 +29,7 @@ pub mod accept;
 pub mod auth;
 pub mod channel;
 pub mod chat;
+pub mod content;
 pub mod counter;
 pub mod devtoken;
 pub mod effects;
