@@ -295,10 +295,8 @@ pub struct Host<T: RealtimeObject> {
 
 impl<T: RealtimeObject> Host<T> {
     pub fn new(state: State, env: Env) -> Self {
-        let db = state.storage().sql();
-        for statement in T::SCHEMA.iter().chain(std::iter::once(&kit::SCHEDULE_SCHEMA)) {
-            let _ = sql::exec(&db, statement, vec![]);
-        }
+        let statements: Vec<&str> = T::SCHEMA.iter().copied().chain(std::iter::once(kit::SCHEDULE_SCHEMA)).collect();
+        sql::ensure_schema(&state.storage().sql(), &statements);
         kit::install_auto_response(&state);
         let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env, this: None });
         if let Some(name) = object.name() {

@@ -58,3 +58,57 @@ pub fn int(v: i64) -> SqlStorageValue {
 pub fn opt_text(v: Option<&str>) -> SqlStorageValue {
     v.map_or(SqlStorageValue::Null, |s| SqlStorageValue::String(s.to_owned()))
 }
+
+/// Create an object's tables once per schema instead of on every wake: one read of the stored
+/// schema version (a hash of the statements) replaces N `CREATE … IF NOT EXISTS` statements in
+/// every constructor. A deploy that changes the statements changes the version, so they run
+/// again (they must stay idempotent: `IF NOT EXISTS`).
+pub fn ensure_schema(sql: &SqlStorage, statements: &[&str]) {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        version: String,
+    }
+    let version = schema_version(statements);
+    // Read without the logging `rows`: before the first run the table does not exist.
+    let stored = sql
+        .exec("SELECT version FROM _schema WHERE id = 1", None)
+        .and_then(|c| c.to_array::<Stored>())
+        .ok()
+        .and_then(|rows| rows.into_iter().next());
+    if stored.is_some_and(|s| s.version == version) {
+        return;
+    }
+    for statement in statements {
+        let _ = exec(sql, statement, vec![]);
+    }
+    let _ = exec(sql, "CREATE TABLE IF NOT EXISTS _schema (id INTEGER PRIMARY KEY CHECK (id = 1), version TEXT NOT NULL)", vec![]);
+    let _ = exec(
+        sql,
+        "INSERT INTO _schema (id, version) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        vec![SqlStorageValue::String(version)],
+    );
+}
+
+/// FNV-1a over the statements (stable across builds and platforms, unlike `DefaultHasher`).
+fn schema_version(statements: &[&str]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in statements.iter().flat_map(|s| s.bytes().chain(std::iter::once(0))) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema_version;
+
+    #[test]
+    fn schema_version_follows_the_statements() {
+        let a = schema_version(&["CREATE TABLE a (x)", "CREATE TABLE b (y)"]);
+        assert_eq!(a, schema_version(&["CREATE TABLE a (x)", "CREATE TABLE b (y)"]));
+        assert_ne!(a, schema_version(&["CREATE TABLE a (x)"]));
+        assert_ne!(a, schema_version(&["CREATE TABLE a (x)CREATE TABLE b (y)"]), "statement boundaries count");
+        assert_eq!(a.len(), 16);
+    }
+}
