@@ -15,47 +15,46 @@ use crate::ratelimit::RateLimitOp;
 use crate::session::SessionOp;
 use crate::waddle::WaddleOp;
 
-/// The Durable Object classes, with their binding names in wrangler.toml.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DoClass {
-    UserSession,
-    Counter,
-    ChatRoom,
-    Waddle,
-    Channel,
-    RateLimiter,
-    Game,
+/// Declares [`DoClass`] from one line per class: variant, wrangler.toml binding, short name.
+macro_rules! do_classes {
+    ($($variant:ident => $binding:literal, $name:literal;)+) => {
+        /// The Durable Object classes, with their binding names in wrangler.toml.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DoClass {
+            $($variant,)+
+        }
+
+        impl DoClass {
+            /// Every class, in declaration order.
+            pub const ALL: &'static [DoClass] = &[$(DoClass::$variant,)+];
+
+            pub fn binding(self) -> &'static str {
+                match self {
+                    $(DoClass::$variant => $binding,)+
+                }
+            }
+            /// Short stable name, used when one object registers in another (e.g. logout fan-out).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(DoClass::$variant => $name,)+
+                }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|c| c.as_str() == s)
+            }
+        }
+    };
 }
 
-impl DoClass {
-    pub fn binding(self) -> &'static str {
-        match self {
-            DoClass::UserSession => "USER_SESSION",
-            DoClass::Counter => "COUNTER",
-            DoClass::ChatRoom => "CHAT_ROOM",
-            DoClass::Waddle => "WADDLE",
-            DoClass::Channel => "CHANNEL",
-            DoClass::RateLimiter => "RATE_LIMITER",
-            DoClass::Game => "GAME_SERVER",
-        }
-    }
-    /// Short stable name, used when one object registers in another (e.g. logout fan-out).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DoClass::UserSession => "user_session",
-            DoClass::Counter => "counter",
-            DoClass::ChatRoom => "chat_room",
-            DoClass::Waddle => "waddle",
-            DoClass::Channel => "channel",
-            DoClass::RateLimiter => "rate_limiter",
-            DoClass::Game => "game",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::UserSession, Self::Counter, Self::ChatRoom, Self::Waddle, Self::Channel, Self::RateLimiter, Self::Game]
-            .into_iter()
-            .find(|c| c.as_str() == s)
-    }
+// A new object adds one line here (its binding must match wrangler.toml).
+do_classes! {
+    UserSession => "USER_SESSION", "user_session";
+    Counter => "COUNTER", "counter";
+    ChatRoom => "CHAT_ROOM", "chat_room";
+    Waddle => "WADDLE", "waddle";
+    Channel => "CHANNEL", "channel";
+    RateLimiter => "RATE_LIMITER", "rate_limiter";
+    Game => "GAME_SERVER", "game";
 }
 
 /// Who may call an endpoint.
@@ -280,8 +279,21 @@ mod tests {
 
     #[test]
     fn do_class_names_round_trip() {
-        for c in [DoClass::UserSession, DoClass::Counter, DoClass::ChatRoom, DoClass::Waddle, DoClass::Channel, DoClass::RateLimiter, DoClass::Game] {
-            assert_eq!(DoClass::parse(c.as_str()), Some(c));
+        assert_eq!(DoClass::ALL.len(), 7);
+        for c in DoClass::ALL {
+            assert_eq!(DoClass::parse(c.as_str()), Some(*c));
+        }
+        let names: std::collections::HashSet<_> = DoClass::ALL.iter().map(|c| c.as_str()).collect();
+        let bindings: std::collections::HashSet<_> = DoClass::ALL.iter().map(|c| c.binding()).collect();
+        assert_eq!((names.len(), bindings.len()), (DoClass::ALL.len(), DoClass::ALL.len()));
+    }
+
+    /// Every class's binding is declared in wrangler.toml (a typo would be a runtime 500).
+    #[test]
+    fn every_binding_is_in_wrangler_toml() {
+        let toml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../wrangler.toml")).unwrap();
+        for c in DoClass::ALL {
+            assert!(toml.contains(&format!("name = \"{}\"", c.binding())), "{} missing from wrangler.toml", c.binding());
         }
     }
 }
