@@ -4,14 +4,14 @@
 // test-output/.
 
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { type Browser, type Page } from "playwright-core";
 
+import { launchChromium } from "./chromium.js";
 import { ROOT, mintToken, server, stopOwnServer, unique } from "./support.js";
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 /**
  * Every wait in the browser: generous, so a loaded machine only makes a run slower. Nothing
  * here waits a fixed time; each wait ends as soon as what it waits for shows up.
@@ -23,14 +23,7 @@ let base = "";
 let browser: Browser | undefined;
 before(async () => {
   ({ base } = await server());
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run ./scripts/setup-browser.sh (apt-get install chromium; never a downloaded browser)`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    // playwright-core launches with a fresh temporary --user-data-dir of its own.
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--disable-quic"],
-  });
+  browser = await launchChromium();
   mkdirSync(OUT, { recursive: true });
 });
 after(async () => {

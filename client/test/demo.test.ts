@@ -4,14 +4,14 @@
 // to test-output/. Every wait ends as soon as what it waits for shows up (60 s deadline).
 
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { type Browser, type Page } from "playwright-core";
 
+import { launchChromium } from "./chromium.js";
 import { ROOT, mintToken, server, stopOwnServer, unique } from "./support.js";
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const WAIT = 60_000;
 const OUT = join(ROOT, "test-output");
 
@@ -19,13 +19,7 @@ let base = "";
 let browser: Browser | undefined;
 before(async () => {
   ({ base } = await server());
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run ./scripts/setup-browser.sh`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--disable-quic"],
-  });
+  browser = await launchChromium();
   mkdirSync(OUT, { recursive: true });
 });
 after(async () => {

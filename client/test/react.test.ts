@@ -10,11 +10,11 @@ import { existsSync, readFileSync } from "node:fs";
 import http from "node:http";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { type Browser, type Page } from "playwright-core";
 
+import { launchChromium } from "./chromium.js";
 import { RawSocket, ROOT, api, mintToken, server, stopOwnServer, unique } from "./support.js";
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const WAIT = 60_000;
 const PAGE_DIR = join(ROOT, "client", "react", "build-test");
 
@@ -26,7 +26,6 @@ let pageUrl = "";
 before(async () => {
   ({ base } = await server());
   assert.ok(existsSync(join(PAGE_DIR, "page.js")), "client/react/build-test/page.js missing: `npm test` builds it (npm run build:react)");
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run ./scripts/setup-browser.sh`);
   pages = http.createServer((req, res) => {
     const file = req.url === "/page.js" ? "page.js" : "index.html";
     res.writeHead(200, { "content-type": file.endsWith(".js") ? "text/javascript" : "text/html" });
@@ -35,12 +34,7 @@ before(async () => {
   await new Promise<void>((ok) => pages?.listen(0, "127.0.0.1", () => ok()));
   const addr = pages.address();
   pageUrl = `http://127.0.0.1:${typeof addr === "object" && addr ? addr.port : 0}/`;
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--disable-quic"],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();
