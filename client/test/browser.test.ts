@@ -4,31 +4,25 @@
 // test-output/.
 
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { type Browser, type Page } from "playwright-core";
 
-import { launchChromium } from "./chromium.js";
-import { ROOT, mintToken, server, stopOwnServer, unique } from "./support.js";
+import { SCREENSHOTS, demoPageSuite } from "./chromium.js";
+import { mintToken, unique } from "./support.js";
 
 /**
  * Every wait in the browser: generous, so a loaded machine only makes a run slower. Nothing
  * here waits a fixed time; each wait ends as soon as what it waits for shows up.
  */
 const WAIT = 60_000;
-const OUT = join(ROOT, "test-output");
+const OUT = SCREENSHOTS;
 
 let base = "";
 let browser: Browser | undefined;
-before(async () => {
-  ({ base } = await server());
-  browser = await launchChromium();
-  mkdirSync(OUT, { recursive: true });
-});
-after(async () => {
-  await browser?.close();
-  await stopOwnServer();
+demoPageSuite((b, br) => {
+  base = b;
+  browser = br;
 });
 
 /** How a tab signs in: a pasted token, or the dev sign-in (`DEV_TOKENS=1`, which the run sets). */

@@ -4,27 +4,21 @@
 // to test-output/. Every wait ends as soon as what it waits for shows up (60 s deadline).
 
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { type Browser, type Page } from "playwright-core";
 
-import { launchChromium } from "./chromium.js";
-import { ROOT, mintToken, server, stopOwnServer, unique } from "./support.js";
+import { SCREENSHOTS, demoPageSuite } from "./chromium.js";
+import { mintToken, unique } from "./support.js";
 
 const WAIT = 60_000;
-const OUT = join(ROOT, "test-output");
+const OUT = SCREENSHOTS;
 
 let base = "";
 let browser: Browser | undefined;
-before(async () => {
-  ({ base } = await server());
-  browser = await launchChromium();
-  mkdirSync(OUT, { recursive: true });
-});
-after(async () => {
-  await browser?.close();
-  await stopOwnServer();
+demoPageSuite((b, br) => {
+  base = b;
+  browser = br;
 });
 
 const PANELS = ["#waddle-status", "#channel-status", "#game-status"];

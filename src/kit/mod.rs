@@ -349,8 +349,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
             for id in [ids.next_id(), other_instance.next_id()] {
-                let parsed = uuid::Uuid::parse_str(&id).unwrap();
-                assert_eq!(parsed.get_version_num(), 4);
+                assert_eq!(uuid::Uuid::parse_str(&id).map(|u| u.get_version_num()), Ok(4), "{id}");
                 assert!(seen.insert(id), "duplicate id");
             }
         }

@@ -2,12 +2,10 @@
 //! UserSession mirror, revocation, bad input, hibernation and restarts. Every test uses its
 //! own game and users; "nothing else arrived" is proven with a ping → pong sentinel.
 
-use std::time::Duration;
-
 use libtest_mimic::Trial;
 use serde_json::{json, Value};
 
-use crate::support::{http, server, unique, ws, ws_refusal, TestResult, Ws};
+use crate::support::{http, server, unique, ws, ws_refusal, Hibernation, TestResult, Ws};
 use crate::{ensure, ensure_eq, restart_trial, trial};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -442,31 +440,32 @@ async fn http_refusals() -> TestResult {
     Ok(())
 }
 
+/// Two players `a` and `b` joined in game `g`, in that order, and `a` has made move 1 with
+/// client id `id` (so it is `b`'s turn).
+async fn two_players_one_move(g: &str, a: &str, b: &str, id: &str) -> Res<(Ws, Ws)> {
+    let (mut sa, _) = open(g, a, "").await?;
+    let (mut sb, _) = open(g, b, "").await?;
+    join(&mut sa, a, &mut [&mut sb]).await?;
+    join(&mut sb, b, &mut [&mut sa]).await?;
+    sa.send_json(&json!({"type":"move","move":id,"id":id})).await?;
+    ensure_eq!(sa.recv_type("ack").await?["seq"], json!(1));
+    ensure_eq!(sb.recv().await?["seq"], json!(1));
+    Ok((sa, sb))
+}
+
 async fn hibernation() -> TestResult {
-    let s = server();
     let g = unique("ghib");
     let (a, b) = (unique("ha"), unique("hb"));
-    let (mut sa, _) = open(&g, &a, "").await?;
-    let (mut sb, _) = open(&g, &b, "").await?;
-    join(&mut sa, &a, &mut [&mut sb]).await?;
-    join(&mut sb, &b, &mut [&mut sa]).await?;
-    sa.send_json(&json!({"type":"move","move":"before","id":"before"})).await?;
-    ensure_eq!(sa.recv().await?["seq"], json!(1));
-    ensure_eq!(sa.recv().await?["type"], json!("ack"));
-    ensure_eq!(sb.recv().await?["seq"], json!(1));
-    let needle = format!("wake GameServer {g}");
-    let wakes_before = s.log_count(&needle);
-    if s.is_local() {
-        // Idle (no frames at all) until the object is evicted; a repeated join then wakes it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-        loop {
-            tokio::time::sleep(Duration::from_secs(12)).await;
-            sa.send_json(&json!({"type":"join"})).await?;
-            ensure_eq!(sa.recv().await?["type"], json!("game_state"));
-            if s.log_count(&needle) > wakes_before {
-                break;
-            }
-            ensure!(tokio::time::Instant::now() < deadline, "GameServer {g} never hibernated within 180 s");
+    let (mut sa, mut sb) = two_players_one_move(&g, &a, &b, "before").await?;
+    // Idle until the object is evicted; a repeated join (a no-op answered with game_state)
+    // wakes it.
+    let mut hib = Hibernation::start("GameServer", &g).await?;
+    loop {
+        hib.idle().await?;
+        sa.send_json(&json!({"type":"join"})).await?;
+        ensure_eq!(sa.recv().await?["type"], json!("game_state"));
+        if hib.woke().await {
+            break;
         }
     }
     let state = state_of(&g).await?;
@@ -488,13 +487,7 @@ async fn restart() -> TestResult {
     let s = server();
     let g = unique("grestart");
     let (a, b) = (unique("ta"), unique("tb"));
-    let (mut sa, _) = open(&g, &a, "").await?;
-    let (mut sb, _) = open(&g, &b, "").await?;
-    join(&mut sa, &a, &mut [&mut sb]).await?;
-    join(&mut sb, &b, &mut [&mut sa]).await?;
-    sa.send_json(&json!({"type":"move","move":1,"id":"r1"})).await?;
-    ensure_eq!(sa.recv_type("ack").await?["seq"], json!(1));
-    ensure_eq!(sb.recv().await?["seq"], json!(1));
+    let (mut sa, mut sb) = two_players_one_move(&g, &a, &b, "r1").await?;
     let m2 = play(&mut sb, json!(2), &mut [&mut sa]).await?;
     let before = state_of(&g).await?;
     drop(sa);
