@@ -87,6 +87,33 @@ pub struct Call {
     /// The object's name (`idFromName`).
     pub object: String,
     pub op: String,
+    /// The request body (JSON text), if any.
+    pub body: Option<String>,
+    /// How many times the kit tries (a failure or a non-200 answer is logged and tried again
+    /// at once, at most this many times in all; at least 1).
+    pub tries: u8,
+    /// Continuation: when set, the answer (or the last failure) is handed to the object's
+    /// `on_reply` hook with this text, in the same event (the origin socket is still `This`).
+    pub then: Option<String>,
+}
+
+impl Call {
+    /// A call with no body, tried once, answer ignored (what [`Effects::call`] adds).
+    pub fn new(binding: &'static str, object: impl Into<String>, op: impl Into<String>) -> Self {
+        Self { binding, object: object.into(), op: op.into(), body: None, tries: 1, then: None }
+    }
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+    pub fn tries(mut self, tries: u8) -> Self {
+        self.tries = tries.max(1);
+        self
+    }
+    pub fn then(mut self, then: impl Into<String>) -> Self {
+        self.then = Some(then.into());
+        self
+    }
 }
 
 /// Everything one hook decided. Build it with the chaining methods. Order: store → send →
@@ -149,7 +176,12 @@ impl Effects {
         self
     }
     pub fn call(mut self, binding: &'static str, object: impl Into<String>, op: impl Into<String>) -> Self {
-        self.calls.push(Call { binding, object: object.into(), op: op.into() });
+        self.calls.push(Call::new(binding, object, op));
+        self
+    }
+    /// Add a fully described [`Call`] (body, tries, continuation).
+    pub fn call_with(mut self, call: Call) -> Self {
+        self.calls.push(call);
         self
     }
     /// `self`, then `other` (each list keeps its order; `other`'s close wins).

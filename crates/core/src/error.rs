@@ -53,6 +53,10 @@ impl ApiError {
     pub fn internal() -> Self {
         Self::new(500, "internal_error", "internal error")
     }
+    /// 503 `unavailable`: a sharded object could not reach its primary (docs/sharding.md); try again.
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", message)
+    }
 
     /// The JSON body of docs/protocol.md §5.
     pub fn body(&self) -> String {

@@ -23,6 +23,7 @@
 //! - [`waddle`]: the Waddle protocol: community presence and typing relay (docs/protocol.md §6.4).
 //! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (docs/protocol.md §6.5).
 //! - [`effects`]: what a kit object's hooks decide, as data (store, send, close, timers, calls), and typed ops.
+//! - [`shard`]: spreading one Channel or Waddle over several objects (hash, names, in-order delivery).
 //! - [`game`]: the GameServer protocol: a turn-based room of up to 4 players (docs/game.md).
 
 pub mod accept;
@@ -44,6 +45,7 @@ pub mod revocation;
 pub mod route;
 pub mod schedule;
 pub mod session;
+pub mod shard;
 pub mod time;
 pub mod waddle;
 
