@@ -108,6 +108,20 @@ pub trait RealtimeObject: Sized + 'static {
     fn on_timer(&mut self, _ctx: &Ctx<'_>, _name: &str) -> Effects {
         Effects::none()
     }
+
+    /// The answer to a call that asked for one ([`effects::Call::then`], `then` is its text):
+    /// the 200 body, or why every try failed. Runs in the same event, after all of that
+    /// event's calls; `ctx`'s own socket is still the event's socket (if any).
+    fn on_reply(&mut self, _ctx: &Ctx<'_>, _then: &str, _reply: Result<String, String>) -> Effects {
+        Effects::none()
+    }
+
+    /// Before a WebSocket is accepted: at most one call whose answer `on_connect` then reads
+    /// with [`Incoming::prelude`] (a shard asks its primary for the state a new socket needs).
+    /// Nothing is accepted or stored while it runs.
+    fn connect_call(&mut self, _ctx: &Ctx<'_>, _who: &Identity, _req: &Incoming) -> Result<Option<effects::Call>, ApiError> {
+        Ok(None)
+    }
 }
 
 /// Every socket's attachment: who opened it (the kit's revocation reads `token_iat`), when,
@@ -203,6 +217,8 @@ pub struct Incoming {
     name_text: Option<String>,
     query: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The answer to [`RealtimeObject::connect_call`], on a WebSocket connect that made one.
+    prelude: Option<Result<String, String>>,
 }
 
 impl Incoming {
@@ -224,7 +240,11 @@ impl Incoming {
             .flatten()
             .map(|n| http::decode_header_text(&n))
             .filter(|n| !n.is_empty());
-        Ok(Self { identity: Identity::from_request(req).ok(), object_name: http::object_name(req), name_text, query, body })
+        Ok(Self { identity: Identity::from_request(req).ok(), object_name: http::object_name(req), name_text, query, body, prelude: None })
+    }
+    /// The answer to this connect's [`RealtimeObject::connect_call`] (the 200 body, or why it failed).
+    pub fn prelude(&self) -> Option<&Result<String, String>> {
+        self.prelude.as_ref()
     }
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -291,6 +311,8 @@ pub struct Host<T: RealtimeObject> {
     heartbeat_ms: Millis,
     /// Timer changes `on_wake` asked for, applied with the next event's timers.
     pending_timers: RefCell<Vec<Timer>>,
+    /// Calls `on_wake` asked for, made with the next event's calls.
+    pending_calls: RefCell<Vec<effects::Call>>,
 }
 
 impl<T: RealtimeObject> Host<T> {
@@ -310,6 +332,7 @@ impl<T: RealtimeObject> Host<T> {
             attachments: kit::AttachmentCache::default(),
             heartbeat_ms,
             pending_timers: RefCell::new(Vec::new()),
+            pending_calls: RefCell::new(Vec::new()),
         };
         host.wake();
         host
@@ -328,8 +351,8 @@ impl<T: RealtimeObject> Host<T> {
         if let Ok(mut pending) = self.pending_timers.try_borrow_mut() {
             pending.extend(effects.timers);
         }
-        if !effects.calls.is_empty() {
-            worker::console_error!("{}: on_wake calls are not supported (dropped)", T::CLASS);
+        if let Ok(mut pending) = self.pending_calls.try_borrow_mut() {
+            pending.extend(effects.calls);
         }
     }
 
@@ -369,9 +392,9 @@ impl<T: RealtimeObject> Host<T> {
             return http::json_text_response(200, body.to_string());
         }
         let op = T::Op::parse(path).ok_or_else(|| ApiError::not_found(format!("unknown {} operation", T::CLASS)))?;
-        let incoming = Incoming::read(req, !op.is_websocket()).await?;
+        let mut incoming = Incoming::read(req, !op.is_websocket()).await?;
         if op.is_websocket() {
-            return self.open(req, &incoming).await;
+            return self.open(req, &mut incoming).await;
         }
         let mut reply = self.hook(|o, ctx| o.on_request(ctx, op, &incoming)).ok_or_else(ApiError::internal)??;
         self.commit(None, std::mem::take(&mut reply.effects.store))?;
@@ -380,8 +403,13 @@ impl<T: RealtimeObject> Host<T> {
     }
 
     /// The WebSocket op: `on_connect`, store, accept, then the rest of the effects.
-    async fn open(&self, req: &Request, incoming: &Incoming) -> Result<Response, ApiError> {
+    async fn open(&self, req: &Request, incoming: &mut Incoming) -> Result<Response, ApiError> {
         let who = incoming.identity()?.clone();
+        let prelude = self.hook(|o, ctx| o.connect_call(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
+        if let Some(call) = prelude {
+            incoming.prelude = Some(self.call(&call).await);
+        }
+        let incoming = &*incoming;
         let (conn, mut effects) = self.hook(|o, ctx| o.on_connect(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
         let mut tags = vec![format!("u:{}", who.user_id)];
         tags.extend(T::tags(&conn));
@@ -568,7 +596,16 @@ impl<T: RealtimeObject> Host<T> {
                 }
             }
         }
-        futures::future::join_all(effects.calls.iter().map(|c| self.call(c))).await;
+        let mut calls = self.pending_calls.try_borrow_mut().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        calls.extend(effects.calls);
+        let answers = futures::future::join_all(calls.iter().map(|c| self.call(c))).await;
+        for (call, answer) in calls.iter().zip(answers) {
+            let Some(then) = &call.then else { continue };
+            let ctx = Ctx { this: origin, ..self.ctx() };
+            if let Some(next) = self.hook_with(ctx, |o, ctx| o.on_reply(ctx, then, answer)) {
+                Box::pin(self.execute(origin, next)).await;
+            }
+        }
         if effects.release {
             self.release().await;
         }
@@ -616,22 +653,48 @@ impl<T: RealtimeObject> Host<T> {
         }
     }
 
-    /// POST `call.op` to another object; failures are logged (what was stored stands).
-    async fn call(&self, call: &effects::Call) {
-        let result = async {
-            let headers = Headers::new();
-            headers.set(http::OBJECT_NAME, &http::encode_header_text(&call.object))?;
-            let mut init = RequestInit::new();
-            init.with_method(Method::Post).with_headers(headers);
-            let req = Request::new_with_init(&format!("https://do.internal/{}", call.op), &init)?;
-            let stub = self.env.durable_object(call.binding)?.get_by_name(&call.object)?;
-            stub.fetch_with_request(req).await
-        };
-        match result.await {
-            Ok(r) if r.status_code() == 200 => {}
-            Ok(r) => worker::console_error!("{} → {} {}: answered {}", T::CLASS, call.binding, call.op, r.status_code()),
-            Err(e) => worker::console_error!("{} → {} {}: {e}", T::CLASS, call.binding, call.op),
+    /// POST `call.op` (with its body) to another object, up to `call.tries` times; every
+    /// failure is logged (what was stored stands). The 200 body, or the last failure. A 4xx
+    /// answer is not tried again (the request itself is wrong).
+    async fn call(&self, call: &effects::Call) -> Result<String, String> {
+        let tries = call.tries.max(1);
+        let mut last = String::new();
+        for attempt in 1..=tries {
+            let retry = match self.call_once(call).await {
+                Ok((200, body)) => return Ok(body),
+                Ok((status, body)) => {
+                    last = format!("answered {status}: {}", body.chars().take(200).collect::<String>());
+                    !(400..500).contains(&status)
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    true
+                }
+            };
+            worker::console_error!("{} → {} {} {} (try {attempt} of {tries}): {last}", T::CLASS, call.binding, call.object, call.op);
+            if !retry {
+                break;
+            }
         }
+        Err(last)
+    }
+
+    async fn call_once(&self, call: &effects::Call) -> worker::Result<(u16, String)> {
+        let headers = Headers::new();
+        headers.set(http::OBJECT_NAME, &http::encode_header_text(&call.object))?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post);
+        if let Some(body) = &call.body {
+            headers.set("Content-Type", "application/json")?;
+            init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_bytes()).into()));
+        }
+        init.with_headers(headers);
+        let req = Request::new_with_init(&format!("https://do.internal/{}", call.op), &init)?;
+        let stub = self.env.durable_object(call.binding)?.get_by_name(&call.object)?;
+        let mut response = stub.fetch_with_request(req).await?;
+        let status = response.status_code();
+        let body = response.text().await.unwrap_or_default();
+        Ok((status, body))
     }
 }
 
