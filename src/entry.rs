@@ -10,6 +10,7 @@ use edge_realtime_core::effects::Op;
 use edge_realtime_core::ratelimit::{self, Decision, GcraDecision, RateLimitOp};
 use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
 use edge_realtime_core::session::SessionOp;
+use edge_realtime_core::shard;
 
 use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, OBJECT_NAME};
 use crate::kit::internal;
@@ -51,6 +52,7 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     let identity = Identity { user_id: claims.sub.clone(), user_name: claims.display_name().to_owned(), token_iat: claims.iat };
     match endpoint {
         Endpoint::Object { class, name, op, websocket, .. } => {
+            let name = if websocket { shard_for(env, class, &name, &identity.user_id) } else { name };
             if websocket {
                 // The upgrade limit and the revocation check ask two different objects: in parallel.
                 // UserSession refuses revoked tokens itself (same DO: no second call).
@@ -79,6 +81,23 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
         }
         Endpoint::Health => Err(ApiError::internal()),
     }
+}
+
+/// `CHANNEL_SHARDS` / `WADDLE_SHARDS` = N > 1 (docs/sharding.md): a socket of a channel or
+/// waddle goes to shard `core::shard::shard_of(userId, N)` of it (`<id>~shard-<k>`), so all sockets of one
+/// user meet in one shard; HTTP always reaches the primary `<id>`. N = 1 (the default): the
+/// object itself, as always.
+fn shard_for(env: &Env, class: DoClass, name: &str, user_id: &str) -> String {
+    let var = match class {
+        DoClass::Channel => "CHANNEL_SHARDS",
+        DoClass::Waddle => "WADDLE_SHARDS",
+        _ => return name.to_owned(),
+    };
+    let shards = shard::parse_shards(env.var(var).ok().map(|v| v.to_string()).as_deref());
+    if shards <= 1 {
+        return name.to_owned();
+    }
+    shard::shard_name(name, shard::shard_of(user_id, shards))
 }
 
 // --- dev tokens (DEV_TOKENS=1; never in production: anyone could mint any user's token) ---

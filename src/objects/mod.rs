@@ -6,6 +6,7 @@ pub mod chat;
 pub mod counter;
 pub mod game;
 pub mod rate_limiter;
+pub mod sharding;
 pub mod user_session;
 pub mod waddle;
 

@@ -60,6 +60,19 @@ crate::ops! {
         Socket = "ws" (websocket),
         Message = "message",
         Messages = "messages",
+        // Internal, sharded channels only (docs/sharding.md; no route reaches them).
+        /// Primary: a post from a shard's socket.
+        ShardPost = "shard-post",
+        /// Primary: a typing change from a shard's socket.
+        ShardTyping = "shard-typing",
+        /// Primary: a socket is joining a shard (answers participants, latest, replay).
+        ShardJoin = "shard-join",
+        /// Primary: a user's last socket left a shard.
+        ShardLeave = "shard-leave",
+        /// Primary: stored messages in a range (a shard's gap fetch).
+        Range = "range",
+        /// Shard: frames for every socket (sequenced ones in order).
+        Deliver = "deliver",
     }
 }
 
@@ -71,7 +84,25 @@ pub const SCHEMA: &[&str] = &[
      timestamp INTEGER NOT NULL, client_id TEXT)",
     "CREATE UNIQUE INDEX IF NOT EXISTS messages_client ON messages (user_id, client_id) WHERE client_id IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS typing (user_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)",
+    crate::shard::SCHEMA[0],
+    crate::shard::SCHEMA[1],
+    crate::shard::SCHEMA[2],
 ];
+
+/// The sequence of a `message` frame this core built (what a shard orders by); `None` for
+/// every other frame (typing, participants, anything added later).
+pub fn sequence_of(frame: &str) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        r#type: &'a str,
+        sequence: Option<i64>,
+    }
+    if !frame.starts_with(r#"{"type":"message","#) {
+        return None;
+    }
+    serde_json::from_str::<Probe<'_>>(frame).ok().filter(|p| p.r#type == "message").and_then(|p| p.sequence)
+}
 /// Create the channel row on first use (its name lets every wake log it).
 pub const REMEMBER_NAME: &str = "INSERT OR IGNORE INTO channel (id, name) VALUES (1, ?)";
 
@@ -972,6 +1003,16 @@ mod tests {
         for bad in ["0", "-3", "x", ""] {
             assert_eq!(parse_max_messages(Some(bad)), DEFAULT_MAX_MESSAGES, "{bad}");
         }
+    }
+
+    #[test]
+    fn message_frames_carry_their_sequence_for_shards() {
+        let m = ChannelMessage { sequence: 42, user_id: "u".into(), content: "x".into(), timestamp: 0, client_id: None };
+        assert_eq!(sequence_of(&m.frame()), Some(42));
+        assert_eq!(sequence_of(r#"{"type":"typing","users":["a"]}"#), None);
+        assert_eq!(sequence_of(r#"{"type":"participants","users":[]}"#), None);
+        assert_eq!(sequence_of(r#"{"type":"reaction","sequence":3}"#), None);
+        assert_eq!(sequence_of("nope"), None);
     }
 
     #[test]

@@ -112,6 +112,15 @@ crate::ops! {
         Socket = "ws" (websocket),
         Presence = "presence",
         Broadcast = "broadcast",
+        // Internal, sharded waddles only (docs/sharding.md; no route reaches them).
+        /// Primary: a socket is joining a shard (answers `presence_state`).
+        ShardJoin = "shard-join",
+        /// Primary: a presence change or typing from a shard's socket (already relayed there).
+        ShardFrame = "shard-frame",
+        /// Primary: a user's last socket left a shard.
+        ShardLeave = "shard-leave",
+        /// Shard: frames for every socket.
+        Deliver = "deliver",
     }
 }
 
@@ -119,6 +128,9 @@ crate::ops! {
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS waddle (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS presence (user_id TEXT PRIMARY KEY, status TEXT NOT NULL, last_seen INTEGER NOT NULL)",
+    crate::shard::SCHEMA[0],
+    crate::shard::SCHEMA[1],
+    crate::shard::SCHEMA[2],
 ];
 /// Store the object's name once (the wake log names it).
 pub const REMEMBER_NAME: &str = "INSERT OR IGNORE INTO waddle (id, name) VALUES (1, ?)";
