@@ -15,6 +15,7 @@ mod waddle;
 mod ratelimit;
 mod liveness;
 mod proxy;
+mod sharding;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -77,6 +78,7 @@ fn main() {
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
     trials.extend(liveness::tests());
+    trials.extend(sharding::tests());
 
     let listing = args.list;
     if !listing {
@@ -84,6 +86,7 @@ fn main() {
     }
     let conclusion = libtest_mimic::run(&args, trials);
     if !listing {
+        sharding::stop();
         server().stop();
     }
     conclusion.exit();

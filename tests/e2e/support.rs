@@ -676,6 +676,7 @@ pub struct ExtraServer {
     pub log: Arc<Mutex<Vec<String>>>,
     child: Option<Child>,
     persist: PathBuf,
+    args: Vec<String>,
 }
 
 impl ExtraServer {
@@ -689,17 +690,52 @@ impl ExtraServer {
         for v in extra_vars {
             args.extend(["--var".to_owned(), (*v).to_owned()]);
         }
-        let opts = devserver::Options { port, persist: &persist, args, verbose_env: "E2E_VERBOSE", label: "wrangler-2", keep: |_| true };
+        let opts = devserver::Options { port, persist: &persist, args: args.clone(), verbose_env: "E2E_VERBOSE", label: "wrangler-2", keep: |_| true };
         let child = devserver::spawn(&opts, &log)?;
-        let server = ExtraServer { base: format!("http://127.0.0.1:{port}"), port, log, child: Some(child), persist };
+        let server = ExtraServer { base: format!("http://127.0.0.1:{port}"), port, log, child: Some(child), persist, args };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&self) -> TestResult {
         let deadline = std::time::Instant::now() + Duration::from_secs(600);
         while std::time::Instant::now() < deadline {
-            if matches!(reqwest::blocking_get(&format!("{}/health", server.base)), Ok(200)) {
-                return Ok(server);
+            if matches!(reqwest::blocking_get(&format!("{}/health", self.base)), Ok(200)) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        Err(fail(format!("second wrangler dev on {port} did not become ready")))
+        Err(fail(format!("second wrangler dev on {} did not become ready", self.port)))
+    }
+
+    /// A crash (like [`Server::crash_restart`]): SIGKILL the whole group — sockets dropped, no
+    /// close events — then start again on the same port, vars and `--persist-to` state.
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn crash_restart(&mut self) -> TestResult {
+        if let Some(child) = self.child.take() {
+            let group = format!("-{}", child.id());
+            let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &group]).status();
+            let mut child = child;
+            let _ = child.wait();
+        }
+        if !devserver::wait_port_free(self.port, Duration::from_secs(60)) {
+            return Err(fail(format!("port {} still in use 60 s after killing wrangler", self.port)));
+        }
+        let opts = devserver::Options {
+            port: self.port,
+            persist: &self.persist,
+            args: self.args.clone(),
+            verbose_env: "E2E_VERBOSE",
+            label: "wrangler-2",
+            keep: |_| true,
+        };
+        self.child = Some(devserver::spawn(&opts, &self.log)?);
+        self.wait_ready()
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().map(|l| l.iter().filter(|line| line.contains(needle)).count()).unwrap_or(0)
     }
 
     pub fn ws_base(&self) -> String {
