@@ -4,7 +4,7 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-scale bench-chat-1000 bench-idle bench-storm clean
+.PHONY: dev test setup token lint unit e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-sharded bench-scale bench-chat-1000 bench-idle bench-storm clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
@@ -55,7 +55,7 @@ deploy-check:
 BENCH = cargo run -q --profile bench-driver -p edge-realtime-bench --
 
 bench: setup
-	$(BENCH) all $(ARGS)
+	@$(SCALE) all $(ARGS)
 	cargo run -q --example bench_ratelimit
 
 bench-chat: setup
@@ -69,6 +69,10 @@ bench-wake: setup
 
 bench-size: setup
 	$(BENCH) size $(ARGS)
+
+## One channel with 2,000 receivers, CHANNEL_SHARDS 1 vs 4 (docs/sharding.md); also in `make bench`.
+bench-sharded: setup
+	@$(SCALE) sharded $(ARGS)
 
 ## Scale runs (docs/benchmarks.md "Scale"), not part of `make bench`: several minutes each.
 ## Every socket is a file descriptor in the driver and in the Worker's workerd (and six in

@@ -12,8 +12,8 @@
 //! - [`client`]: tokens, WebSocket and HTTP helpers, the benchmark clock.
 //! - [`stats`]: percentiles and Markdown tables.
 //! - [`procfs`]: memory and CPU of process groups from `/proc`.
-//! - [`chat`], [`counter`], [`wake`], [`size`], [`idle`], [`storm`]: one scenario per file
-//!   (`all` runs the first four; `idle` and `storm` are scale runs, asked for by name).
+//! - [`chat`], [`counter`], [`wake`], [`size`], [`sharded`], [`idle`], [`storm`]: one scenario
+//!   per file (`all` runs the first five; `idle` and `storm` are scale runs, asked for by name).
 
 mod chat;
 mod client;
@@ -21,6 +21,7 @@ mod counter;
 mod idle;
 mod procfs;
 mod server;
+mod sharded;
 mod size;
 mod stats;
 mod storm;
@@ -39,16 +40,17 @@ pub fn fail(msg: impl Into<String>) -> BoxError {
     msg.into().into()
 }
 
-const USAGE: &str = "usage: edge-realtime-bench <all|chat|counter|wake|size|idle|storm> [--option value ...]
+const USAGE: &str = "usage: edge-realtime-bench <all|chat|counter|wake|size|sharded|idle|storm> [--option value ...]
 
 chat     --receivers 50 --senders 5 --duration 15 --warmup 3 --drain 10 --target both|edge|baseline
 counter  --clients 10 --duration 10 --warmup 2 --mode both|http|ws
 wake     --objects 3 --rounds 3 --idle 15 --hot 20 --target all|counter|chat|baseline
 size     --no-build true   (measure build/index_bg.wasm as it is)
+sharded  --receivers 2000 --writers 4 --messages 200 --drain 30   (one channel, CHANNEL_SHARDS 1 vs 4)
 idle     --sockets 500 --idle 20 --concurrency 64 --direct false   (not in `all`)
 storm    --clients 200 --users 20 --before 3 --missed 5 --live-ms 100 --concurrency 64 --target both|edge|baseline   (not in `all`)
 
-BENCH_BASE_URL / BENCH_BASELINE_URL: use running servers instead of starting wrangler dev.
+BENCH_BASE_URL / BENCH_SHARDED_URL / BENCH_BASELINE_URL: use running servers instead of starting wrangler dev.
 BENCH_VERBOSE=1: echo wrangler's output.";
 
 /// `--key value` options after the scenario name.
@@ -118,6 +120,10 @@ async fn run(scenario: &str, opts: &Opts) -> Res<()> {
         print_header("Chat fan-out");
         chat::run(&mut services, opts).await?;
     }
+    if all || scenario == "sharded" {
+        print_header("Sharded channel fan-out");
+        sharded::run(&mut services, opts).await?;
+    }
     if scenario == "idle" {
         print_header("Idle hibernated sockets");
         idle::run(&mut services, opts).await?;
@@ -126,7 +132,7 @@ async fn run(scenario: &str, opts: &Opts) -> Res<()> {
         print_header("Reconnect storm");
         storm::run(&mut services, opts).await?;
     }
-    if !all && !matches!(scenario, "size" | "counter" | "wake" | "chat" | "idle" | "storm") {
+    if !all && !matches!(scenario, "size" | "counter" | "wake" | "chat" | "sharded" | "idle" | "storm") {
         return Err(fail(format!("unknown scenario {scenario:?}\n\n{USAGE}")));
     }
     Ok(())

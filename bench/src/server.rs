@@ -28,6 +28,8 @@ const READY_WITHIN: Duration = Duration::from_secs(900);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Edge,
+    /// The Worker with `CHANNEL_SHARDS` / `WADDLE_SHARDS` set (the `sharded` scenario).
+    EdgeSharded(u32),
     Baseline,
 }
 
@@ -72,6 +74,7 @@ impl Log {
 pub struct Services {
     secret: String,
     edge: Option<Service>,
+    sharded: Option<Service>,
     baseline: Option<Service>,
 }
 
@@ -90,7 +93,7 @@ fn read_secret() -> Res<String> {
 
 impl Services {
     pub fn new() -> Res<Services> {
-        Ok(Services { secret: read_secret()?, edge: None, baseline: None })
+        Ok(Services { secret: read_secret()?, edge: None, sharded: None, baseline: None })
     }
 
     pub fn secret(&self) -> &str {
@@ -103,6 +106,15 @@ impl Services {
             self.edge = Some(Service::start(Kind::Edge, "BENCH_BASE_URL").await?);
         }
         self.edge.as_ref().ok_or_else(|| fail("edge server missing"))
+    }
+
+    /// edge-realtime with `CHANNEL_SHARDS` and `WADDLE_SHARDS` = `shards`: `BENCH_SHARDED_URL`, or
+    /// a second `wrangler dev` of the project.
+    pub async fn edge_sharded(&mut self, shards: u32) -> Res<&Service> {
+        if self.sharded.is_none() {
+            self.sharded = Some(Service::start(Kind::EdgeSharded(shards), "BENCH_SHARDED_URL").await?);
+        }
+        self.sharded.as_ref().ok_or_else(|| fail("sharded server missing"))
     }
 
     /// The JS baseline: `BENCH_BASELINE_URL`, or a `wrangler dev` of `bench/baseline`.
@@ -184,15 +196,22 @@ impl Drop for Service {
 fn spawn(kind: Kind, port: u16, persist: &Path, log: &Arc<Mutex<Vec<String>>>) -> Res<Child> {
     let args: Vec<String> = match kind {
         Kind::Edge => EDGE_VARS.iter().flat_map(|v| ["--var".to_owned(), (*v).to_owned()]).collect(),
+        Kind::EdgeSharded(n) => EDGE_VARS
+            .iter()
+            .map(|v| (*v).to_owned())
+            .chain([format!("CHANNEL_SHARDS:{n}"), format!("WADDLE_SHARDS:{n}")])
+            .flat_map(|v| ["--var".to_owned(), v])
+            .collect(),
         Kind::Baseline => vec!["--config".into(), "bench/baseline/wrangler.toml".into()],
     };
     let label = match kind {
         Kind::Edge => "wrangler Edge",
+        Kind::EdgeSharded(_) => "wrangler EdgeSharded",
         Kind::Baseline => "wrangler Baseline",
     };
     // Per-request lines are not kept: only what a scenario may look for.
     let keep: fn(&str) -> bool =
-        |line| line.contains("wake ") || line.contains("rror") || !line.contains("[wrangler:info]");
+        |line| line.contains("wake ") || line.contains("shard accept") || line.contains("rror") || !line.contains("[wrangler:info]");
     let opts = devserver::Options { port, persist, args, verbose_env: "BENCH_VERBOSE", label, keep };
     devserver::spawn(&opts, log)
         .map_err(|e| fail(format!("failed to start `npx wrangler dev` ({e}); run `make setup` first")))
