@@ -313,6 +313,51 @@ pub struct Host<T: RealtimeObject> {
     pending_timers: RefCell<Vec<Timer>>,
     /// Calls `on_wake` asked for, made with the next event's calls.
     pending_calls: RefCell<Vec<effects::Call>>,
+    /// [`effects::Call::order`] lanes.
+    lanes: Lanes,
+}
+
+/// Ordered calls ([`effects::Call::order`]): a lane is busy while its key is present; callers
+/// that find it busy wait their turn in a FIFO queue, handed over one by one.
+#[derive(Default)]
+struct Lanes {
+    lanes: RefCell<std::collections::HashMap<String, std::collections::VecDeque<futures::channel::oneshot::Sender<()>>>>,
+}
+
+impl Lanes {
+    /// Wait for `key`'s turn (at once if the lane is free). Registration is synchronous, so
+    /// turns follow the order in which events reached their calls.
+    async fn enter(&self, key: &str) {
+        let waiting = {
+            let Ok(mut lanes) = self.lanes.try_borrow_mut() else { return };
+            match lanes.get_mut(key) {
+                None => {
+                    lanes.insert(key.to_owned(), std::collections::VecDeque::new());
+                    None
+                }
+                Some(queue) => {
+                    let (tx, rx) = futures::channel::oneshot::channel();
+                    queue.push_back(tx);
+                    Some(rx)
+                }
+            }
+        };
+        if let Some(rx) = waiting {
+            let _ = rx.await;
+        }
+    }
+
+    /// Hand `key`'s lane to the next waiter, or free it.
+    fn leave(&self, key: &str) {
+        let Ok(mut lanes) = self.lanes.try_borrow_mut() else { return };
+        let Some(queue) = lanes.get_mut(key) else { return };
+        while let Some(next) = queue.pop_front() {
+            if next.send(()).is_ok() {
+                return;
+            }
+        }
+        lanes.remove(key);
+    }
 }
 
 impl<T: RealtimeObject> Host<T> {
@@ -333,6 +378,7 @@ impl<T: RealtimeObject> Host<T> {
             heartbeat_ms,
             pending_timers: RefCell::new(Vec::new()),
             pending_calls: RefCell::new(Vec::new()),
+            lanes: Lanes::default(),
         };
         host.wake();
         host
@@ -653,10 +699,19 @@ impl<T: RealtimeObject> Host<T> {
         }
     }
 
-    /// POST `call.op` (with its body) to another object, up to `call.tries` times; every
-    /// failure is logged (what was stored stands). The 200 body, or the last failure. A 4xx
-    /// answer is not tried again (the request itself is wrong).
+    /// POST `call.op` (with its body) to another object, up to `call.tries` times (in its
+    /// [`effects::Call::order`] lane, if any); every failure is logged (what was stored stands).
+    /// The 200 body, or the last failure. A 4xx answer is not tried again (the request itself
+    /// is wrong).
     async fn call(&self, call: &effects::Call) -> Result<String, String> {
+        let Some(lane) = &call.order else { return self.call_tries(call).await };
+        self.lanes.enter(lane).await;
+        let answer = self.call_tries(call).await;
+        self.lanes.leave(lane);
+        answer
+    }
+
+    async fn call_tries(&self, call: &effects::Call) -> Result<String, String> {
         let tries = call.tries.max(1);
         let mut last = String::new();
         for attempt in 1..=tries {

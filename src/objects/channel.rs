@@ -253,11 +253,9 @@ impl RealtimeObject for ChannelRoom {
             };
         }
         if let Some(rest) = then.strip_prefix("gap:") {
-            let Some(mut pending) = Deliver::parse(rest.as_bytes()) else { return Effects::none() };
-            if pending.items.is_empty() {
-                return Effects::none();
-            }
-            let first = pending.items.remove(0);
+            let Some(pending) = Deliver::parse(rest.as_bytes()) else { return Effects::none() };
+            let mut items = pending.items.into_iter();
+            let Some(first) = items.next() else { return Effects::none() };
             let fetched: Vec<(i64, String)> = reply
                 .ok()
                 .and_then(|body| serde_json::from_str::<Snapshot>(&body).ok())
@@ -272,7 +270,7 @@ impl RealtimeObject for ChannelRoom {
             };
             effects = effects.store(shard::SAVE_FEED, vec![self.feed.delivered().into()]);
             let primary = self.shard().map(|(p, _)| p).unwrap_or_default();
-            return effects.and(self.deliver(ctx, &primary, pending.items));
+            return effects.and(self.deliver(ctx, &primary, items.collect()));
         }
         Effects::none()
     }
@@ -539,16 +537,23 @@ fn shard_message(ctx: &Ctx<'_>, conn: &Connection<()>, text: &str, primary: &str
             let call = Call::new(BINDING, primary, ChannelOp::ShardPost.path())
                 .body(body)
                 .tries(shard::CALL_TRIES)
-                .then(format!("ack:{client_id}"));
+                .then(format!("ack:{client_id}"))
+                .ordered(lane(&conn.user_id));
             Ok(Effects::none().call_with(call))
         }
         Handled::Done(outcome) if !outcome.to_self.is_empty() => Ok(scratch.effects(Outcome { timers_changed: false, typing_changed: false, ..outcome })),
         Handled::Done(_) => {
             let is_typing = scratch.typing().contains_key(&conn.user_id);
             let body = ShardRequest { user_id: conn.user_id.clone(), is_typing: Some(is_typing), since: None, delivered: None };
-            Ok(Effects::none().call_with(to_primary(primary, ChannelOp::ShardTyping.path(), &body)))
+            Ok(Effects::none().call_with(to_primary(primary, ChannelOp::ShardTyping.path(), &body).ordered(lane(&conn.user_id))))
         }
     }
+}
+
+/// A user's forwarded frames reach the primary one at a time, in the order they were sent
+/// (all of a user's sockets are on this shard): a socket's posts are sequenced in its order.
+fn lane(user_id: &str) -> String {
+    format!("u:{user_id}")
 }
 
 fn to_primary(primary: &str, op: &str, body: &ShardRequest) -> Call {

@@ -161,7 +161,8 @@ impl RealtimeObject for WaddleRoom {
             }
             let body = serde_json::json!({"userId": conn.user_id, "userName": conn.user_name, "text": text});
             let op = format!("{}?shard={index}", WaddleOp::ShardFrame.path());
-            return Ok(gone.and(local).call_with(sharding::to_primary(BINDING, &primary, &op, &body)));
+            let call = sharding::to_primary(BINDING, &primary, &op, &body).ordered(format!("u:{}", conn.user_id));
+            return Ok(gone.and(local).call_with(call));
         }
         let effects = self.core.on_message(&member(conn), text, ctx.now)?.into_effects();
         Ok(self.fan_out(effects, None))

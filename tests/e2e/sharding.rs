@@ -225,9 +225,8 @@ async fn fan_out_200() -> TestResult {
     for (w, task) in writers.into_iter().enumerate() {
         let seqs = task.await??;
         ensure_eq!(seqs.len(), PER_WRITER);
-        if w >= 2 {
-            ensure!(seqs.windows(2).all(|p| p[0] < p[1]), "writer {w}'s sequential posts out of order: {seqs:?}");
-        }
+        // Socket writers sent all 100 without waiting: still sequenced (and acked) in their order.
+        ensure!(seqs.windows(2).all(|p| p[0] < p[1]), "writer {w}'s posts out of order: {seqs:?}");
         acked.extend(seqs);
     }
     ensure_eq!(acked.into_iter().collect::<Vec<_>>(), (1..=TOTAL).collect::<Vec<_>>());
@@ -240,8 +239,8 @@ async fn fan_out_200() -> TestResult {
     for view in &views {
         ensure!(*view == first, "two readers saw different streams");
     }
-    // Every writer's HTTP posts appear in the order it sent them; the history is the same stream.
-    for w in 2..4 {
+    // Every writer's posts appear in the order it sent them; the history is the same stream.
+    for w in 0..4 {
         let prefix = format!("w{w}:");
         let own: Vec<&str> = first.iter().filter_map(|m| m["content"].as_str()).filter(|t| t.starts_with(&prefix)).collect();
         ensure_eq!(own, (0..PER_WRITER).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>());

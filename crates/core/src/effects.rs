@@ -95,12 +95,15 @@ pub struct Call {
     /// Continuation: when set, the answer (or the last failure) is handed to the object's
     /// `on_reply` hook with this text, in the same event (the origin socket is still `This`).
     pub then: Option<String>,
+    /// Ordering lane: calls with the same key go out one at a time (the next once the previous
+    /// answered or gave up), in the order the events asked for them. `None`: at once.
+    pub order: Option<String>,
 }
 
 impl Call {
     /// A call with no body, tried once, answer ignored (what [`Effects::call`] adds).
     pub fn new(binding: &'static str, object: impl Into<String>, op: impl Into<String>) -> Self {
-        Self { binding, object: object.into(), op: op.into(), body: None, tries: 1, then: None }
+        Self { binding, object: object.into(), op: op.into(), body: None, tries: 1, then: None, order: None }
     }
     pub fn body(mut self, body: impl Into<String>) -> Self {
         self.body = Some(body.into());
@@ -112,6 +115,10 @@ impl Call {
     }
     pub fn then(mut self, then: impl Into<String>) -> Self {
         self.then = Some(then.into());
+        self
+    }
+    pub fn ordered(mut self, lane: impl Into<String>) -> Self {
+        self.order = Some(lane.into());
         self
     }
 }
