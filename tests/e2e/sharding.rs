@@ -245,6 +245,8 @@ async fn fan_out_200() -> TestResult {
         let own: Vec<&str> = first.iter().filter_map(|m| m["content"].as_str()).filter(|t| t.starts_with(&prefix)).collect();
         ensure_eq!(own, (0..PER_WRITER).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>());
     }
+    let gaps = s.log_count(&format!("shard gap Channel {c}"));
+    eprintln!("sharding: 400 messages to {READERS} readers, {gaps} gap fetch(es) by the shards");
     let stored = history(&s.base, &c).await?;
     ensure_eq!(stored.len(), first.len());
     for (h, m) in stored.iter().zip(&first) {

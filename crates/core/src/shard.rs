@@ -2,7 +2,7 @@
 //!
 //! With `CHANNEL_SHARDS` / `WADDLE_SHARDS` = N > 1, the entry Worker routes every socket of
 //! `/ws/channel/:id` / `/ws/waddle/:id` to the shard object `<id>~shard-<k>`, where
-//! `k = (fnv1a64(userId) × N) >> 64` ([`shard_of`]): all sockets of one user meet in one shard. The
+//! `k = fmix64(fnv1a64(userId)) % N` ([`shard_of`]): all sockets of one user meet in one shard. The
 //! object named `<id>` is the *primary*: it owns the sequence, the history, typing, presence
 //! and the member list, and hands every frame meant for "everyone" to each shard that has
 //! members in ONE internal call per shard ([`Deliver`]). `~` is outside the public name
@@ -53,13 +53,22 @@ pub fn parse_shards(raw: Option<&str>) -> u32 {
     raw.and_then(|s| s.trim().parse::<u32>().ok()).filter(|n| (1..=MAX_SHARDS).contains(n)).unwrap_or(1)
 }
 
-/// The shard of `user_id` among `shards`: `(fnv1a64(utf8(userId)) × shards) >> 64`, the high
-/// word of the 128-bit product. FNV-1a's low bits are weak (its low k bits depend only on the
-/// low k bits of each byte, so `% 4` splits ids that differ in a digit badly); the high word
-/// maps the hash onto `0..shards` from its well-mixed top bits, evenly.
+/// MurmurHash3's 64-bit finalizer (`fmix64`): every input bit reaches every output bit.
+pub fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The shard of `user_id` among `shards`: `fmix64(fnv1a64(utf8(userId))) % shards`. FNV-1a
+/// alone mixes badly at both ends (its low k bits depend only on the low k bits of each byte,
+/// and its last byte barely reaches the top bits), so ids that differ only in a trailing digit —
+/// what generated ids look like — would pile onto a few shards; the finalizer spreads them.
 pub fn shard_of(user_id: &str, shards: u32) -> u32 {
-    let product = u128::from(fnv1a64(user_id.as_bytes())) * u128::from(shards.max(1));
-    u32::try_from(product >> 64).unwrap_or(0)
+    let h = fmix64(fnv1a64(user_id.as_bytes()));
+    u32::try_from(h % u64::from(shards.max(1))).unwrap_or(0)
 }
 
 /// `<primary>~shard-<k>`.
@@ -221,18 +230,26 @@ mod tests {
     #[test]
     fn shard_of_is_stable_and_spreads() {
         assert_eq!(shard_of("alice", 1), 0);
-        // The top two bits of the hash: 0xaf… = 0b10… → 2, 0x85… = 0b10… → 2, 0xcb… → 3.
-        assert_eq!(shard_of("a", 4), 2);
-        assert_eq!(shard_of("foobar", 4), 2);
-        assert_eq!(shard_of("", 4), 3);
-        assert_eq!(shard_of("a", 64), 0xaf >> 2);
-        // Ids that differ only in digits (what generated ids look like) spread evenly.
-        for prefix in ["user-", "r", "bench-shard4-1234-r"] {
-            let mut counts = [0u32; 4];
-            for i in 0..2_000 {
-                counts[shard_of(&format!("{prefix}{i}-179826656-{}", i + 11), 4) as usize] += 1;
+        // Pinned: a change here moves every user to another shard.
+        assert_eq!(fmix64(0), 0);
+        assert_eq!(fmix64(1), 0xb456_bcfc_34c2_cb2c);
+        let pinned: Vec<u32> = ["", "a", "foobar", "alice", "bob", "carol"].iter().map(|u| shard_of(u, 4)).collect();
+        assert_eq!(pinned, vec![2, 3, 3, 0, 0, 2]);
+        assert_eq!((shard_of("alice", 64), shard_of("bob", 64)), (52, 32));
+        assert_eq!(u64::from(shard_of("a", 4)), fmix64(0xaf63_dc4c_8601_ec8c) % 4);
+        // Ids that differ only in a trailing or a middle digit spread evenly.
+        for (name, make) in [
+            ("trailing", (|i: u32| format!("bench-shard4-1764640000123-r{i}")) as fn(u32) -> String),
+            ("middle", |i| format!("r{i}-179826656-{}", i + 11)),
+            ("plain", |i| format!("user-{i}")),
+        ] {
+            for (n, total, low, high) in [(4_u32, 2_000_u32, 400_u32, 600_u32), (4, 40, 3, 18), (16, 3_200, 140, 260)] {
+                let mut counts = vec![0_u32; n as usize];
+                for i in 0..total {
+                    counts[shard_of(&make(i), n) as usize] += 1;
+                }
+                assert!(counts.iter().all(|c| (low..=high).contains(c)), "{name} over {n}: {counts:?}");
             }
-            assert!(counts.iter().all(|c| (400..=600).contains(c)), "{prefix}: {counts:?}");
         }
     }
 
