@@ -388,6 +388,13 @@ impl ChannelRoom {
             return Err(ApiError::not_found("a channel shard serves deliver only"));
         }
         let deliver = Deliver::parse(&req.body).ok_or_else(|| ApiError::bad_request("invalid_body", "not a deliver body"))?;
+        // Test-only fault (like DEBUG_WAKE): refuse every delivery of one sequence, as an
+        // unreachable shard would, so the e2e suite sees the retries and the gap fetch.
+        let refused = ctx.var("DEBUG_SHARD_REFUSE_SEQ").and_then(|v| v.trim().parse::<i64>().ok());
+        if refused.is_some_and(|n| deliver.items.iter().any(|i| i.seq == Some(n))) {
+            ctx.log_debug(&format!("shard refuse Channel {primary}: DEBUG_SHARD_REFUSE_SEQ"));
+            return Err(ApiError::service_unavailable("DEBUG_SHARD_REFUSE_SEQ"));
+        }
         let gone = sharding::flush_ghosts(BINDING, &mut self.ghosts, ctx, primary, index, None);
         let effects = gone.and(self.deliver(ctx, primary, deliver.items));
         Ok(Reply { status: 200, body: sharding::ok_body(), effects })

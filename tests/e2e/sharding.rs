@@ -16,7 +16,10 @@ use crate::support::{fail, server, unique, ws_at, ExtraServer, TestResult, Ws};
 use crate::{ensure, ensure_eq, trial};
 
 const SHARDS: u32 = 4;
-const VARS: [&str; 3] = ["CHANNEL_SHARDS:4", "WADDLE_SHARDS:4", "CHANNEL_MAX_MESSAGES:10000"];
+/// `DEBUG_SHARD_REFUSE_SEQ:5`: every shard refuses every delivery of sequence 5 (a test-only
+/// fault, like an unreachable shard): the primary tries 3 times and logs it, and each shard gets
+/// 5 by fetching the gap when 6 arrives — in every channel test here with more than 5 messages.
+const VARS: [&str; 4] = ["CHANNEL_SHARDS:4", "WADDLE_SHARDS:4", "CHANNEL_MAX_MESSAGES:10000", "DEBUG_SHARD_REFUSE_SEQ:5"];
 
 pub fn tests() -> Vec<Trial> {
     vec![
@@ -245,8 +248,12 @@ async fn fan_out_200() -> TestResult {
         let own: Vec<&str> = first.iter().filter_map(|m| m["content"].as_str()).filter(|t| t.starts_with(&prefix)).collect();
         ensure_eq!(own, (0..PER_WRITER).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>());
     }
+    // Sequence 5 was refused by every shard (3 tries each, logged); each shard fetched it as a gap.
     let gaps = s.log_count(&format!("shard gap Channel {c}"));
-    eprintln!("sharding: 400 messages to {READERS} readers, {gaps} gap fetch(es) by the shards");
+    let refused = s.log_count(&format!("shard refuse Channel {c}"));
+    eprintln!("sharding: 400 messages to {READERS} readers, {refused} refused deliveries, {gaps} gap fetch(es) by the shards");
+    ensure!(refused >= 4 * 3, "every shard refused sequence 5 three times: {refused}");
+    ensure!(gaps >= 4, "every shard fetched the gap: {gaps}");
     let stored = history(&s.base, &c).await?;
     ensure_eq!(stored.len(), first.len());
     for (h, m) in stored.iter().zip(&first) {
