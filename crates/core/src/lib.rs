@@ -24,6 +24,7 @@
 //! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (docs/protocol.md §6.5).
 //! - [`effects`]: what a kit object's hooks decide, as data (store, send, close, timers, calls), and typed ops.
 //! - [`game`]: the GameServer protocol: a turn-based room of up to 4 players (docs/game.md).
+//! - [`ops`]: operations: per-object stats counters and their flush policy, the structured log lines.
 
 pub mod accept;
 pub mod auth;
@@ -37,6 +38,7 @@ pub mod error;
 pub mod frame;
 pub mod game;
 pub mod names;
+pub mod ops;
 pub mod query;
 pub mod ratelimit;
 pub mod replay;

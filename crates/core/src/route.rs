@@ -11,6 +11,7 @@ use crate::counter::CounterApi;
 use crate::error::ApiError;
 use crate::game::GameOp;
 use crate::names::is_valid_name;
+use crate::ops::STATS_OP;
 use crate::ratelimit::RateLimitOp;
 use crate::session::SessionOp;
 use crate::waddle::WaddleOp;
@@ -171,12 +172,60 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
             };
             ("POST", Box::new(move || Ok(Endpoint::RateLimit { op })))
         }
+        // The kit's per-object counters (docs/operations.md), for every class of `do_classes!`.
+        ["api", "admin", "stats", short, n] => {
+            let (short, n): (&str, &str) = (short, n);
+            ("GET", Box::new(move || {
+                let class = DoClass::parse(short).ok_or_else(|| ApiError::not_found(format!("unknown class {short}")))?;
+                Ok(object(class, name(n, "object name")?, STATS_OP, false, Access::Admin))
+            }))
+        }
         _ => return Err(ApiError::not_found(format!("no route for {path}"))),
     };
     if method != allowed {
         return Err(ApiError::method_not_allowed(format!("{path} accepts {allowed} only")));
     }
     build()
+}
+
+/// The route template of a path, for logs (`/api/chat/:room`): never the raw path, whose
+/// names and query a log line must not echo beyond the fields it names. `None`: no route.
+pub fn template(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    Some(match segments.as_slice() {
+        ["health"] => "/health",
+        ["__dev", "token"] => "/__dev/token",
+        ["__user-session"] => "/__user-session",
+        ["__user-session", "state"] => "/__user-session/state",
+        ["__user-session", "clear"] => "/__user-session/clear",
+        ["__user-session", "notify"] => "/__user-session/notify",
+        ["ws", "counter", _] => "/ws/counter/:name",
+        ["api", "counter", _] => "/api/counter/:name",
+        ["api", "counter", _, "history"] => "/api/counter/:name/history",
+        ["api", "counter", _, "increment"] => "/api/counter/:name/increment",
+        ["api", "counter", _, "decrement"] => "/api/counter/:name/decrement",
+        ["api", "counter", _, "set"] => "/api/counter/:name/set",
+        ["api", "counter", _, "reset"] => "/api/counter/:name/reset",
+        ["api", "chat"] => "/api/chat",
+        ["api", "chat", "messages"] => "/api/chat/messages",
+        ["api", "chat", _] => "/api/chat/:room",
+        ["api", "chat", _, "messages"] => "/api/chat/:room/messages",
+        ["ws", "waddle", _] => "/ws/waddle/:id",
+        ["api", "waddle", _, "presence"] => "/api/waddle/:id/presence",
+        ["api", "waddle", _, "broadcast"] => "/api/waddle/:id/broadcast",
+        ["ws", "channel", _] => "/ws/channel/:id",
+        ["api", "channel", _, "message"] => "/api/channel/:id/message",
+        ["api", "channel", _, "messages"] => "/api/channel/:id/messages",
+        ["api", "game", _] => "/api/game/:id",
+        ["api", "game", _, "state"] => "/api/game/:id/state",
+        ["api", "ratelimit", "check"] => "/api/ratelimit/check",
+        ["api", "ratelimit", "check", "sliding-window"] => "/api/ratelimit/check/sliding-window",
+        ["api", "ratelimit", "check", "token-bucket"] => "/api/ratelimit/check/token-bucket",
+        ["api", "ratelimit", "check", "leaky-bucket"] => "/api/ratelimit/check/leaky-bucket",
+        ["api", "ratelimit", "check", "gcra"] => "/api/ratelimit/check/gcra",
+        ["api", "admin", "stats", _, _] => "/api/admin/stats/:class/:name",
+        _ => return None,
+    })
 }
 
 /// The method a 405 should advertise in `Allow`, parsed back from [`resolve`]'s message.
@@ -269,6 +318,48 @@ mod tests {
         assert_eq!(r("GET", "/api/game/g1/state"), Ok(object(DoClass::Game, "g1".into(), "state", false, Access::User)));
         assert_eq!(status(r("GET", "/api/game/bad%20id")), 400);
         assert_eq!(status(r("POST", "/api/game/g1/state")), 405);
+    }
+
+    #[test]
+    fn admin_stats_route() {
+        for c in DoClass::ALL {
+            let path = format!("/api/admin/stats/{}/n1", c.as_str());
+            assert_eq!(r("GET", &path), Ok(object(*c, "n1".into(), STATS_OP, false, Access::Admin)));
+            assert_eq!(template(&path), Some("/api/admin/stats/:class/:name"));
+        }
+        assert_eq!(status(r("GET", "/api/admin/stats/nope/n1")), 404);
+        assert_eq!(status(r("GET", "/api/admin/stats/ChatRoom/n1")), 404, "the short name, not the class");
+        assert_eq!(status(r("GET", "/api/admin/stats/chat_room/bad%20name")), 400);
+        assert_eq!(status(r("POST", "/api/admin/stats/chat_room/n1")), 405);
+        assert_eq!(status(r("GET", "/api/admin/stats/chat_room")), 404);
+    }
+
+    /// Every path the table routes has a template, and no template echoes a name.
+    #[test]
+    fn every_route_has_a_template() {
+        let paths = [
+            "/health", "/__user-session", "/__user-session/state", "/__user-session/clear", "/__user-session/notify",
+            "/ws/counter/c", "/api/counter/c", "/api/counter/c/history", "/api/counter/c/increment",
+            "/api/counter/c/decrement", "/api/counter/c/set", "/api/counter/c/reset", "/api/chat", "/api/chat/messages",
+            "/api/chat/c", "/api/chat/c/messages", "/ws/waddle/c", "/api/waddle/c/presence", "/api/waddle/c/broadcast",
+            "/ws/channel/c", "/api/channel/c/message", "/api/channel/c/messages", "/api/game/c", "/api/game/c/state",
+            "/api/ratelimit/check", "/api/ratelimit/check/gcra", "/api/ratelimit/check/sliding-window",
+            "/api/ratelimit/check/token-bucket", "/api/ratelimit/check/leaky-bucket", "/api/admin/stats/counter/c",
+        ];
+        let query = |k: &str| match k {
+            "userId" => Some("u"),
+            "deviceId" => Some("d"),
+            _ => None,
+        };
+        for path in paths {
+            let resolved = ["GET", "POST"].iter().any(|m| resolve(m, path, query).is_ok());
+            assert!(resolved, "{path} is not a route");
+            let t = template(path).unwrap_or_else(|| panic!("{path} has no template"));
+            assert!(!t.split('/').any(|s| s == "c" || s == "u"), "{t} echoes a name");
+        }
+        assert_eq!(template("/api/chat/c"), Some("/api/chat/:room"));
+        assert_eq!(template("/nope"), None);
+        assert_eq!(template("/ws/counter/a/b"), None);
     }
 
     #[test]
