@@ -15,6 +15,7 @@ mod waddle;
 mod ratelimit;
 mod liveness;
 mod proxy;
+mod ops;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -77,6 +78,7 @@ fn main() {
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
     trials.extend(liveness::tests());
+    trials.extend(ops::tests());
 
     let listing = args.list;
     if !listing {

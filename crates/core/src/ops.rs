@@ -65,12 +65,12 @@ pub struct Tracker {
 
 impl Tracker {
     /// From the stored row's JSON (`None`: never flushed). An unreadable row starts at zero
-    /// (`Err` carries the reason, for the log) rather than failing the object.
-    pub fn restore(stored: Option<&str>) -> Result<Self, (Self, String)> {
-        let Some(text) = stored else { return Ok(Self::default()) };
+    /// rather than failing the object (the second value is the reason, for the log).
+    pub fn restore(stored: Option<&str>) -> (Self, Option<String>) {
+        let Some(text) = stored else { return (Self::default(), None) };
         match serde_json::from_str::<Stored>(text) {
-            Ok(s) => Ok(Self { counters: s.counters, dirty: false, flushed_at: s.flushed_at }),
-            Err(e) => Err((Self::default(), e.to_string())),
+            Ok(s) => (Self { counters: s.counters, dirty: false, flushed_at: s.flushed_at }, None),
+            Err(e) => (Self::default(), Some(e.to_string())),
         }
     }
 
@@ -153,6 +153,17 @@ impl Tracker {
     }
 }
 
+/// Whether a hook's answer to a frame is a refusal answered in-band (`framesRejected`): it
+/// stores nothing and only tells the sender an error (`{"type":"error",…}`, the shape of
+/// `Reject::error_frame` and of chat's `rate_limited`). Objects turn in-band rejections into
+/// such a send themselves, so the kit recognises the answer, not the code path.
+pub fn is_in_band_refusal(effects: &crate::effects::Effects) -> bool {
+    effects.store.is_empty()
+        && !effects.sends.is_empty()
+        && effects.sends.iter().all(|s| s.to == crate::effects::To::This)
+        && effects.sends.iter().any(|s| s.frame.contains(r#""type":"error""#))
+}
+
 /// The body of `GET /api/admin/stats/{class}/{name}` (docs/operations.md), exactly.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -191,14 +202,16 @@ impl<'a> StatsBody<'a> {
 }
 
 /// Whether a table from `sqlite_master` is the object's own (counted in `storageRows`): not
-/// the runtime's (`_cf_*`), not SQLite's (`sqlite_*`), not the kit's ([`KIT_TABLES`]).
+/// the runtime's ([`is_internal_table`]), not the kit's ([`KIT_TABLES`]).
 pub fn is_object_table(name: &str) -> bool {
-    !name.starts_with("_cf_") && !name.starts_with("sqlite_") && !KIT_TABLES.contains(&name)
+    !is_internal_table(name) && !KIT_TABLES.contains(&name)
 }
 
-/// Whether a table belongs to the runtime or SQLite (an object with only these has no state).
+/// Whether a table belongs to the runtime (`_cf_*`; locally also miniflare's `__miniflare_*`,
+/// which records the name an object was addressed by) or to SQLite (`sqlite_*`). An object
+/// with only these has no state of its own.
 pub fn is_internal_table(name: &str) -> bool {
-    name.starts_with("_cf_") || name.starts_with("sqlite_")
+    name.starts_with("_cf_") || name.starts_with("sqlite_") || name.starts_with("__miniflare")
 }
 
 /// `SELECT count(*) AS n FROM "<table>"`, the name quoted as an SQL identifier.
@@ -333,17 +346,32 @@ mod tests {
         t.frame_in(5);
         t.socket_closed(1001);
         let row = t.flush(7);
-        let back = Tracker::restore(Some(&row)).unwrap();
+        let (back, error) = Tracker::restore(Some(&row));
+        assert_eq!(error, None);
         assert_eq!(back.counters(), t.counters());
         assert!(!back.is_dirty());
         assert!(!back.due(8, 60_000));
         let mut woken = back;
         woken.wake();
         assert!(!woken.due(59_999, 60_000) && woken.due(60_007, 60_000), "the interval spans wakes");
-        assert_eq!(Tracker::restore(None).unwrap(), Tracker::default());
-        let (zero, why) = Tracker::restore(Some("not json")).unwrap_err();
+        assert_eq!(Tracker::restore(None), (Tracker::default(), None));
+        let (zero, why) = Tracker::restore(Some("not json"));
         assert_eq!(zero, Tracker::default());
-        assert!(!why.is_empty());
+        assert!(why.is_some_and(|w| !w.is_empty()));
+    }
+
+    #[test]
+    fn in_band_refusals_are_error_answers_to_the_sender_only() {
+        use crate::effects::{Effects, To};
+        use crate::frame::Reject;
+        let refusal = Effects::none().to_self(Reject::error_frame("invalid_content", "content must not be empty"));
+        assert!(is_in_band_refusal(&refusal));
+        assert!(!is_in_band_refusal(&Effects::none().to_self(r#"{"type":"pong"}"#)));
+        assert!(!is_in_band_refusal(&Effects::none()));
+        let broadcast = Effects::none().send(To::All, r#"{"type":"message","content":"\"type\":\"error\""}"#);
+        assert!(!is_in_band_refusal(&broadcast), "a broadcast is no refusal");
+        let stored = Effects::none().store("INSERT", vec![]).to_self(Reject::error_frame("x", "y"));
+        assert!(!is_in_band_refusal(&stored), "a store means the frame did something");
     }
 
     #[test]
@@ -369,7 +397,7 @@ mod tests {
     #[test]
     fn tables_counted_and_quoted() {
         assert!(is_object_table("messages"));
-        for t in ["_cf_KV", "_cf_METADATA", "sqlite_sequence", "_schema", "_schedule", "_kit_stats"] {
+        for t in ["_cf_KV", "_cf_METADATA", "sqlite_sequence", "__miniflare_do_name", "_schema", "_schedule", "_kit_stats"] {
             assert!(!is_object_table(t), "{t}");
         }
         assert!(is_internal_table("_cf_KV") && !is_internal_table("_schema"));
