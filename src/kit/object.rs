@@ -5,7 +5,7 @@
 //! needs. Hooks are synchronous, get a [`Ctx`] (clock, vars, SQL reads, the sockets' users and
 //! attachments) and return [`Effects`] — they never touch the runtime. [`Host`] does the rest,
 //! the same way for every object:
-//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake log →
+//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake count + log →
 //!   [`RealtimeObject::on_wake`] with the users that really have an open socket (reconcile);
 //! - `fetch`: the built-in `revoke` op, else the typed op (unknown → 404); the WebSocket op
 //!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment,
@@ -16,6 +16,9 @@
 //!   or `Effects.close` — each socket through [`RealtimeObject::on_gone`] exactly once (the
 //!   envelope's persisted `gone` flag);
 //! - TCP `connect`: refused with an error (the trait's default would panic);
+//! - operations (docs/operations.md): counters per object (`core::ops`), written at most once
+//!   per `STATS_FLUSH_INTERVAL_MS` at the end of events, served by the built-in stats op (which
+//!   never creates state for a name never touched); JSON log lines per socket event, wake, alarm;
 //! - alarm: the kit's `heartbeat` sweep (1001 for silent sockets), then the object's due timers
 //!   of the persisted schedule, each through `on_timer`.
 //!
@@ -45,7 +48,7 @@ use crate::kit::{self, http, sql, Identity};
 
 /// A Durable Object protocol, hosted by [`Host`] (declare the class with [`durable_object!`]).
 pub trait RealtimeObject: Sized + 'static {
-    /// Class name, for logs (`wake <CLASS> <name>`).
+    /// Class name, for the log lines (`{"event":"wake","class":CLASS,…}`, docs/operations.md).
     const CLASS: &'static str;
     /// `CREATE ... IF NOT EXISTS` statements, run by every constructor (the kit adds `_schedule`).
     const SCHEMA: &'static [&'static str];
@@ -714,8 +717,7 @@ impl<T: RealtimeObject> Host<T> {
                 self.execute(None, effects).await;
             }
         }
-        // The alarm writes the schedule anyway: the counters go with it.
-        self.flush_stats(kit::now(), true);
+        self.flush_stats(kit::now(), false);
         Response::ok("ok")
     }
 

@@ -2,9 +2,10 @@
 //! they are flushed to storage, the admin stats body, and the structured JSON log lines.
 //!
 //! Counting is in memory (a field increment per frame); the counters reach storage as one
-//! `_kit_stats` row, written at most once per flush interval at the end of an event, on every
-//! alarm run, on the stats request and before the kit resets the object. What a crash or an
-//! eviction loses is the counts since the last flush.
+//! `_kit_stats` row, written at the end of an event (frame, close, request, alarm) when they
+//! changed and the last write is at least the flush interval old, and always on the stats
+//! request and before the kit resets the object. What an eviction or a crash loses is the
+//! counts since the last write (docs/operations.md).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,8 @@ use crate::time::Millis;
 /// object without code of its own; it never creates state: see docs/operations.md).
 pub const STATS_OP: &str = "kit-stats";
 
-/// Least time between two flushes piggy-backed on events (var `STATS_FLUSH_INTERVAL_MS`).
+/// Least time between two writes of the counters at the end of events (var
+/// `STATS_FLUSH_INTERVAL_MS`; `0`: after every event that changed them).
 pub const DEFAULT_FLUSH_INTERVAL_MS: Millis = 60_000;
 
 /// The kit's own tables, never counted in `storageRows` (they hold the kit's bookkeeping).
