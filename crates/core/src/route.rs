@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn do_class_names_round_trip() {
-        assert_eq!(DoClass::ALL.len(), 7);
+        assert_eq!(DoClass::ALL.len(), 8);
         for c in DoClass::ALL {
             assert_eq!(DoClass::parse(c.as_str()), Some(*c));
         }

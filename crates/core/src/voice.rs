@@ -1,4 +1,4 @@
-//! VoiceChannel core (docs/voice.md, docs/protocol.md §6.8): who is in a voice call, the call's
+//! VoiceChannel core (docs/voice.md, docs/protocol.md §6.7): who is in a voice call, the call's
 //! session and recording state, and the relay of WebRTC signalling between participants. Media
 //! never passes through the object (peer to peer). Pure: every handler mutates the in-memory
 //! [`Voice`] and returns the [`Effects`] the kit executes — store first.
@@ -606,10 +606,9 @@ mod tests {
                         }
                         sockets[slot] = Some(conn);
                     }
-                    (2, Some(conn)) if rng.next(10) == 0 => {
+                    (2, Some(_)) if rng.next(10) == 0 => {
                         // a crash: every socket dropped, then the wake's reconcile
                         sockets.iter_mut().for_each(|s| *s = None);
-                        drop(conn);
                         v.reconcile(&BTreeSet::new());
                     }
                     (_, Some(mut conn)) => {
