@@ -235,3 +235,37 @@ test("react hooks: a remount resumes (channel since=lastSeq: every missed messag
   assert.equal(await get(page, `h.sockets.created["/__user-session"]`), 2, "no reconnect after the logout");
   assert.deepEqual(errors, []);
 });
+
+test("useVoiceChannel in StrictMode: one socket, join, signals both ways, recording, enabled:false leaves (seen by the server)", async () => {
+  const [alice, bob] = [unique("valice"), unique("vbob")];
+  const ch = unique("rvoice");
+  const path = `/ws/voice/${ch}`;
+  const tokenA = mintToken(alice, { name: "Alice" });
+  const bobVoice = await RawSocket.open(base, path, mintToken(bob, { name: "Bob" }));
+  await bobVoice.type("voice_state");
+  const errors: string[] = [];
+  const page = await openPage(errors);
+  await render(page, { base, token: tokenA, strict: true, voice: { id: ch } });
+  await until(page, `h.snap.voice?.status === "open" && h.snap.voice.state?.channelId === ${JSON.stringify(ch)}`);
+  assert.deepEqual(await get(page, "h.sockets.created"), { [path]: 1 });
+  await act(page, "voice", "join", { videoEnabled: true });
+  await bobVoice.next((f) => f.type === "participant_joined" && (f.participant as { userId: string }).userId === alice, "Alice joined at Bob");
+  bobVoice.send({ type: "join" });
+  await until(page, `h.snap.voice.state.participants.length === 2 && typeof h.snap.voice.state.sessionId === "string"`);
+  bobVoice.send({ type: "signal", to: alice, data: { sdp: { type: "offer", sdp: "v=0" } } });
+  await until(page, `(h.events.voice ?? []).length === 1`);
+  assert.deepEqual(await get(page, "h.events.voice"), [{ from: bob, data: { sdp: { type: "offer", sdp: "v=0" } } }]);
+  await act(page, "voice", "signal", bob, { sdp: { type: "answer", sdp: "v=0" } });
+  await bobVoice.next((f) => f.type === "signal" && f.from === alice, "Alice's answer at Bob");
+  await act(page, "voice", "setRecording", true);
+  await until(page, `h.snap.voice.state.recording === true`);
+  await act(page, "voice", "update", { audioEnabled: false });
+  await bobVoice.next((f) => f.type === "participant_updated" && (f.participant as { audioEnabled: boolean }).audioEnabled === false, "Alice muted at Bob");
+  // enabled: false closes the socket: Alice is no participant any more, the call goes on with Bob.
+  await render(page, { base, token: tokenA, strict: true, voice: { id: ch, enabled: false } });
+  await bobVoice.next((f) => f.type === "participant_left" && f.userId === alice, "Alice left at Bob");
+  const view = await api(base, tokenA, "GET", `/api/voice/${ch}`);
+  assert.deepEqual(view.json.participants.map((p: { userId: string }) => p.userId), [bob]);
+  assert.equal(view.json.recording, true);
+  assert.deepEqual(errors, []);
+});

@@ -9,6 +9,7 @@ mod chat;
 mod counter;
 mod foundation;
 mod game;
+mod voice;
 mod session;
 mod channel;
 mod waddle;
@@ -76,6 +77,7 @@ fn main() {
     trials.extend(channel::tests());
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
+    trials.extend(voice::tests());
     trials.extend(liveness::tests());
 
     let listing = args.list;

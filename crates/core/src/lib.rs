@@ -24,6 +24,7 @@
 //! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (docs/protocol.md §6.5).
 //! - [`effects`]: what a kit object's hooks decide, as data (store, send, close, timers, calls), and typed ops.
 //! - [`game`]: the GameServer protocol: a turn-based room of up to 4 players (docs/game.md).
+//! - [`voice`]: the VoiceChannel protocol: participants, session, recording, signalling relay (docs/voice.md).
 
 pub mod accept;
 pub mod auth;
@@ -45,6 +46,7 @@ pub mod route;
 pub mod schedule;
 pub mod session;
 pub mod time;
+pub mod voice;
 pub mod waddle;
 
 /// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.

@@ -13,6 +13,7 @@ use crate::game::GameOp;
 use crate::names::is_valid_name;
 use crate::ratelimit::RateLimitOp;
 use crate::session::SessionOp;
+use crate::voice::VoiceOp;
 use crate::waddle::WaddleOp;
 
 /// Declares [`DoClass`] from one line per class: variant, wrangler.toml binding, short name.
@@ -55,6 +56,7 @@ do_classes! {
     Channel => "CHANNEL", "channel";
     RateLimiter => "RATE_LIMITER", "rate_limiter";
     Game => "GAME_SERVER", "game";
+    Voice => "VOICE_CHANNEL", "voice";
 }
 
 /// Who may call an endpoint.
@@ -161,6 +163,8 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         ["api", "channel", id, "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Channel, name(id, "channel id")?, ChannelOp::Messages, Access::User)))),
         ["api", "game", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::Socket, Access::User)))),
         ["api", "game", id, "state"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Game, name(id, "game id")?, GameOp::State, Access::User)))),
+        ["ws", "voice", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Voice, name(id, "channel id")?, VoiceOp::Socket, Access::User)))),
+        ["api", "voice", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Voice, name(id, "channel id")?, VoiceOp::State, Access::User)))),
         ["api", "ratelimit", "check"] => ("POST", Box::new(|| Ok(Endpoint::RateLimit { op: RateLimitOp::FixedWindow }))),
         ["api", "ratelimit", "check", algo @ ("sliding-window" | "token-bucket" | "leaky-bucket" | "gcra")] => {
             let op = match *algo {
@@ -264,6 +268,15 @@ mod tests {
     }
 
     #[test]
+    fn voice_routes_name_the_typed_ops() {
+        assert_eq!(r("GET", "/ws/voice/v1"), Ok(object(DoClass::Voice, "v1".into(), "ws", true, Access::User)));
+        assert_eq!(r("GET", "/api/voice/v1"), Ok(object(DoClass::Voice, "v1".into(), "state", false, Access::User)));
+        assert_eq!(status(r("GET", "/ws/voice/bad%20id")), 400);
+        assert_eq!(status(r("POST", "/api/voice/v1")), 405);
+        assert_eq!(status(r("GET", "/api/voice/v1/extra")), 404);
+    }
+
+    #[test]
     fn game_routes_name_the_typed_ops() {
         assert_eq!(r("GET", "/api/game/g1"), Ok(object(DoClass::Game, "g1".into(), "ws", true, Access::User)));
         assert_eq!(r("GET", "/api/game/g1/state"), Ok(object(DoClass::Game, "g1".into(), "state", false, Access::User)));
@@ -279,7 +292,7 @@ mod tests {
 
     #[test]
     fn do_class_names_round_trip() {
-        assert_eq!(DoClass::ALL.len(), 7);
+        assert_eq!(DoClass::ALL.len(), 8);
         for c in DoClass::ALL {
             assert_eq!(DoClass::parse(c.as_str()), Some(*c));
         }
