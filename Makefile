@@ -4,7 +4,7 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-scale bench-chat-1000 bench-idle bench-storm clean
+.PHONY: dev test setup token lint unit fuzz e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-scale bench-chat-1000 bench-idle bench-storm clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
@@ -26,6 +26,22 @@ token:
 
 unit:
 	cargo test -p edge-realtime-core
+
+## The property tests (crates/core/tests/props) run long: FUZZ_CASES cases per property
+## (default 20000: over a million in total, minutes), optimized with overflow checks on.
+## `make test` runs the same properties with 32 cases each. A failure's seed is saved under
+## crates/core/tests/proptest-regressions/ and replayed first by every later run.
+FUZZ_CASES ?= 20000
+FUZZ = CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true \
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	cargo test --release -p edge-realtime-core --test props
+
+fuzz:
+	$(FUZZ) --no-run
+	@n=$$($(FUZZ) -q -- --list 2>/dev/null | grep -c ': test$$') && \
+	echo "property tests: $$n properties x $(FUZZ_CASES) cases = $$((n * $(FUZZ_CASES))) cases" && \
+	start=$$(date +%s) && PROPTEST_CASES=$(FUZZ_CASES) $(FUZZ) -q && \
+	echo "fuzz: $$((n * $(FUZZ_CASES))) cases passed in $$(($$(date +%s) - start)) s"
 
 e2e: setup
 	cargo test --test e2e
