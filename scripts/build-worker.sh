@@ -28,6 +28,10 @@ if [ -n "${KEEP_NAMES:-}" ]; then
   echo "kept the wasm names section (KEEP_NAMES=1)"
 else
   rm -f build/.names-kept
-  "$WASM_OPT_BIN" --all-features --strip-debug --strip-producers build/index_bg.wasm -o build/index_bg.wasm
+  # The feature set worker-build 0.8.7 passes (never --all-features: newer binaryen encodings,
+  # e.g. compact imports, do not load in workerd).
+  "$WASM_OPT_BIN" --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int \
+    --enable-bulk-memory --enable-multivalue --enable-reference-types --enable-exception-handling \
+    --strip-debug --strip-producers build/index_bg.wasm -o build/index_bg.wasm
   echo "stripped the wasm names section: $(wc -c < build/index_bg.wasm) bytes"
 fi
