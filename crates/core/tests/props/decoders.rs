@@ -347,3 +347,76 @@ proptest! {
         }
     }
 }
+
+// --- VoiceChannel -----------------------------------------------------------------------------
+
+fn voice_flag() -> BoxedStrategy<Option<Value>> {
+    prop_oneof![2 => Just(None), 3 => any::<bool>().prop_map(|b| Some(Value::Bool(b))), 1 => json().prop_map(Some)].boxed()
+}
+
+fn with_flags(mut frame: Value, audio: Option<Value>, video: Option<Value>) -> Value {
+    if let Some(obj) = frame.as_object_mut() {
+        if let Some(a) = audio {
+            obj.insert("audioEnabled".into(), a);
+        }
+        if let Some(v) = video {
+            obj.insert("videoEnabled".into(), v);
+        }
+    }
+    frame
+}
+
+fn voice_frames() -> BoxedStrategy<Value> {
+    let user = select(vec!["p0", "p1", "p2", "ghost", "", "me"]);
+    prop_oneof![
+        1 => select(vec!["ping", "leave"]).prop_map(|t| json!({"type": t})),
+        2 => (select(vec!["join", "update"]), voice_flag(), voice_flag()).prop_map(|(t, a, v)| with_flags(json!({"type": t}), a, v)),
+        3 => (user, json()).prop_map(|(to, data)| json!({"type": "signal", "to": to, "data": data})),
+        1 => json().prop_map(|enabled| json!({"type": "recording", "enabled": enabled})),
+    ]
+    .boxed()
+}
+
+proptest! {
+    #![proptest_config(crate::config())]
+
+    /// Any frame from any socket state: steps 1–4 exactly, else Ok, 1007 or the documented
+    /// in-band codes; a refusal changes neither the channel nor the socket's `joined`.
+    #[test]
+    fn voice_frames_never_panic_and_answer_documented_codes(
+        text in frame_text(voice_frames()),
+        participants in 0usize..=3,
+        max in 1usize..=3,
+        joined in any::<bool>(),
+        user in select(vec!["p0", "p1", "p3"]),
+        others in 0usize..=2,
+        now in 0i64..1_000_000,
+    ) {
+        use edge_realtime_core::voice::{Participant, Sender, Voice, VoiceConn, CLIENT_TYPES};
+        let list: Vec<Participant> = (0..participants)
+            .map(|i| Participant { user_id: format!("p{i}"), user_name: format!("P{i}"), joined_at: 1, audio_enabled: true, video_enabled: false })
+            .collect();
+        let session = (!list.is_empty()).then(|| "s1".to_owned());
+        let mut v = Voice::restore("vc".into(), session, false, list, max);
+        let mut conn = VoiceConn { joined: joined && v.is_participant(user) };
+        let (before, conn_before) = (v.clone(), conn.clone());
+        let who = Sender { user_id: user, user_name: "User" };
+        let got = v.on_message(who, &mut conn, &text, now, || others, || "s2".to_owned());
+        match (pre_decode(&text, &CLIENT_TYPES), &got) {
+            (Some(code), Err(r)) => prop_assert_eq!(crate::common::close_code(r), Some(code)),
+            (Some(code), Ok(e)) => prop_assert!(false, "expected close {}, got {:?}", code, e),
+            (None, Err(r)) => check_reject(
+                r,
+                &[close::INVALID_DATA],
+                &["not_a_participant", "signal_too_large", "invalid_target", "unknown_target", "channel_full"],
+            )?,
+            (None, Ok(_)) => {}
+        }
+        if got.is_err() {
+            prop_assert_eq!(&v, &before, "a refusal changes nothing");
+            prop_assert_eq!(&conn, &conn_before, "a refusal leaves the socket as it was");
+        }
+        prop_assert!(v.participants.len() <= max.max(participants), "never above the max");
+        prop_assert_eq!(v.session_id.is_some(), !v.participants.is_empty(), "a session exactly while someone is in");
+    }
+}
