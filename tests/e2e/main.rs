@@ -11,6 +11,7 @@ mod foundation;
 mod game;
 mod session;
 mod channel;
+mod reactions;
 mod waddle;
 mod ratelimit;
 mod liveness;
@@ -74,6 +75,7 @@ fn main() {
     trials.extend(chat::tests());
     trials.extend(waddle::tests());
     trials.extend(channel::tests());
+    trials.extend(reactions::tests());
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
     trials.extend(liveness::tests());
