@@ -151,6 +151,14 @@ test("react hooks in StrictMode: one socket per hook, updates arrive, unmount an
   await until(page, `h.snap.channel.messages.join() === "1:m1" && h.snap.channel.lastSeq === 1`);
   await act(page, "channel", "send", "m2");
   await bobChannel.next((f) => f.type === "message" && f.content === "m2" && f.sequence === 2, "Alice's channel message at Bob");
+  // Reactions: Alice's hook reacts (Bob sees it); Bob's reaction updates the message in her hook.
+  await act(page, "channel", "react", 1, "👍");
+  await bobChannel.next((f) => f.type === "reaction" && f.userId === alice && f.sequence === 1 && f.count === 1, "Alice's reaction at Bob");
+  bobChannel.send({ type: "react", sequence: 1, emoji: "👍", on: true });
+  await until(page, `h.snap.channel.reactions.join("|") === '1:{"👍":2}|2:{}'`);
+  bobChannel.send({ type: "react", sequence: 2, emoji: "🎉", on: true });
+  await act(page, "channel", "react", 1, "👍", false);
+  await until(page, `h.snap.channel.reactions.join("|") === '1:{"👍":1}|2:{"🎉":1}'`);
 
   // Waddle never echoes a presence_update to its sender: Bob's socket sees Alice's, and hers his.
   await act(page, "waddle", "setStatus", "busy");

@@ -12,6 +12,7 @@ mod game;
 mod voice;
 mod session;
 mod channel;
+mod reactions;
 mod waddle;
 mod ratelimit;
 mod liveness;
@@ -75,6 +76,7 @@ fn main() {
     trials.extend(chat::tests());
     trials.extend(waddle::tests());
     trials.extend(channel::tests());
+    trials.extend(reactions::tests());
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
     trials.extend(voice::tests());

@@ -118,6 +118,7 @@ function Channel({ c }: { c: NonNullable<PageConfig["channel"]> }): ReactNode {
     ...conn(r),
     participants: r.participants,
     messages: r.messages.map((m) => `${m.sequence}:${m.content}`),
+    reactions: r.messages.map((m) => `${m.sequence}:${JSON.stringify(m.reactions)}`),
   });
   return <ul id="channel">{r.messages.map((m) => <li key={m.sequence}>{m.content}</li>)}</ul>;
 }
