@@ -132,6 +132,12 @@ fn channel_frames() -> BoxedStrategy<Value> {
         1 => Just(json!({"type": "ping"})),
         2 => any::<bool>().prop_map(|b| json!({"type": "typing", "isTyping": b})),
         4 => (string(), id_field()).prop_map(|(c, id)| with_id(json!({"type": "message", "content": c}), id)),
+        3 => (
+            prop_oneof![3 => (-2i64..8).prop_map(Value::from), 1 => json()],
+            prop_oneof![3 => select(vec!["👍", "👍🏽", "❤️", "🇫🇷", "1️⃣", "a", "👍👍", "", " 👍", "🇫"]).prop_map(Value::from), 1 => json()],
+            prop_oneof![3 => any::<bool>().prop_map(Value::Bool), 1 => json()],
+        )
+            .prop_map(|(seq, emoji, on)| json!({"type": "react", "sequence": seq, "emoji": emoji, "on": on})),
     ]
     .boxed()
 }
@@ -141,13 +147,22 @@ proptest! {
 
     #[test]
     fn channel_frames_never_panic_and_answer_documented_codes(text in frame_text(channel_frames()), now in 0i64..1_000_000) {
-        let mut ch = Channel::default();
+        // Messages 3..=5 exist (1 and 2 were pruned).
+        let mut ch = Channel::restore(5, 2, Default::default(), Default::default());
         let before = ch.clone();
         let got = ch.on_message("alice", &text, now);
         match (pre_decode(&text, &edge_realtime_core::channel::CLIENT_TYPES), &got) {
             (Some(code), Err(r)) => prop_assert_eq!(crate::common::close_code(r), Some(code)),
             (Some(code), Ok(h)) => prop_assert!(false, "expected close {}, got {:?}", code, h),
-            (None, Err(r)) => check_reject(r, &[close::INVALID_DATA], &["empty_content", "content_too_long", "invalid_id"])?,
+            (None, Err(r)) => check_reject(
+                r,
+                &[close::INVALID_DATA],
+                &["empty_content", "content_too_long", "invalid_id", "invalid_emoji", "unknown_sequence"],
+            )?,
+            (None, Ok(Handled::React(r))) => {
+                prop_assert!((3..=5).contains(&r.sequence), "only a stored message takes a reaction: {:?}", r);
+                prop_assert!(edge_realtime_core::reactions::is_reaction_emoji(&r.emoji), "{:?}", r);
+            }
             (None, Ok(Handled::Post(p))) => {
                 prop_assert!((1..=edge_realtime_core::channel::MAX_CONTENT_CHARS).contains(&p.content.chars().count()));
                 prop_assert!(frame::check_client_id(p.client_id.as_deref()).is_ok());
