@@ -11,7 +11,7 @@ export WASM_OPT_BIN="${WASM_OPT_BIN:-$(pwd)/node_modules/.bin/wasm-opt}"
 # bindgen + wasm-opt passes when nothing that goes into the Worker changed since the last build.
 out=build/worker/shim.mjs
 if [ -f "$out" ] && [ -f build/index_bg.wasm ] && [ -z "${FORCE_BUILD:-}" ] \
-   && [ -z "$(find Cargo.toml Cargo.lock build.rs src crates/core/Cargo.toml crates/core/src -newer build/index_bg.wasm 2>/dev/null | head -1)" ]; then
+   && [ -z "$(find Cargo.toml Cargo.lock build.rs src crates/core/Cargo.toml crates/core/src docs/openapi.json -newer build/index_bg.wasm 2>/dev/null | head -1)" ]; then
   echo "build/ is up to date (FORCE_BUILD=1 to rebuild)"
   exit 0
 fi

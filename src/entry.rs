@@ -17,6 +17,9 @@ use crate::kit::internal;
 /// `/health` version: crate version plus the git commit build.rs stamped.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("EDGE_REALTIME_GIT_SHA"));
 
+/// `GET /openapi.json`: the HTTP contract, docs/openapi.json, compiled in.
+pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
+
 /// Handle one request from the outside world.
 pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
     if req.method() == Method::Options {
@@ -42,6 +45,9 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     if endpoint == Endpoint::Health {
         return json_response(200, &serde_json::json!({"status": "ok", "version": VERSION}))
             .map_err(internal("health"));
+    }
+    if endpoint == Endpoint::OpenApi {
+        return http::json_text_response(200, OPENAPI_JSON.to_owned());
     }
     if endpoint.is_websocket() && !is_websocket_upgrade(&req) {
         return Err(ApiError::upgrade_required());
@@ -77,7 +83,7 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
             let name = format!("api:{}", check.key);
             forward(env, &req, DoClass::RateLimiter, &name, op.path(), None, &identity, Some(bytes)).await
         }
-        Endpoint::Health => Err(ApiError::internal()),
+        Endpoint::Health | Endpoint::OpenApi => Err(ApiError::internal()),
     }
 }
 
