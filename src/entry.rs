@@ -40,7 +40,7 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     if url.path() == devtoken::PATH && dev_tokens_enabled(env) {
         return dev_token(&mut req, env).await;
     }
-    let endpoint = resolve(req.method().as_ref(), url.path(), lookup)?;
+    let endpoint = resolve(&method_of(&req), url.path(), lookup)?;
 
     if endpoint == Endpoint::Health {
         return json_response(200, &serde_json::json!({"status": "ok", "version": VERSION}))
@@ -97,10 +97,10 @@ fn dev_tokens_enabled(env: &Env) -> bool {
 /// `POST /__dev/token {"userId","name"?,"admin"?}` → `{"token","userId","exp"}`, signed like
 /// `make token` (the same `auth::mint` and `AUTH_SECRET`); `GET` → `{"devTokens":true}` (probe).
 async fn dev_token(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
-    match req.method() {
-        Method::Post => {}
+    match method_of(req).as_str() {
+        "POST" => {}
         // The demo page's probe: present (a 404 means the route does not exist).
-        Method::Get => {
+        "GET" => {
             return json_response(200, &serde_json::json!({"devTokens": true, "usage": "POST {\"userId\",\"name\"?,\"admin\"?}"}))
                 .map_err(internal("dev token probe"))
         }
@@ -113,6 +113,12 @@ async fn dev_token(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     worker::console_log!("[edge-realtime] DEV_TOKENS: minted a dev token for {}", claims.sub);
     json_response(200, &serde_json::json!({"token": token, "userId": claims.sub, "exp": claims.exp}))
         .map_err(internal("dev token"))
+}
+
+/// The request's method exactly as sent. (`Request::method()` of workers-rs maps every method it
+/// has no variant for — `QUERY`, `PROPFIND`, … — to `GET`, which would answer them as a `GET`.)
+fn method_of(req: &Request) -> String {
+    req.inner().method()
 }
 
 fn is_websocket_upgrade(req: &Request) -> bool {
