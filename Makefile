@@ -4,16 +4,19 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit fuzz e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-scale bench-chat-1000 bench-idle bench-storm clean
+.PHONY: dev test setup token lint unit fuzz e2e client-test openapi-check fuzz-http deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-scale bench-chat-1000 bench-idle bench-storm clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
 	npx wrangler dev --ip 127.0.0.1 --port $(PORT)
 
-## Set up, then run every test: unit, end-to-end on wrangler dev, client SDK + browser, lint, deploy dry-run
+## Set up, then run every test: unit, end-to-end on wrangler dev, client SDK + browser, the HTTP
+## contract (OpenAPI validation + schemathesis fuzzing), lint, deploy dry-run
 test: setup
 	cargo test --workspace --all-targets
 	$(MAKE) client-test
+	$(MAKE) openapi-check
+	$(MAKE) fuzz-http
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) deploy-check
 
@@ -51,6 +54,16 @@ e2e: setup
 client-test: setup
 	@./scripts/setup-browser.sh
 	cd client && npm test
+
+## docs/openapi.json (served at GET /openapi.json) is a valid OpenAPI 3.1 document
+## (@seriousme/openapi-schema-validator, pinned in package.json)
+openapi-check: setup
+	node scripts/openapi-check.mjs
+
+## Fuzz the HTTP API against docs/openapi.json with schemathesis on its own wrangler dev, with a
+## user and an admin token: no 5xx, nothing the document does not say, no panic in the log
+fuzz-http: setup
+	./scripts/fuzz-http.sh
 
 ## Rate-limiter checks/s and p99, one key and many keys (starts its own wrangler dev, or BENCH_BASE_URL=...)
 bench-ratelimit: setup

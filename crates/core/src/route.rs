@@ -78,6 +78,8 @@ pub enum Access {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    /// `GET /openapi.json`: the machine-readable contract (docs/openapi.json), public.
+    OpenApi,
     /// Forward to object `name` of `class` as internal operation `op`.
     Object { class: DoClass, name: String, op: &'static str, websocket: bool, access: Access },
     /// A RateLimiter API call; the object is named by the body's `key`.
@@ -87,7 +89,7 @@ pub enum Endpoint {
 impl Endpoint {
     pub fn access(&self) -> Access {
         match self {
-            Endpoint::Health => Access::Public,
+            Endpoint::Health | Endpoint::OpenApi => Access::Public,
             Endpoint::Object { access, .. } => *access,
             Endpoint::RateLimit { .. } => Access::Admin,
         }
@@ -117,12 +119,51 @@ fn endpoint(class: DoClass, name: String, op: impl Op, access: Access) -> Endpoi
 /// Builds the endpoint once the method matched (name validation may still fail).
 type Build<'a> = Box<dyn FnOnce() -> Result<Endpoint, ApiError> + 'a>;
 
+/// Every route [`resolve`] knows, as (method, path template) — the templates are the OpenAPI
+/// ones of docs/openapi.json (`{name}` for a path Name). Tests prove this list, the match arms
+/// of [`resolve`] and the document's operations are the same set.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/__user-session"),
+    ("GET", "/__user-session/state"),
+    ("POST", "/__user-session/clear"),
+    ("POST", "/__user-session/notify"),
+    ("GET", "/ws/counter/{name}"),
+    ("GET", "/api/counter/{name}"),
+    ("GET", "/api/counter/{name}/history"),
+    ("POST", "/api/counter/{name}/increment"),
+    ("POST", "/api/counter/{name}/decrement"),
+    ("POST", "/api/counter/{name}/set"),
+    ("POST", "/api/counter/{name}/reset"),
+    ("GET", "/api/chat"),
+    ("GET", "/api/chat/messages"),
+    ("GET", "/api/chat/{room}"),
+    ("GET", "/api/chat/{room}/messages"),
+    ("GET", "/ws/waddle/{id}"),
+    ("GET", "/api/waddle/{id}/presence"),
+    ("POST", "/api/waddle/{id}/broadcast"),
+    ("GET", "/ws/channel/{id}"),
+    ("POST", "/api/channel/{id}/message"),
+    ("GET", "/api/channel/{id}/messages"),
+    ("GET", "/api/game/{gameId}"),
+    ("GET", "/api/game/{gameId}/state"),
+    ("GET", "/ws/voice/{channelId}"),
+    ("GET", "/api/voice/{channelId}"),
+    ("POST", "/api/ratelimit/check"),
+    ("POST", "/api/ratelimit/check/sliding-window"),
+    ("POST", "/api/ratelimit/check/token-bucket"),
+    ("POST", "/api/ratelimit/check/leaky-bucket"),
+    ("POST", "/api/ratelimit/check/gcra"),
+];
+
 /// Resolve a request. `query` looks up a query parameter.
 pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q str>) -> Result<Endpoint, ApiError> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     // (allowed method, endpoint builder) — path matching first, so a wrong method is a 405 not a 404.
     let (allowed, build): (&str, Build<'_>) = match segments.as_slice() {
         ["health"] => ("GET", Box::new(|| Ok(Endpoint::Health))),
+        ["openapi.json"] => ("GET", Box::new(|| Ok(Endpoint::OpenApi))),
         ["__user-session"] => ("GET", Box::new(|| {
             let user = name(query("userId").unwrap_or_default(), "userId")?;
             name(query("deviceId").unwrap_or_default(), "deviceId")?;
@@ -299,6 +340,76 @@ mod tests {
         let names: std::collections::HashSet<_> = DoClass::ALL.iter().map(|c| c.as_str()).collect();
         let bindings: std::collections::HashSet<_> = DoClass::ALL.iter().map(|c| c.binding()).collect();
         assert_eq!((names.len(), bindings.len()), (DoClass::ALL.len(), DoClass::ALL.len()));
+    }
+
+    /// A template with every `{param}` filled with a valid name.
+    fn concrete(template: &str) -> String {
+        template.split('/').map(|s| if s.starts_with('{') { "n1" } else { s }).collect::<Vec<_>>().join("/")
+    }
+
+    fn shape(template: &str) -> String {
+        template.split('/').map(|s| if s.starts_with('{') { "{}" } else { s }).collect::<Vec<_>>().join("/")
+    }
+
+    #[test]
+    fn every_listed_route_resolves_with_its_method_only() {
+        let names = |k: &str| matches!(k, "userId" | "deviceId").then_some("u1");
+        for (method, template) in ROUTES {
+            let path = concrete(template);
+            assert!(resolve(method, &path, names).is_ok(), "{method} {path}");
+            let other = if *method == "GET" { "POST" } else { "GET" };
+            assert_eq!(status(resolve(other, &path, names)), 405, "{other} {path}");
+        }
+        let unique: std::collections::BTreeSet<_> = ROUTES.iter().map(|(_, t)| *t).collect();
+        assert_eq!(unique.len(), ROUTES.len(), "a path is listed twice");
+    }
+
+    /// The path shapes of `resolve`'s match arms, read from this file (a literal segment, `{}`
+    /// for a bound name, one shape per alternative of `x @ ("a" | "b")`), so a route added to
+    /// `resolve` but not to `ROUTES` fails here.
+    fn arm_shapes() -> std::collections::BTreeSet<String> {
+        let source = include_str!("route.rs");
+        let start = source.find("pub fn resolve<").unwrap();
+        let end = source[start..].find("\npub fn allowed_method").unwrap() + start;
+        let mut shapes = std::collections::BTreeSet::new();
+        for line in source[start..end].lines().map(str::trim).filter(|l| l.starts_with("[\"")) {
+            let pattern = &line[1..line.find("] =>").unwrap()];
+            let mut paths = vec![String::new()];
+            for part in pattern.split(',').map(str::trim) {
+                let options: Vec<String> = if let Some(alts) = part.split_once("@ (") {
+                    alts.1.trim_end_matches(')').split('|').map(|a| a.trim().trim_matches('"').to_owned()).collect()
+                } else if part.starts_with('"') {
+                    vec![part.trim_matches('"').to_owned()]
+                } else {
+                    vec!["{}".to_owned()]
+                };
+                paths = paths.iter().flat_map(|p| options.iter().map(move |o| format!("{p}/{o}"))).collect();
+            }
+            shapes.extend(paths);
+        }
+        shapes
+    }
+
+    #[test]
+    fn routes_are_exactly_the_match_arms() {
+        let listed: std::collections::BTreeSet<String> = ROUTES.iter().map(|(_, t)| shape(t)).collect();
+        assert_eq!(arm_shapes(), listed);
+    }
+
+    /// docs/openapi.json (served at `GET /openapi.json`) documents exactly these routes.
+    #[test]
+    fn openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+        const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys().filter(|m| METHODS.contains(&m.as_str())) {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let routes: std::collections::BTreeSet<(String, String)> =
+            ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+        assert_eq!(documented, routes);
     }
 
     /// Every class's binding is declared in wrangler.toml (a typo would be a runtime 500).
