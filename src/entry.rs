@@ -18,6 +18,9 @@ use crate::kit::internal;
 /// `/health` version: crate version plus the git commit build.rs stamped.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("EDGE_REALTIME_GIT_SHA"));
 
+/// `GET /openapi.json`: the HTTP contract, docs/openapi.json, compiled in.
+pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
+
 /// What the request's log line names, filled in as the request is resolved.
 #[derive(Default)]
 struct Seen {
@@ -32,7 +35,7 @@ pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
     let started = crate::kit::now();
     let ray = req.headers().get("cf-ray").ok().flatten();
     let request_id = ops::request_id_from(ray.as_deref()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let method = req.method().to_string();
+    let method = method_of(&req);
     let route_template = routes::template(&req.path());
     let mut seen = Seen::default();
     let result = if req.method() == Method::Options {
@@ -66,7 +69,7 @@ async fn route(mut req: Request, env: &Env, seen: &mut Seen) -> Result<Response,
     if url.path() == devtoken::PATH && dev_tokens_enabled(env) {
         return dev_token(&mut req, env).await;
     }
-    let endpoint = resolve(req.method().as_ref(), url.path(), lookup)?;
+    let endpoint = resolve(&method_of(&req), url.path(), lookup)?;
     if let Endpoint::Object { class, name, .. } = &endpoint {
         seen.class = Some(class.as_str());
         seen.object = Some(name.clone());
@@ -75,6 +78,9 @@ async fn route(mut req: Request, env: &Env, seen: &mut Seen) -> Result<Response,
     if endpoint == Endpoint::Health {
         return json_response(200, &serde_json::json!({"status": "ok", "version": VERSION}))
             .map_err(internal("health"));
+    }
+    if endpoint == Endpoint::OpenApi {
+        return http::json_text_response(200, OPENAPI_JSON.to_owned());
     }
     if endpoint.is_websocket() && !is_websocket_upgrade(&req) {
         return Err(ApiError::upgrade_required());
@@ -116,7 +122,7 @@ async fn route(mut req: Request, env: &Env, seen: &mut Seen) -> Result<Response,
             seen.object = Some(name.clone());
             forward(env, &req, DoClass::RateLimiter, &name, op.path(), None, &identity, Some(bytes)).await
         }
-        Endpoint::Health => Err(ApiError::internal()),
+        Endpoint::Health | Endpoint::OpenApi => Err(ApiError::internal()),
     }
 }
 
@@ -130,10 +136,10 @@ fn dev_tokens_enabled(env: &Env) -> bool {
 /// `POST /__dev/token {"userId","name"?,"admin"?}` → `{"token","userId","exp"}`, signed like
 /// `make token` (the same `auth::mint` and `AUTH_SECRET`); `GET` → `{"devTokens":true}` (probe).
 async fn dev_token(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
-    match req.method() {
-        Method::Post => {}
+    match method_of(req).as_str() {
+        "POST" => {}
         // The demo page's probe: present (a 404 means the route does not exist).
-        Method::Get => {
+        "GET" => {
             return json_response(200, &serde_json::json!({"devTokens": true, "usage": "POST {\"userId\",\"name\"?,\"admin\"?}"}))
                 .map_err(internal("dev token probe"))
         }
@@ -146,6 +152,12 @@ async fn dev_token(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     worker::console_log!("[edge-realtime] DEV_TOKENS: minted a dev token for {}", claims.sub);
     json_response(200, &serde_json::json!({"token": token, "userId": claims.sub, "exp": claims.exp}))
         .map_err(internal("dev token"))
+}
+
+/// The request's method exactly as sent. (`Request::method()` of workers-rs maps every method it
+/// has no variant for — `QUERY`, `PROPFIND`, … — to `GET`, which would answer them as a `GET`.)
+fn method_of(req: &Request) -> String {
+    req.inner().method()
 }
 
 fn is_websocket_upgrade(req: &Request) -> bool {

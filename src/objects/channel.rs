@@ -2,7 +2,8 @@
 //! `core::channel` decides. Messages live in SQLite; the core's small state (latest sequence,
 //! pruned_through, typing flags, its timers) is rebuilt on every wake. A post is deduplicated,
 //! sequenced and stored in one synchronous hook, so sequences stay gapless under any mix of
-//! WebSocket and HTTP writers.
+//! WebSocket and HTTP writers. A reaction is read (the message's tallies, this user's row),
+//! decided and stored in one synchronous hook too, so concurrent toggles count exactly.
 
 use std::collections::BTreeSet;
 
@@ -13,6 +14,7 @@ use edge_realtime_core::effects::Effects;
 use edge_realtime_core::error::{close, ApiError};
 use edge_realtime_core::frame::Reject;
 use edge_realtime_core::query::parse_seq;
+use edge_realtime_core::reactions::{self, Current, React, ReactionCounts};
 use edge_realtime_core::replay::{self, Replay};
 use edge_realtime_core::schedule::Schedule;
 
@@ -60,6 +62,13 @@ struct MessageRow {
     content: String,
     timestamp: i64,
     client_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RangeRow {
+    sequence: i64,
+    emoji: String,
+    count: i64,
 }
 
 impl From<MessageRow> for ChannelMessage {
@@ -123,7 +132,11 @@ impl RealtimeObject for ChannelRoom {
             ChannelOp::Messages => {
                 let query = HistoryQuery::parse(req.query("after"), req.query("limit"))?;
                 let rows = messages_after(ctx, query.after, Some(query.fetch_limit()))?;
-                Ok(Reply { status: 200, body: channel::history_body(rows, query.limit), effects: Effects::none() })
+                let counts = match channel::history_range(&rows) {
+                    Some((after, through)) => reaction_counts(ctx, after, through)?,
+                    None => ReactionCounts::new(),
+                };
+                Ok(Reply { status: 200, body: channel::history_body(rows, &counts, query.limit), effects: Effects::none() })
             }
             ChannelOp::Socket => Err(ApiError::not_found("the channel socket is a WebSocket")),
         }
@@ -139,8 +152,9 @@ impl RealtimeObject for ChannelRoom {
             Replay::Nothing => {}
             Replay::Resync { latest_seq } => effects = effects.to_self(replay::resync_frame(latest_seq)),
             Replay::After(from) => {
+                let counts = reaction_counts(ctx, from, self.core.latest_seq())?;
                 for message in messages_after(ctx, from, None)? {
-                    effects = effects.to_self(message.frame());
+                    effects = effects.to_self(message.replay_frame(&counts));
                 }
             }
         }
@@ -155,6 +169,11 @@ impl RealtimeObject for ChannelRoom {
                 let (sequence, effects) =
                     self.post(ctx, &conn.user_id, post).map_err(|_| Reject::close(close::INTERNAL, "internal error"))?;
                 Ok(effects.to_self(channel::ack_frame(client_id.as_deref(), sequence)))
+            }
+            Handled::React(react) => {
+                let current = current_reactions(ctx, &react, &conn.user_id)
+                    .map_err(|_| Reject::close(close::INTERNAL, "internal error"))?;
+                self.core.react(&conn.user_id, &react, &current)
             }
         }
     }
@@ -193,6 +212,21 @@ impl ChannelRoom {
 
 fn retention(ctx: &Ctx<'_>) -> channel::Retention {
     channel::Retention::from_vars(|k| ctx.var(k))
+}
+
+/// The message's tallies and whether `user_id` already reacted with this emoji, read in the
+/// same synchronous turn that stores the toggle.
+fn current_reactions(ctx: &Ctx<'_>, react: &React, user_id: &str) -> Result<Current, ApiError> {
+    let counts: Vec<RangeRow> = ctx.rows(reactions::SELECT_COUNTS, vec![react.sequence.into()])?;
+    let mine: Option<SeqRow> =
+        ctx.first(reactions::SELECT_MINE, vec![react.sequence.into(), react.emoji.as_str().into(), user_id.into()])?;
+    Ok(Current { counts: counts.into_iter().map(|r| (r.emoji, r.count)).collect(), mine: mine.is_some() })
+}
+
+/// Tallies of the messages in `(after, through]`.
+fn reaction_counts(ctx: &Ctx<'_>, after: i64, through: i64) -> Result<ReactionCounts, ApiError> {
+    let rows: Vec<RangeRow> = ctx.rows(reactions::SELECT_RANGE, vec![after.into(), through.into()])?;
+    Ok(reactions::counts_from_rows(rows.into_iter().map(|r| (r.sequence, r.emoji, r.count))))
 }
 
 fn messages_after(ctx: &Ctx<'_>, after: i64, limit: Option<u32>) -> Result<Vec<ChannelMessage>, ApiError> {

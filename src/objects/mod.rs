@@ -7,6 +7,7 @@ pub mod counter;
 pub mod game;
 pub mod rate_limiter;
 pub mod user_session;
+pub mod voice;
 pub mod waddle;
 
 use serde::Deserialize;

@@ -9,8 +9,10 @@ mod chat;
 mod counter;
 mod foundation;
 mod game;
+mod voice;
 mod session;
 mod channel;
+mod reactions;
 mod waddle;
 mod ratelimit;
 mod liveness;
@@ -75,8 +77,10 @@ fn main() {
     trials.extend(chat::tests());
     trials.extend(waddle::tests());
     trials.extend(channel::tests());
+    trials.extend(reactions::tests());
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
+    trials.extend(voice::tests());
     trials.extend(liveness::tests());
     trials.extend(ops::tests());
 

@@ -279,7 +279,7 @@ async fn log_lines() -> TestResult {
     let refused = http().get(&format!("/api/admin/stats/counter/{room}"), "garbage-token-value").await?;
     ensure_eq!(refused.status, 401);
     let line = find_line(&format!(r#""object":"{room}""#), |v| v["status"] == json!(401)).await?;
-    ensure_eq!((line["route"].clone(), line["userId"].clone()), (json!("/api/admin/stats/:class/:name"), Value::Null));
+    ensure_eq!((line["route"].clone(), line["userId"].clone()), (json!("/api/admin/stats/{class}/{name}"), Value::Null));
 
     // No line of ours carries a token; the header token appears nowhere in the log at all.
     let log = server().log.lock().map_err(|_| fail("log poisoned"))?.clone();

@@ -244,6 +244,9 @@ pub const CHANNEL_MAX_MESSAGES: i64 = 250;
 pub const CHAT_RATE_LIMIT_MESSAGES: i64 = 20;
 pub const CHAT_RATE_LIMIT_WINDOW_MS: i64 = 60_000;
 
+/// `VOICE_MAX_PARTICIPANTS` of the e2e server (small, so `voice::channel_full` fills it).
+pub const VOICE_MAX_PARTICIPANTS: usize = 3;
+
 /// Small limits so pruning is testable quickly; kept in one place. Chat keeps 30 messages and
 /// may prune every 2 s (tests/e2e/chat.rs keeps its other rooms under 30 rows).
 fn e2e_vars() -> Vec<String> {
@@ -251,6 +254,7 @@ fn e2e_vars() -> Vec<String> {
     let channel_max = format!("CHANNEL_MAX_MESSAGES:{CHANNEL_MAX_MESSAGES}");
     let chat_rate = format!("CHAT_RATE_LIMIT_MESSAGES:{CHAT_RATE_LIMIT_MESSAGES}");
     let chat_window = format!("CHAT_RATE_LIMIT_WINDOW_MS:{CHAT_RATE_LIMIT_WINDOW_MS}");
+    let voice_max = format!("VOICE_MAX_PARTICIPANTS:{VOICE_MAX_PARTICIPANTS}");
     let vars = [
         "COUNTER_MAX_HISTORY:10000",
         "CHAT_MAX_MESSAGES:30",
@@ -260,6 +264,7 @@ fn e2e_vars() -> Vec<String> {
         upgrades.as_str(),
         channel_max.as_str(),
         "CHANNEL_PRUNE_INTERVAL_MS:2000",
+        voice_max.as_str(),
     ];
     vars
         .iter()
