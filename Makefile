@@ -4,16 +4,19 @@
 PORT ?= 8787
 export WRANGLER_SEND_METRICS = false
 
-.PHONY: dev test setup token lint unit e2e client-test deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-sharded bench-scale bench-chat-1000 bench-idle bench-storm clean
+.PHONY: dev test setup token lint unit fuzz e2e client-test openapi-check fuzz-http deploy deploy-check bench bench-chat bench-counter bench-wake bench-size bench-ratelimit bench-sharded bench-scale bench-chat-1000 bench-idle bench-storm clean
 
 ## Run the service locally on the real runtime (workerd) at http://127.0.0.1:$(PORT)
 dev: setup
 	npx wrangler dev --ip 127.0.0.1 --port $(PORT)
 
-## Set up, then run every test: unit, end-to-end on wrangler dev, client SDK + browser, lint, deploy dry-run
+## Set up, then run every test: unit, end-to-end on wrangler dev, client SDK + browser, the HTTP
+## contract (OpenAPI validation + schemathesis fuzzing), lint, deploy dry-run
 test: setup
 	cargo test --workspace --all-targets
 	$(MAKE) client-test
+	$(MAKE) openapi-check
+	$(MAKE) fuzz-http
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(MAKE) deploy-check
 
@@ -27,6 +30,22 @@ token:
 unit:
 	cargo test -p edge-realtime-core
 
+## The property tests (crates/core/tests/props) run long: FUZZ_CASES cases per property
+## (default 20000: over a million in total, minutes), optimized with overflow checks on.
+## `make test` runs the same properties with 32 cases each. A failure's seed is saved under
+## crates/core/tests/proptest-regressions/ and replayed first by every later run.
+FUZZ_CASES ?= 20000
+FUZZ = CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true \
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	cargo test --release -p edge-realtime-core --test props
+
+fuzz:
+	$(FUZZ) --no-run
+	@n=$$($(FUZZ) -q -- --list 2>/dev/null | grep -c ': test$$') && \
+	echo "property tests: $$n properties x $(FUZZ_CASES) cases = $$((n * $(FUZZ_CASES))) cases" && \
+	start=$$(date +%s) && PROPTEST_CASES=$(FUZZ_CASES) $(FUZZ) -q && \
+	echo "fuzz: $$((n * $(FUZZ_CASES))) cases passed in $$(($$(date +%s) - start)) s"
+
 e2e: setup
 	cargo test --test e2e
 
@@ -35,6 +54,16 @@ e2e: setup
 client-test: setup
 	@./scripts/setup-browser.sh
 	cd client && npm test
+
+## docs/openapi.json (served at GET /openapi.json) is a valid OpenAPI 3.1 document
+## (@seriousme/openapi-schema-validator, pinned in package.json)
+openapi-check: setup
+	node scripts/openapi-check.mjs
+
+## Fuzz the HTTP API against docs/openapi.json with schemathesis on its own wrangler dev, with a
+## user and an admin token: no 5xx, nothing the document does not say, no panic in the log
+fuzz-http: setup
+	./scripts/fuzz-http.sh
 
 ## Rate-limiter checks/s and p99, one key and many keys (starts its own wrangler dev, or BENCH_BASE_URL=...)
 bench-ratelimit: setup

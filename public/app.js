@@ -162,10 +162,10 @@ function connect(token, counterName, room) {
   $("logout-all").onclick = () => session.logoutAll();
   $("signout").onclick = () => signedOut();
 
-  // Community, channel, game and rate limiter (public/panels.js). Names come from the URL
-  // (`?waddle=&channel=&game=`), so two tabs meet in the same objects; default "demo".
+  // Community, channel, game, voice and rate limiter (public/panels.js). Names come from the URL
+  // (`?waddle=&channel=&game=&voice=`), so two tabs meet in the same objects; default "demo".
   const params = new URLSearchParams(location.search);
-  const names = Object.fromEntries(["waddle", "channel", "game"].map((k) => [k, params.get(k) || "demo"]));
+  const names = Object.fromEntries(["waddle", "channel", "game", "voice"].map((k) => [k, params.get(k) || "demo"]));
   const panels = startPanels({ base, options, token: () => sessionStorage.getItem("token"), me: claims.sub, names });
 
   clients = [counter, chat, session, ...panels, { close: () => clearInterval(refresh) }];

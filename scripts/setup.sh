@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 WASM_BINDGEN_VERSION=0.2.130
 WORKER_BUILD_VERSION=0.8.7
+# The HTTP fuzzer of `make test` (scripts/fuzz-http.sh), from PyPI into .venv/ (git-ignored).
+SCHEMATHESIS_VERSION=4.32.5
 BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -71,4 +73,24 @@ else
   cp -r client/dist/. public/client/
   find public/client -name '*.d.ts' -delete
   echo "built"
+fi
+
+step "schemathesis $SCHEMATHESIS_VERSION (.venv/, for scripts/fuzz-http.sh; pinned with scripts/fuzz-constraints.txt)"
+if [ -x .venv/bin/schemathesis ] && .venv/bin/schemathesis --version 2>/dev/null | grep -q " $SCHEMATHESIS_VERSION\$" \
+   && [ .venv/bin/schemathesis -nt scripts/fuzz-constraints.txt ]; then
+  echo "present"
+else
+  # A fresh machine may have no Python: Debian's python3 and its venv module.
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv
+    else
+      sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv
+    fi
+  fi
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -c scripts/fuzz-constraints.txt "schemathesis==$SCHEMATHESIS_VERSION"
+  touch .venv/bin/schemathesis
+  .venv/bin/schemathesis --version
 fi

@@ -7,8 +7,9 @@ use edge_realtime_core::auth::{self, Claims};
 use edge_realtime_core::devtoken;
 use edge_realtime_core::error::ApiError;
 use edge_realtime_core::effects::Op;
+use edge_realtime_core::ops::{self, RequestLine, STATS_OP};
 use edge_realtime_core::ratelimit::{self, Decision, GcraDecision, RateLimitOp};
-use edge_realtime_core::route::{resolve, Access, DoClass, Endpoint};
+use edge_realtime_core::route::{self as routes, resolve, Access, DoClass, Endpoint};
 use edge_realtime_core::session::SessionOp;
 use edge_realtime_core::shard;
 
@@ -18,18 +19,49 @@ use crate::kit::internal;
 /// `/health` version: crate version plus the git commit build.rs stamped.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("EDGE_REALTIME_GIT_SHA"));
 
-/// Handle one request from the outside world.
-pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
-    if req.method() == Method::Options {
-        return preflight();
-    }
-    match route(req, &env).await {
-        Ok(response) => Ok(response),
-        Err(e) => error_response(&e),
-    }
+/// `GET /openapi.json`: the HTTP contract, docs/openapi.json, compiled in.
+pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
+
+/// What the request's log line names, filled in as the request is resolved.
+#[derive(Default)]
+struct Seen {
+    class: Option<&'static str>,
+    object: Option<String>,
+    user_id: Option<String>,
 }
 
-async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
+/// Handle one request from the outside world, and log it: one `{"event":"request",…}` line
+/// (docs/operations.md) with the route template — never the raw path, query or token.
+pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
+    let started = crate::kit::now();
+    let ray = req.headers().get("cf-ray").ok().flatten();
+    let request_id = ops::request_id_from(ray.as_deref()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = method_of(&req);
+    let route_template = routes::template(&req.path());
+    let mut seen = Seen::default();
+    let result = if req.method() == Method::Options {
+        preflight()
+    } else {
+        match route(req, &env, &mut seen).await {
+            Ok(response) => Ok(response),
+            Err(e) => error_response(&e),
+        }
+    };
+    crate::kit::log(&RequestLine {
+        event: "request",
+        request_id: &request_id,
+        method: &method,
+        route: route_template,
+        class: seen.class,
+        object: seen.object.as_deref(),
+        status: result.as_ref().map_or(500, Response::status_code),
+        duration_ms: crate::kit::now().saturating_sub(started),
+        user_id: seen.user_id.as_deref(),
+    });
+    result
+}
+
+async fn route(mut req: Request, env: &Env, seen: &mut Seen) -> Result<Response, ApiError> {
     let url = req.url().map_err(|_| ApiError::bad_request("invalid_url", "unparsable URL"))?;
     let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     let lookup = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
@@ -38,16 +70,24 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     if url.path() == devtoken::PATH && dev_tokens_enabled(env) {
         return dev_token(&mut req, env).await;
     }
-    let endpoint = resolve(req.method().as_ref(), url.path(), lookup)?;
+    let endpoint = resolve(&method_of(&req), url.path(), lookup)?;
+    if let Endpoint::Object { class, name, .. } = &endpoint {
+        seen.class = Some(class.as_str());
+        seen.object = Some(name.clone());
+    }
 
     if endpoint == Endpoint::Health {
         return json_response(200, &serde_json::json!({"status": "ok", "version": VERSION}))
             .map_err(internal("health"));
     }
+    if endpoint == Endpoint::OpenApi {
+        return http::json_text_response(200, OPENAPI_JSON.to_owned());
+    }
     if endpoint.is_websocket() && !is_websocket_upgrade(&req) {
         return Err(ApiError::upgrade_required());
     }
     let claims = authenticate(&req, env, lookup("token"))?;
+    seen.user_id = Some(claims.sub.clone());
     authorize(&endpoint, &claims)?;
     let identity = Identity { user_id: claims.sub.clone(), user_name: claims.display_name().to_owned(), token_iat: claims.iat };
     match endpoint {
@@ -70,16 +110,21 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
                 revoked?;
             }
             let body = if websocket { None } else { Some(read_body(&mut req).await?) };
-            forward(env, &req, class, &name, op, url.query(), &identity, body).await
+            // The stats op (any class) gets the class's short name for its body, nothing else.
+            let stats_query = format!("class={}", class.as_str());
+            let query = if op == STATS_OP { Some(stats_query.as_str()) } else { url.query() };
+            forward(env, &req, class, &name, op, query, &identity, body).await
         }
         Endpoint::RateLimit { op } => {
             let bytes = read_body(&mut req).await?;
             // Validate fully here, so a bad body never reaches (or creates) an object.
             let check = ratelimit::parse_request(op.path(), &http::parse_json_body(&bytes)?)?;
             let name = format!("api:{}", check.key);
+            seen.class = Some(DoClass::RateLimiter.as_str());
+            seen.object = Some(name.clone());
             forward(env, &req, DoClass::RateLimiter, &name, op.path(), None, &identity, Some(bytes)).await
         }
-        Endpoint::Health => Err(ApiError::internal()),
+        Endpoint::Health | Endpoint::OpenApi => Err(ApiError::internal()),
     }
 }
 
@@ -110,10 +155,10 @@ fn dev_tokens_enabled(env: &Env) -> bool {
 /// `POST /__dev/token {"userId","name"?,"admin"?}` → `{"token","userId","exp"}`, signed like
 /// `make token` (the same `auth::mint` and `AUTH_SECRET`); `GET` → `{"devTokens":true}` (probe).
 async fn dev_token(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
-    match req.method() {
-        Method::Post => {}
+    match method_of(req).as_str() {
+        "POST" => {}
         // The demo page's probe: present (a 404 means the route does not exist).
-        Method::Get => {
+        "GET" => {
             return json_response(200, &serde_json::json!({"devTokens": true, "usage": "POST {\"userId\",\"name\"?,\"admin\"?}"}))
                 .map_err(internal("dev token probe"))
         }
@@ -126,6 +171,12 @@ async fn dev_token(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     worker::console_log!("[edge-realtime] DEV_TOKENS: minted a dev token for {}", claims.sub);
     json_response(200, &serde_json::json!({"token": token, "userId": claims.sub, "exp": claims.exp}))
         .map_err(internal("dev token"))
+}
+
+/// The request's method exactly as sent. (`Request::method()` of workers-rs maps every method it
+/// has no variant for — `QUERY`, `PROPFIND`, … — to `GET`, which would answer them as a `GET`.)
+fn method_of(req: &Request) -> String {
+    req.inner().method()
 }
 
 fn is_websocket_upgrade(req: &Request) -> bool {

@@ -17,7 +17,7 @@
 //!   declares the class (docs/custom-object.md). The rest are the primitives it uses.
 //! - [`objects`]: one file per Durable Object class, each read top to bottom as its protocol:
 //!   a `RealtimeObject` over its core (Counter, UserSession, ChatRoom, Waddle, Channel,
-//!   RateLimiter, GameServer); the revocation op shared by all lives in `objects::mod`.
+//!   RateLimiter, GameServer, VoiceChannel); the revocation op shared by all lives in `objects::mod`.
 //! - `tests/e2e.rs`: the end-to-end suite against the real runtime (`wrangler dev`).
 
 pub mod entry;
@@ -32,6 +32,7 @@ pub use objects::counter::Counter;
 pub use objects::game::GameServer;
 pub use objects::rate_limiter::RateLimiter;
 pub use objects::user_session::UserSession;
+pub use objects::voice::VoiceChannel;
 pub use objects::waddle::Waddle;
 
 #[event(start)]

@@ -160,7 +160,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     let by_process_hibernated = pgrp.map(procfs::group_rss_by_process).unwrap_or_default();
     let fds: Vec<Option<(usize, usize)>> = by_process_hibernated.iter().map(|(_, pid, _)| procfs::open_fds(*pid)).collect();
 
-    let needle = format!("wake Counter {name}");
+    let needle = edge_realtime_core::ops::wake_prefix("Counter", &name);
     let wakes_before = log.as_ref().map(|l| l.count(&needle));
     let (go_tx, go_rx) = watch::channel(false);
     let first = Arc::new(AtomicUsize::new(0));

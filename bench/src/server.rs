@@ -211,7 +211,7 @@ fn spawn(kind: Kind, port: u16, persist: &Path, log: &Arc<Mutex<Vec<String>>>) -
     };
     // Per-request lines are not kept: only what a scenario may look for.
     let keep: fn(&str) -> bool =
-        |line| line.contains("wake ") || line.contains("shard accept") || line.contains("rror") || !line.contains("[wrangler:info]");
+        |line| line.contains("wake") || line.contains("shard accept") || line.contains("rror") || !line.contains("[wrangler:info]");
     let opts = devserver::Options { port, persist, args, verbose_env: "BENCH_VERBOSE", label, keep };
     devserver::spawn(&opts, log)
         .map_err(|e| fail(format!("failed to start `npx wrangler dev` ({e}); run `make setup` first")))

@@ -11,7 +11,7 @@
 //! - ChatRoom and baseline: a chat message → its own echo.
 //!
 //! Every measured wake must be proven by the constructor's log line: edge-realtime logs
-//! `[edge-realtime] wake <Class> <name>` (`DEBUG_WAKE=1`), the baseline `[baseline] wake <id>`
+//! `{"event":"wake","class":<Class>,"object":<name>,…}` (docs/operations.md), the baseline `[baseline] wake <id>`
 //! (the id's hex, which the baseline's `/api/chat/<room>/id` route reports without touching the
 //! object). A round without it fails the run.
 
@@ -199,7 +199,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
                         target,
                         url: format!("{edge_ws}/ws/counter/{name}"),
                         token: Some(client::token(&secret, &user)?),
-                        needle: format!("wake Counter {name}"),
+                        needle: edge_realtime_core::ops::wake_prefix("Counter", &name),
                     };
                     (plan, edge_log.clone())
                 }
@@ -209,7 +209,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
                         target,
                         url: format!("{edge_ws}/api/chat/{room}"),
                         token: Some(client::token(&secret, &user)?),
-                        needle: format!("wake ChatRoom {room}"),
+                        needle: edge_realtime_core::ops::wake_prefix("ChatRoom", &room),
                     };
                     (plan, edge_log.clone())
                 }

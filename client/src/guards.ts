@@ -70,6 +70,14 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+/** A JSON object used as a map: any keys, every value of this type (e.g. emoji → count). */
+export function record<T>(value: Guard<T>): Guard<Record<string, T>> {
+  return guard(
+    (v) => isRecord(v) && Object.values(v).every((x) => value(x)),
+    (v) => isRecord(v) && Object.values(v).every((x) => value.exact(x)),
+  );
+}
+
 function checkFields(shape: Shape, v: Record<string, unknown>, exact: boolean): boolean {
   for (const [key, field] of Object.entries(shape)) {
     const present = Object.prototype.hasOwnProperty.call(v, key);

@@ -5,7 +5,8 @@
 // - socket.ts            ReconnectingSocket: backoff, terminal codes, queue, heartbeat, resume
 // - guards.ts            the schema language: one declaration → TS type + runtime guard
 // - protocols/common.ts  TypedClient base, shared frames, HTTP helper
-// - protocols/*.ts       one file per protocol: frame table, decoder, typed client (game.ts: GameClient)
+// - protocols/*.ts       one file per protocol: frame table, decoder, typed client (game.ts: GameClient,
+//                        voice.ts: VoiceClient)
 
 export * from "./socket.js";
 export * from "./guards.js";
@@ -16,3 +17,4 @@ export * from "./protocols/channel.js";
 export * from "./protocols/waddle.js";
 export * from "./protocols/session.js";
 export * from "./protocols/game.js";
+export * from "./protocols/voice.js";

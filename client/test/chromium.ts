@@ -14,14 +14,15 @@ export const SCREENSHOTS = join(ROOT, "test-output");
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
-export async function launchChromium(): Promise<Browser> {
+/** `extraArgs`: more chromium switches (the voice test's fake microphone). */
+export async function launchChromium(extraArgs: string[] = []): Promise<Browser> {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: run ./scripts/setup-browser.sh (apt-get install chromium; never a downloaded browser)`);
   // playwright-core launches with a fresh temporary --user-data-dir of its own.
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--disable-quic"],
+      "--disable-component-update", "--disable-sync", "--disable-quic", ...extraArgs],
   });
 }
 

@@ -130,18 +130,31 @@ test("Channel: every server frame matches the typed decoder", async () => {
   await ws.type("message");
   ws.send({ type: "typing", isTyping: true });
   await ws.type("typing");
+  ws.send({ type: "react", sequence: 1, emoji: "👍", on: true });
+  const reaction = await ws.type("reaction");
+  assert.equal(reaction.count, 1);
   ws.send({ type: "message", content: "" });
   await ws.type("error");
+  ws.send({ type: "react", sequence: 1, emoji: "a", on: true });
+  const badEmoji = await ws.next((f) => f.type === "error" && f.code === "invalid_emoji", "invalid_emoji");
+  assert.ok(decodeChannelFrame(badEmoji, true));
   ws.send(PING);
   await ws.type("pong");
   const ahead = await RawSocket.open(base, `/ws/channel/${id}?since=999`, t);
   await ahead.type("resync_required");
+  // A replayed message carries its reactions.
+  const replay = await RawSocket.open(base, `/ws/channel/${id}?since=0`, t);
+  const replayed = await replay.type("message");
+  assert.deepEqual(replayed.reactions, { "👍": 1 });
   await logoutAll(user);
   await ws.type("logged_out");
-  roundTrip([...ws.frames, ...ahead.frames], decodeChannelFrame, channelFrames);
+  roundTrip([...ws.frames, ...ahead.frames, ...replay.frames], decodeChannelFrame, channelFrames);
+  const live = ws.frames.find((f) => f.type === "message");
+  assert.ok(live && !("reactions" in live), "a live message has no reactions field");
   const history = await api(base, t, "GET", `/api/channel/${id}/messages`);
   const { channelHistory } = await import("../src/index.js");
   assert.ok(channelHistory.exact(history.json), JSON.stringify(history.json));
+  assert.deepEqual(history.json.messages[0]?.reactions, { "👍": 1 });
 });
 
 test("Waddle: every server frame matches the typed decoder; admin broadcasts are not protocol frames", async () => {

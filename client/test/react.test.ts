@@ -151,6 +151,14 @@ test("react hooks in StrictMode: one socket per hook, updates arrive, unmount an
   await until(page, `h.snap.channel.messages.join() === "1:m1" && h.snap.channel.lastSeq === 1`);
   await act(page, "channel", "send", "m2");
   await bobChannel.next((f) => f.type === "message" && f.content === "m2" && f.sequence === 2, "Alice's channel message at Bob");
+  // Reactions: Alice's hook reacts (Bob sees it); Bob's reaction updates the message in her hook.
+  await act(page, "channel", "react", 1, "👍");
+  await bobChannel.next((f) => f.type === "reaction" && f.userId === alice && f.sequence === 1 && f.count === 1, "Alice's reaction at Bob");
+  bobChannel.send({ type: "react", sequence: 1, emoji: "👍", on: true });
+  await until(page, `h.snap.channel.reactions.join("|") === '1:{"👍":2}|2:{}'`);
+  bobChannel.send({ type: "react", sequence: 2, emoji: "🎉", on: true });
+  await act(page, "channel", "react", 1, "👍", false);
+  await until(page, `h.snap.channel.reactions.join("|") === '1:{"👍":1}|2:{"🎉":1}'`);
 
   // Waddle never echoes a presence_update to its sender: Bob's socket sees Alice's, and hers his.
   await act(page, "waddle", "setStatus", "busy");
@@ -233,5 +241,39 @@ test("react hooks: a remount resumes (channel since=lastSeq: every missed messag
   assert.match(await get<string>(page, "h.snap.session.error"), /4001/);
   assert.deepEqual(await get(page, "h.events.session"), ["joined:go-1", "logged_out"]);
   assert.equal(await get(page, `h.sockets.created["/__user-session"]`), 2, "no reconnect after the logout");
+  assert.deepEqual(errors, []);
+});
+
+test("useVoiceChannel in StrictMode: one socket, join, signals both ways, recording, enabled:false leaves (seen by the server)", async () => {
+  const [alice, bob] = [unique("valice"), unique("vbob")];
+  const ch = unique("rvoice");
+  const path = `/ws/voice/${ch}`;
+  const tokenA = mintToken(alice, { name: "Alice" });
+  const bobVoice = await RawSocket.open(base, path, mintToken(bob, { name: "Bob" }));
+  await bobVoice.type("voice_state");
+  const errors: string[] = [];
+  const page = await openPage(errors);
+  await render(page, { base, token: tokenA, strict: true, voice: { id: ch } });
+  await until(page, `h.snap.voice?.status === "open" && h.snap.voice.state?.channelId === ${JSON.stringify(ch)}`);
+  assert.deepEqual(await get(page, "h.sockets.created"), { [path]: 1 });
+  await act(page, "voice", "join", { videoEnabled: true });
+  await bobVoice.next((f) => f.type === "participant_joined" && (f.participant as { userId: string }).userId === alice, "Alice joined at Bob");
+  bobVoice.send({ type: "join" });
+  await until(page, `h.snap.voice.state.participants.length === 2 && typeof h.snap.voice.state.sessionId === "string"`);
+  bobVoice.send({ type: "signal", to: alice, data: { sdp: { type: "offer", sdp: "v=0" } } });
+  await until(page, `(h.events.voice ?? []).length === 1`);
+  assert.deepEqual(await get(page, "h.events.voice"), [{ from: bob, data: { sdp: { type: "offer", sdp: "v=0" } } }]);
+  await act(page, "voice", "signal", bob, { sdp: { type: "answer", sdp: "v=0" } });
+  await bobVoice.next((f) => f.type === "signal" && f.from === alice, "Alice's answer at Bob");
+  await act(page, "voice", "setRecording", true);
+  await until(page, `h.snap.voice.state.recording === true`);
+  await act(page, "voice", "update", { audioEnabled: false });
+  await bobVoice.next((f) => f.type === "participant_updated" && (f.participant as { audioEnabled: boolean }).audioEnabled === false, "Alice muted at Bob");
+  // enabled: false closes the socket: Alice is no participant any more, the call goes on with Bob.
+  await render(page, { base, token: tokenA, strict: true, voice: { id: ch, enabled: false } });
+  await bobVoice.next((f) => f.type === "participant_left" && f.userId === alice, "Alice left at Bob");
+  const view = await api(base, tokenA, "GET", `/api/voice/${ch}`);
+  assert.deepEqual(view.json.participants.map((p: { userId: string }) => p.userId), [bob]);
+  assert.equal(view.json.recording, true);
   assert.deepEqual(errors, []);
 });

@@ -27,16 +27,17 @@ pub fn now() -> Millis {
     Millis::try_from(worker::Date::now().as_millis()).unwrap_or(0)
 }
 
-/// With var `DEBUG_WAKE=1` (the e2e suite sets it), log each constructor run, so tests can
-/// see that an object really was evicted and woken again.
-pub fn log_wake(env: &worker::Env, class: &str, name: &str) {
-    log_debug(env, &format!("wake {class} {name}"));
+/// Write one structured log line (docs/operations.md): a JSON object per line on stdout, what
+/// `wrangler tail --format json` and Workers Logs (`[observability]`) collect.
+pub fn log<L: Serialize>(line: &L) {
+    worker::console_log!("{}", edge_realtime_core::ops::line(line));
 }
 
-/// With var `DEBUG_WAKE=1`, log a lifecycle line (wake, alarm work) the e2e suite looks for.
-pub fn log_debug(env: &worker::Env, line: &str) {
+/// With var `DEBUG_WAKE=1` (the e2e suite sets it), log a lifecycle detail as
+/// `{"event":"debug","message":…}` (reconciles, fan-outs; the e2e suite looks for some).
+pub fn log_debug(env: &worker::Env, message: &str) {
     if env.var("DEBUG_WAKE").map(|v| v.to_string() == "1").unwrap_or(false) {
-        worker::console_log!("[edge-realtime] {line}");
+        log(&edge_realtime_core::ops::DebugLine { event: "debug", message });
     }
 }
 
@@ -158,18 +159,23 @@ pub fn same_socket(a: &WebSocket, b: &WebSocket) -> bool {
     js_sys::Object::is(a.as_ref(), b.as_ref())
 }
 
-/// Send a frame; a socket that is already closing just misses it.
-pub fn send(ws: &WebSocket, frame: &str) {
-    let _ = ws.send_with_str(frame);
+/// Send a frame; a socket that is already closing just misses it. Whether it was sent.
+pub fn send(ws: &WebSocket, frame: &str) -> bool {
+    ws.send_with_str(frame).is_ok()
 }
 
 /// Send `frame` to every socket (with `tag`, if given), except `except`: one crossing into JS
 /// for the whole fan-out ([`runtime::broadcast_text`]); with 50+ sockets the per-socket
 /// crossings (array access, identity check, send) dominated the cost.
-pub fn broadcast(state: &State, frame: &str, tag: Option<&str>, except: Option<&WebSocket>) {
+/// Returns how many sockets it was sent to (the kit's `framesOut`).
+pub fn broadcast(state: &State, frame: &str, tag: Option<&str>, except: Option<&WebSocket>) -> u32 {
     let except: Option<&JsValue> = except.map(|ws| AsRef::<worker::web_sys::WebSocket>::as_ref(ws).as_ref());
-    if let Err(e) = runtime::broadcast_text(runtime::raw(state), frame, tag.map(str::to_owned), except) {
-        worker::console_error!("broadcast failed: {e:?}");
+    match runtime::broadcast_text(runtime::raw(state), frame, tag.map(str::to_owned), except) {
+        Ok(sent) => sent,
+        Err(e) => {
+            worker::console_error!("broadcast failed: {e:?}");
+            0
+        }
     }
 }
 
@@ -189,9 +195,13 @@ pub fn reciprocate_close(ws: &WebSocket, code: usize, reason: &str) {
 }
 
 /// Act on a rejected frame: close with its code, or answer in-band and keep the socket.
-pub fn reject(ws: &WebSocket, rejection: &Reject) {
+/// Whether a frame (the in-band error) was sent.
+pub fn reject(ws: &WebSocket, rejection: &Reject) -> bool {
     match rejection {
-        Reject::Close { code, reason } => close(ws, *code, reason),
+        Reject::Close { code, reason } => {
+            close(ws, *code, reason);
+            false
+        }
         Reject::InBand { code, message } => send(ws, &Reject::error_frame(code, message)),
     }
 }

@@ -5,7 +5,7 @@
 //! needs. Hooks are synchronous, get a [`Ctx`] (clock, vars, SQL reads, the sockets' users and
 //! attachments) and return [`Effects`] — they never touch the runtime. [`Host`] does the rest,
 //! the same way for every object:
-//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake log →
+//! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake count + log →
 //!   [`RealtimeObject::on_wake`] with the users that really have an open socket (reconcile);
 //! - `fetch`: the built-in `revoke` op, else the typed op (unknown → 404); the WebSocket op
 //!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment,
@@ -16,6 +16,9 @@
 //!   or `Effects.close` — each socket through [`RealtimeObject::on_gone`] exactly once (the
 //!   envelope's persisted `gone` flag);
 //! - TCP `connect`: refused with an error (the trait's default would panic);
+//! - operations (docs/operations.md): counters per object (`core::ops`), written at most once
+//!   per `STATS_FLUSH_INTERVAL_MS` at the end of events, served by the built-in stats op (which
+//!   never creates state for a name never touched); JSON log lines per socket event, wake, alarm;
 //! - alarm: the kit's `heartbeat` sweep (1001 for silent sockets), then the object's due timers
 //!   of the persisted schedule, each through `on_timer`.
 //!
@@ -25,7 +28,7 @@
 //! 500) and the object is rebuilt with `restore`, so memory never runs ahead of disk. No
 //! `RefCell` borrow is held across an `.await`: hooks run between them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
@@ -37,6 +40,7 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, SqlStorageVal
 use edge_realtime_core::effects::{self, Effects, Op, Statement, Timer, To};
 use edge_realtime_core::error::{close, ApiError};
 use edge_realtime_core::frame::Reject;
+use edge_realtime_core::ops::{self, AlarmLine, SocketLine, StatsBody, Tracker, WakeLine};
 use edge_realtime_core::schedule::liveness::{self, HEARTBEAT_TIMER};
 use edge_realtime_core::time::Millis;
 
@@ -44,7 +48,7 @@ use crate::kit::{self, http, sql, Identity};
 
 /// A Durable Object protocol, hosted by [`Host`] (declare the class with [`durable_object!`]).
 pub trait RealtimeObject: Sized + 'static {
-    /// Class name, for logs (`wake <CLASS> <name>`).
+    /// Class name, for the log lines (`{"event":"wake","class":CLASS,…}`, docs/operations.md).
     const CLASS: &'static str;
     /// `CREATE ... IF NOT EXISTS` statements, run by every constructor (the kit adds `_schedule`).
     const SCHEMA: &'static [&'static str];
@@ -304,7 +308,8 @@ const REVOKE_OP: &str = "revoke";
 pub struct Host<T: RealtimeObject> {
     state: State,
     env: Env,
-    object: RefCell<T>,
+    /// `None` until [`Host::boot`]: a name never touched has no object yet.
+    object: RefCell<Option<T>>,
     /// Attachments in memory: the frame path neither deserializes nor rewrites them.
     attachments: kit::AttachmentCache<Connection<T::Conn>>,
     /// `HEARTBEAT_TIMEOUT_MS`.
@@ -315,6 +320,22 @@ pub struct Host<T: RealtimeObject> {
     pending_calls: RefCell<Vec<effects::Call>>,
     /// [`effects::Call::order`] lanes.
     lanes: Lanes,
+    /// Whether the object has its tables and `object` is built. `false` only for a name never
+    /// touched, until its first event other than the stats op (which must not create state).
+    started: Cell<bool>,
+    /// The operations counters (`core::ops`): in memory, flushed once per `flush_ms`.
+    stats: RefCell<Tracker>,
+    /// `STATS_FLUSH_INTERVAL_MS`.
+    flush_ms: Millis,
+    /// The object's name, for log lines: from the first request that named it, else `T::name()`.
+    name: RefCell<Option<String>>,
+}
+
+/// What the constructor reads in one query: the schema version and the kit's counters row.
+#[derive(Deserialize)]
+struct Boot {
+    version: String,
+    stats: Option<String>,
 }
 
 /// Ordered calls ([`effects::Call::order`]): a lane is busy while its key is present; callers
@@ -362,26 +383,158 @@ impl Lanes {
 
 impl<T: RealtimeObject> Host<T> {
     pub fn new(state: State, env: Env) -> Self {
-        let statements: Vec<&str> = T::SCHEMA.iter().copied().chain(std::iter::once(kit::SCHEDULE_SCHEMA)).collect();
-        sql::ensure_schema(&state.storage().sql(), &statements);
-        kit::install_auto_response(&state);
-        let object = T::restore(&Ctx { now: kit::now(), state: &state, env: &env, this: None });
-        if let Some(name) = object.name() {
-            kit::log_wake(&env, T::CLASS, &name);
+        let sql = state.storage().sql();
+        let statements = Self::statements();
+        // One read on every wake: the schema version and the counters. It fails before the
+        // first run (no `_schema`); then `sqlite_master` tells a name never touched, which gets
+        // no tables until its first real event (the stats op must not create state).
+        let boot = sql
+            .exec("SELECT version, (SELECT json FROM _kit_stats WHERE id = 1) AS stats FROM _schema WHERE id = 1", None)
+            .and_then(|c| c.to_array::<Boot>())
+            .ok()
+            .and_then(|rows| rows.into_iter().next());
+        let has_state = boot.is_some() || sql::has_tables(&sql);
+        if has_state && boot.as_ref().map(|b| b.version.as_str()) != Some(sql::schema_version(&statements).as_str()) {
+            sql::apply_schema(&sql, &statements);
         }
+        let (stats, unreadable) = Tracker::restore(boot.as_ref().and_then(|b| b.stats.as_deref()));
+        if let Some(e) = unreadable {
+            worker::console_error!("{}: unreadable _kit_stats row, counting from zero: {e}", T::CLASS);
+        }
+        kit::install_auto_response(&state);
         let heartbeat_ms = kit::liveness::timeout_ms(&env);
+        let flush_ms = env
+            .var("STATS_FLUSH_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.to_string().trim().parse::<Millis>().ok())
+            .unwrap_or(ops::DEFAULT_FLUSH_INTERVAL_MS);
         let host = Self {
             state,
             env,
-            object: RefCell::new(object),
+            object: RefCell::new(None),
             attachments: kit::AttachmentCache::default(),
             heartbeat_ms,
             pending_timers: RefCell::new(Vec::new()),
             pending_calls: RefCell::new(Vec::new()),
             lanes: Lanes::default(),
+            started: Cell::new(false),
+            stats: RefCell::new(stats),
+            flush_ms,
+            name: RefCell::new(None),
         };
-        host.wake();
+        if has_state {
+            host.boot();
+        }
         host
+    }
+
+    /// The object's tables plus the kit's (`_schedule`, `_kit_stats`).
+    fn statements() -> Vec<&'static str> {
+        T::SCHEMA.iter().copied().chain([kit::SCHEDULE_SCHEMA, ops::STATS_SCHEMA]).collect()
+    }
+
+    /// Build the object from storage: `restore`, count and log the wake, `on_wake`.
+    fn boot(&self) {
+        let object = T::restore(&self.ctx());
+        if let (Some(stored), Ok(mut name)) = (object.name(), self.name.try_borrow_mut()) {
+            name.get_or_insert(stored);
+        }
+        match self.object.try_borrow_mut() {
+            Ok(mut slot) => *slot = Some(object),
+            Err(_) => {
+                worker::console_error!("{}: object busy while booting", T::CLASS);
+                return;
+            }
+        }
+        self.started.set(true);
+        let wakes = self.stats.try_borrow_mut().map_or(0, |mut s| {
+            s.wake();
+            s.counters().wakes
+        });
+        let name = self.object_name();
+        kit::log(&WakeLine { event: "wake", class: T::CLASS, object: name.as_deref(), wakes });
+        self.wake();
+    }
+
+    /// Before any event but the stats op: a name never touched gets its tables now.
+    fn start(&self) {
+        if self.started.get() {
+            return;
+        }
+        sql::apply_schema(&self.state.storage().sql(), &Self::statements());
+        self.boot();
+    }
+
+    fn object_name(&self) -> Option<String> {
+        self.name.try_borrow().ok().and_then(|n| n.clone())
+    }
+
+    /// Count something (never fails: a busy counter just misses it).
+    fn count(&self, f: impl FnOnce(&mut Tracker)) {
+        if let Ok(mut stats) = self.stats.try_borrow_mut() {
+            f(&mut stats);
+        }
+    }
+
+    /// At the end of an event: write the counters row if due (at most once per `flush_ms`, or
+    /// always with `force`) — one upsert, never one per frame. Nothing before the object has tables.
+    fn flush_stats(&self, now: Millis, force: bool) {
+        if !self.started.get() {
+            return;
+        }
+        let row = match self.stats.try_borrow_mut() {
+            Ok(mut s) if s.is_dirty() && (force || s.due(now, self.flush_ms)) => s.flush(now),
+            _ => return,
+        };
+        if sql::exec(&self.state.storage().sql(), ops::STATS_UPSERT, vec![SqlStorageValue::String(row)]).is_err() {
+            self.count(Tracker::flush_failed);
+        }
+    }
+
+    /// A socket lifecycle line.
+    fn log_socket(&self, event: &'static str, user_id: &str, code: Option<u16>) {
+        let name = self.object_name();
+        kit::log(&SocketLine { event, class: T::CLASS, object: name.as_deref(), user_id, code });
+    }
+
+    /// Act on a rejected frame (counted; its in-band error counts as a frame out).
+    fn reject(&self, ws: &WebSocket, rejection: &Reject) {
+        let sent = kit::reject(ws, rejection);
+        self.count(|s| {
+            s.frame_rejected();
+            s.frames_out(u64::from(sent));
+        });
+    }
+
+    /// `GET /api/admin/stats/{class}/{name}` (the kit's built-in stats op): the counters (flushed
+    /// first, so the answer is what storage holds), open sockets from the runtime, rows of the
+    /// object's own tables. A name never touched answers zeros and writes nothing.
+    fn stats_reply(&self, req: &Request) -> Result<Response, ApiError> {
+        let class = http::query_param(req, "class").unwrap_or_else(|| T::CLASS.to_owned());
+        let name = req
+            .headers()
+            .get(http::OBJECT_NAME)
+            .ok()
+            .flatten()
+            .map(|n| http::decode_header_text(&n))
+            .unwrap_or_default();
+        let sql = self.state.storage().sql();
+        let mut storage_rows = 0u64;
+        if self.started.get() {
+            self.flush_stats(kit::now(), true);
+            #[derive(Deserialize)]
+            struct Count {
+                n: i64,
+            }
+            for table in sql::table_names(&sql)?.into_iter().filter(|t| ops::is_object_table(t)) {
+                let counted: Option<Count> = sql::first(&sql, &ops::count_rows_sql(&table), vec![])?;
+                storage_rows += counted.as_ref().map_or(0, |c| u64::try_from(c.n).unwrap_or(0));
+            }
+        }
+        let open = kit::sockets(&self.state, None).iter().filter(|ws| kit::is_open(ws)).count();
+        let counters = self.stats.try_borrow().map(|s| s.counters().clone()).unwrap_or_default();
+        let body = StatsBody::new(&class, &name, &counters, u64::try_from(open).unwrap_or(0), storage_rows);
+        http::json_text_response(200, ops::line(&body))
     }
 
     /// Reconcile on wake ([`RealtimeObject::on_wake`]): store and sends now (the constructor
@@ -414,7 +567,13 @@ impl<T: RealtimeObject> Host<T> {
 
     fn hook_with<R>(&self, ctx: Ctx<'_>, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
         match self.object.try_borrow_mut() {
-            Ok(mut object) => Some(f(&mut object, &ctx)),
+            Ok(mut object) => match object.as_mut() {
+                Some(object) => Some(f(object, &ctx)),
+                None => {
+                    worker::console_error!("{}: event before the object was built", T::CLASS);
+                    None
+                }
+            },
             Err(_) => {
                 worker::console_error!("{}: object busy (a borrow was held across an await)", T::CLASS);
                 None
@@ -423,7 +582,21 @@ impl<T: RealtimeObject> Host<T> {
     }
 
     pub async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        http::respond(self.route(&mut req).await)
+        let path = req.path();
+        if path.trim_start_matches('/') == ops::STATS_OP {
+            return http::respond(self.stats_reply(&req));
+        }
+        if let Ok(mut name) = self.name.try_borrow_mut() {
+            if name.is_none() {
+                *name = req.headers().get(http::OBJECT_NAME).ok().flatten().map(|n| http::decode_header_text(&n));
+            }
+        }
+        self.start();
+        let now = kit::now();
+        self.count(|s| s.request(now));
+        let response = http::respond(self.route(&mut req).await);
+        self.flush_stats(kit::now(), false);
+        response
     }
 
     async fn route(&self, req: &mut Request) -> Result<Response, ApiError> {
@@ -431,8 +604,10 @@ impl<T: RealtimeObject> Host<T> {
         let path = path.trim_start_matches('/');
         if path == REVOKE_OP {
             let revoked = crate::objects::revoke_sockets(&self.state, req)?;
+            // Each got its logged-out frame.
+            self.count(|s| s.frames_out(u64::try_from(revoked.len()).unwrap_or(0)));
             for ws in &revoked {
-                self.gone(ws).await;
+                self.gone(ws, edge_realtime_core::revocation::CLOSE_CODE).await;
             }
             let body = serde_json::json!({"ok": true, "closed": revoked.len()});
             return http::json_text_response(200, body.to_string());
@@ -471,72 +646,99 @@ impl<T: RealtimeObject> Host<T> {
         self.commit(None, std::mem::take(&mut effects.store))?;
         let (ws, response) = kit::accept(&self.state, req, &tags, &attachment)?;
         self.attachments.put(&ws, &attachment, false);
+        self.count(Tracker::socket_accepted);
+        self.log_socket("socket_open", &attachment.user_id, None);
         self.finish_with(Some(&ws), effects, true).await;
         Ok(response)
     }
 
     pub async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
+        self.start();
+        let now = kit::now();
+        self.count(|s| s.frame_in(now));
+        self.message(ws, message, now).await;
+        self.flush_stats(now, false);
+        Ok(())
+    }
+
+    async fn message(&self, ws: WebSocket, message: WebSocketIncomingMessage, now: Millis) {
         let text = match kit::frame_text(message) {
             Ok(text) => text,
             Err(rejection) => {
-                kit::reject(&ws, &rejection);
-                if matches!(rejection, Reject::Close { .. }) {
-                    self.gone(&ws).await;
+                self.reject(&ws, &rejection);
+                if let Reject::Close { code, .. } = rejection {
+                    self.gone(&ws, code).await;
                 }
-                return Ok(());
+                return;
             }
         };
         let Some(mut conn) = self.attachments.get(&ws) else {
             kit::close(&ws, close::INTERNAL, "lost connection state");
-            return Ok(());
+            return;
         };
         if conn.gone {
-            return Ok(()); // the kit already closed it; frames still in flight are dropped
+            return; // the kit already closed it; frames still in flight are dropped
         }
         let before = conn.clone();
-        let ctx = Ctx { this: Some(&ws), ..self.ctx() };
+        let ctx = Ctx { now, state: &self.state, env: &self.env, this: Some(&ws) };
         match self.hook_with(ctx, |o, ctx| o.on_message(ctx, &mut conn, &text)) {
             None => kit::close(&ws, close::INTERNAL, "internal error"),
             Some(Err(rejection)) => {
-                kit::reject(&ws, &rejection);
-                if matches!(rejection, Reject::Close { .. }) {
-                    self.gone(&ws).await;
+                self.reject(&ws, &rejection);
+                if let Reject::Close { code, .. } = rejection {
+                    self.gone(&ws, code).await;
                 }
             }
             Some(Ok(mut effects)) => {
+                if ops::is_in_band_refusal(&effects) {
+                    self.count(Tracker::frame_rejected);
+                }
                 if self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok() {
                     if conn != before {
-                        let persist = self.object.try_borrow().map_or(true, |o| o.must_persist(&before.conn, &conn.conn));
+                        let persist = self
+                            .object
+                            .try_borrow()
+                            .map_or(true, |o| o.as_ref().is_none_or(|o| o.must_persist(&before.conn, &conn.conn)));
                         self.attachments.put(&ws, &conn, persist);
                     }
                     self.finish(Some(&ws), effects).await;
                 }
             }
         }
-        Ok(())
     }
 
     pub async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _was_clean: bool) -> worker::Result<()> {
+        self.start();
         kit::reciprocate_close(&ws, code, &reason);
-        self.gone(&ws).await;
+        // 1005 (no status) if the runtime ever reported something outside u16.
+        self.gone(&ws, u16::try_from(code).unwrap_or(1005)).await;
+        self.flush_stats(kit::now(), false);
         Ok(())
     }
 
     pub async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
+        self.start();
+        if let Some(conn) = self.attachments.get(&ws) {
+            self.log_socket("socket_error", &conn.user_id, None);
+        }
         kit::close(&ws, close::INTERNAL, "socket error");
-        self.gone(&ws).await;
+        self.gone(&ws, close::INTERNAL).await;
+        self.flush_stats(kit::now(), false);
         Ok(())
     }
 
     /// Announce `ws` gone (`on_gone`), once: the `gone` flag is saved on its attachment first,
     /// so a later close or error event of the same socket finds it and does nothing.
-    async fn gone(&self, ws: &WebSocket) {
+    /// `code`: the close code that ended it (counted in `socketsClosed`, logged).
+    async fn gone(&self, ws: &WebSocket, code: u16) {
         let Some(mut conn) = self.attachments.get(ws) else { return };
         if conn.gone {
             return;
         }
         conn.gone = true;
         self.attachments.put(ws, &conn, true);
+        self.count(|s| s.socket_closed(code));
+        self.log_socket("socket_close", &conn.user_id, Some(code));
         let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
         let ctx = Ctx { this: Some(ws), ..self.ctx() };
         if let Some(effects) = self.hook_with(ctx, |o, ctx| o.on_gone(ctx, &conn, remaining)) {
@@ -551,7 +753,7 @@ impl<T: RealtimeObject> Host<T> {
         let (stale, next) = kit::liveness::sweep(&self.state, kit::now(), self.heartbeat_ms);
         for ws in stale {
             kit::liveness::close_stale(&ws);
-            self.gone(&ws).await;
+            self.gone(&ws, kit::liveness::SWEEP_CLOSE_CODE).await;
         }
         next
     }
@@ -564,8 +766,13 @@ impl<T: RealtimeObject> Host<T> {
     /// The kit's heartbeat sweep first, then the due timers, each through `on_timer`. Their
     /// removal is saved first: a timer fires at most once, even if a handler's effects fail.
     pub async fn alarm(&self) -> worker::Result<Response> {
+        self.start();
+        let now = kit::now();
+        self.count(|s| s.alarm(now));
         let mut schedule = kit::load_schedule(&self.state.storage().sql());
-        let due = schedule.take_due(kit::now());
+        let due = schedule.take_due(now);
+        let name = self.object_name();
+        kit::log(&AlarmLine { event: "alarm", class: T::CLASS, object: name.as_deref(), timers: &due });
         self.apply_timers(&mut schedule, &[]);
         if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
             worker::console_error!("{} alarm: saving the schedule failed: {e}", T::CLASS);
@@ -584,6 +791,7 @@ impl<T: RealtimeObject> Host<T> {
                 self.execute(None, effects).await;
             }
         }
+        self.flush_stats(kit::now(), false);
         Response::ok("ok")
     }
 
@@ -606,7 +814,7 @@ impl<T: RealtimeObject> Host<T> {
         }
         let restored = T::restore(&self.ctx());
         if let Ok(mut object) = self.object.try_borrow_mut() {
-            *object = restored;
+            *object = Some(restored);
         }
         Err(ApiError::internal())
     }
@@ -622,7 +830,7 @@ impl<T: RealtimeObject> Host<T> {
         if let (Some(ws), Some(c)) = (origin, &effects.close) {
             kit::close(ws, c.code, &c.reason);
             // Its close event may come late (or after a wake): announce it now.
-            Box::pin(self.gone(ws)).await;
+            Box::pin(self.gone(ws, c.code)).await;
         }
         if let Some(c) = &effects.close_all {
             for ws in kit::sockets(&self.state, None) {
@@ -666,6 +874,8 @@ impl<T: RealtimeObject> Host<T> {
         if kit::sockets(&self.state, None).iter().any(kit::is_open) {
             return;
         }
+        // The reset drops memory: the counters go to storage first.
+        self.flush_stats(kit::now(), true);
         if let Err(e) = kit::liveness::flush(&self.state).await {
             worker::console_error!("{} release: flush failed: {e:?}", T::CLASS);
             return;
@@ -687,15 +897,20 @@ impl<T: RealtimeObject> Host<T> {
     }
 
     /// The sends, in order (`To::This` needs an origin socket).
+    /// Counts one frame out per recipient socket (the broadcast reports how many it reached).
     fn send_all(&self, origin: Option<&WebSocket>, effects: &Effects) {
+        let mut sent: u32 = 0;
         for send in &effects.sends {
-            match (&send.to, origin) {
-                (To::This, Some(ws)) => kit::send(ws, &send.frame),
-                (To::This, None) => {}
+            sent = sent.saturating_add(match (&send.to, origin) {
+                (To::This, Some(ws)) => u32::from(kit::send(ws, &send.frame)),
+                (To::This, None) => 0,
                 (To::All, _) | (To::Others, None) => kit::broadcast(&self.state, &send.frame, None, None),
                 (To::Others, Some(ws)) => kit::broadcast(&self.state, &send.frame, None, Some(ws)),
                 (To::Tag(tag), _) => kit::broadcast(&self.state, &send.frame, Some(tag), None),
-            }
+            });
+        }
+        if sent > 0 {
+            self.count(|s| s.frames_out(u64::from(sent)));
         }
     }
 

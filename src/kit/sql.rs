@@ -59,25 +59,13 @@ pub fn opt_text(v: Option<&str>) -> SqlStorageValue {
     v.map_or(SqlStorageValue::Null, |s| SqlStorageValue::String(s.to_owned()))
 }
 
-/// Create an object's tables once per schema instead of on every wake: one read of the stored
-/// schema version (a hash of the statements) replaces N `CREATE … IF NOT EXISTS` statements in
-/// every constructor. A deploy that changes the statements changes the version, so they run
-/// again (they must stay idempotent: `IF NOT EXISTS`).
-pub fn ensure_schema(sql: &SqlStorage, statements: &[&str]) {
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        version: String,
-    }
-    let version = schema_version(statements);
-    // Read without the logging `rows`: before the first run the table does not exist.
-    let stored = sql
-        .exec("SELECT version FROM _schema WHERE id = 1", None)
-        .and_then(|c| c.to_array::<Stored>())
-        .ok()
-        .and_then(|rows| rows.into_iter().next());
-    if stored.is_some_and(|s| s.version == version) {
-        return;
-    }
+/// Objects get their tables once per schema instead of on every wake: the constructor
+/// (`kit::object::Host::new`) reads the stored schema version (a hash of the statements,
+/// [`schema_version`]) in the same query as the kit's counters, and runs [`apply_schema`] only
+/// if it differs. A deploy that changes the statements changes the version, so they run again
+/// (they must stay idempotent: `IF NOT EXISTS`).
+/// Run `statements` (idempotent `CREATE … IF NOT EXISTS`) and store their version.
+pub fn apply_schema(sql: &SqlStorage, statements: &[&str]) {
     for statement in statements {
         let _ = exec(sql, statement, vec![]);
     }
@@ -85,12 +73,28 @@ pub fn ensure_schema(sql: &SqlStorage, statements: &[&str]) {
     let _ = exec(
         sql,
         "INSERT INTO _schema (id, version) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-        vec![SqlStorageValue::String(version)],
+        vec![SqlStorageValue::String(schema_version(statements))],
     );
 }
 
+/// The tables in `sqlite_master` (the runtime's `_cf_*` included; filter with `core::ops`).
+pub fn table_names(sql: &SqlStorage) -> Result<Vec<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Table {
+        name: String,
+    }
+    let tables: Vec<Table> = rows(sql, "SELECT name FROM sqlite_master WHERE type = 'table'", vec![])?;
+    Ok(tables.into_iter().map(|t| t.name).collect())
+}
+
+/// Whether the object stores anything: a table besides the runtime's and SQLite's own.
+pub fn has_tables(sql: &SqlStorage) -> bool {
+    // Unreadable: assume state exists (the constructor then creates its tables as before).
+    table_names(sql).map_or(true, |names| names.iter().any(|n| !edge_realtime_core::ops::is_internal_table(n)))
+}
+
 /// FNV-1a over the statements (stable across builds and platforms, unlike `DefaultHasher`).
-fn schema_version(statements: &[&str]) -> String {
+pub fn schema_version(statements: &[&str]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in statements.iter().flat_map(|s| s.bytes().chain(std::iter::once(0))) {
         hash ^= u64::from(byte);

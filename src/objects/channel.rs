@@ -10,17 +10,21 @@
 //! shard; a shard `<id>~shard-<k>` holds sockets only, forwards posts and typing to the
 //! primary, asks it on every connect (participants, replay), and delivers sequenced frames in
 //! order through `core::shard::Feed` (a gap is fetched from the primary first).
+//!
+//! A reaction is read (the message's tallies, this user's row), decided and stored in one
+//! synchronous hook of the primary, so concurrent toggles count exactly; a shard forwards it.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use edge_realtime_core::channel::{self, Channel as Core, ChannelMessage, ChannelOp, Handled, HistoryQuery, Outcome, Post};
-use edge_realtime_core::effects::{Call, Effects, Op};
+use edge_realtime_core::effects::{Call, Effects, Op, To};
 use edge_realtime_core::shard::{self, Deliver, Feed, Item, Role, Step};
 use edge_realtime_core::error::{close, ApiError};
 use edge_realtime_core::frame::Reject;
 use edge_realtime_core::query::parse_seq;
+use edge_realtime_core::reactions::{self, Current, React, ReactionCounts};
 use edge_realtime_core::replay::{self, Replay};
 use edge_realtime_core::schedule::Schedule;
 
@@ -63,6 +67,17 @@ struct ShardRequest {
     /// The shard's feed position, sent when it has sockets that must catch up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     delivered: Option<i64>,
+    /// `shard-react`: the validated toggle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    react: Option<ReactBody>,
+}
+
+/// A reaction toggle a shard forwards (its emoji already passed the rule; checked again).
+#[derive(Serialize, Deserialize)]
+struct ReactBody {
+    sequence: i64,
+    emoji: String,
+    on: bool,
 }
 
 /// The primary's answer to `shard-join` and `range`.
@@ -73,7 +88,18 @@ struct Snapshot {
     participants: Option<String>,
     latest_seq: i64,
     pruned_through: i64,
+    /// Live frames (the shard's catch-up and gap fills).
     messages: Vec<Item>,
+    /// `shard-join`: the joining socket's `?since=` replay, with each message's reactions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replay: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct RangeRow {
+    sequence: i64,
+    emoji: String,
+    count: i64,
 }
 
 #[derive(Deserialize)]
@@ -192,8 +218,9 @@ impl RealtimeObject for ChannelRoom {
             Replay::Nothing => {}
             Replay::Resync { latest_seq } => effects = effects.to_self(replay::resync_frame(latest_seq)),
             Replay::After(from) => {
+                let counts = reaction_counts(ctx, from, self.core.latest_seq())?;
                 for message in messages_after(ctx, from, None)? {
-                    effects = effects.to_self(message.frame());
+                    effects = effects.to_self(message.replay_frame(&counts));
                 }
             }
         }
@@ -206,7 +233,7 @@ impl RealtimeObject for ChannelRoom {
         let Role::Shard { primary, index } = shard::role(req.name_text()?) else { return Ok(None) };
         let since = parse_seq("since", req.query("since"))?;
         let delivered = (ctx.open_sockets(None) > 0).then(|| self.feed.delivered());
-        let body = ShardRequest { user_id: who.user_id.clone(), is_typing: None, since, delivered };
+        let body = ShardRequest { user_id: who.user_id.clone(), is_typing: None, since, delivered, react: None };
         Ok(Some(to_primary(primary, &format!("{}?shard={index}", ChannelOp::ShardJoin.path()), &body)))
     }
 
@@ -250,6 +277,13 @@ impl RealtimeObject for ChannelRoom {
                 Ok(Ok(answer)) => Effects::none().to_self(channel::ack_frame(client_id.as_deref(), answer.sequence)),
                 // The post may or may not be stored: the client reconnects and resends (its id dedups).
                 _ => Effects::none().close(close::INTERNAL, "channel primary unavailable"),
+            };
+        }
+        if then == "react" {
+            // The sender's own frames: an unchanged toggle's `reaction`, or an in-band error.
+            return match reply.as_deref().map(serde_json::from_str::<Vec<String>>) {
+                Ok(Ok(frames)) => frames.into_iter().fold(Effects::none(), Effects::to_self),
+                _ => Effects::none().to_self(Reject::error_frame("unavailable", "the channel is not reachable; try again")),
             };
         }
         if let Some(rest) = then.strip_prefix("gap:") {
@@ -300,7 +334,11 @@ impl ChannelRoom {
             ChannelOp::Messages => {
                 let query = HistoryQuery::parse(req.query("after"), req.query("limit"))?;
                 let rows = messages_after(ctx, query.after, Some(query.fetch_limit()))?;
-                Ok(Reply { status: 200, body: channel::history_body(rows, query.limit), effects: Effects::none() })
+                let counts = match channel::history_range(&rows) {
+                    Some((after, through)) => reaction_counts(ctx, after, through)?,
+                    None => ReactionCounts::new(),
+                };
+                Ok(Reply { status: 200, body: channel::history_body(rows, &counts, query.limit), effects: Effects::none() })
             }
             ChannelOp::ShardPost => {
                 let request = shard_body(req)?;
@@ -319,6 +357,31 @@ impl ChannelRoom {
                     _ => return Err(ApiError::bad_request("invalid_body", "not a typing change")),
                 };
                 Ok(Reply { status: 200, body: sharding::ok_body(), effects: self.core.effects(outcome) })
+            }
+            ChannelOp::ShardReact => {
+                let request = shard_body(req)?;
+                let body = request.react.ok_or_else(|| ApiError::bad_request("invalid_body", "not a reaction"))?;
+                let to_sender = |frames: Vec<String>| serde_json::to_string(&frames).map_err(|_| ApiError::internal());
+                let checked = React::new(body.sequence, body.emoji, body.on)
+                    .map_err(|e| e.to_reject())
+                    .and_then(|react| {
+                        let current = current_reactions(ctx, &react, &request.user_id)
+                            .map_err(|_| Reject::close(close::INTERNAL, "internal error"))?;
+                        self.core.react(&request.user_id, &react, &current)
+                    });
+                match checked {
+                    // The sender's own frames (an unchanged toggle) go back to its shard; the
+                    // `reaction` broadcast is fanned out to every shard like any frame.
+                    Ok(mut effects) => {
+                        let (own, rest): (Vec<_>, Vec<_>) = effects.sends.drain(..).partition(|s| s.to == To::This);
+                        effects.sends = rest;
+                        Ok(Reply { status: 200, body: to_sender(own.into_iter().map(|s| s.frame).collect())?, effects })
+                    }
+                    Err(Reject::InBand { code, message }) => {
+                        Ok(Reply { status: 200, body: to_sender(vec![Reject::error_frame(code, &message)])?, effects: Effects::none() })
+                    }
+                    Err(Reject::Close { .. }) => Err(ApiError::internal()),
+                }
             }
             ChannelOp::ShardJoin => {
                 let request = shard_body(req)?;
@@ -340,11 +403,24 @@ impl ChannelRoom {
                     Some(a) => messages_after(ctx, a, None)?,
                     None => Vec::new(),
                 };
+                // The joining socket's replay carries each message's reactions, like an unsharded one.
+                let replay = match replay_after {
+                    Some(from) => {
+                        let counts = reaction_counts(ctx, from, self.core.latest_seq())?;
+                        messages
+                            .iter()
+                            .filter(|m| m.sequence > from)
+                            .map(|m| Item { seq: Some(m.sequence), frame: m.replay_frame(&counts) })
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
                 let snapshot = Snapshot {
                     participants,
                     latest_seq: self.core.latest_seq(),
                     pruned_through: self.core.pruned_through(),
                     messages: messages.iter().map(|m| Item { seq: Some(m.sequence), frame: m.frame() }).collect(),
+                    replay,
                 };
                 ctx.log_debug(&format!("shard join Channel {} shard {index} user {}", self.name.clone().unwrap_or_default(), request.user_id));
                 let body = serde_json::to_string(&snapshot).map_err(|_| ApiError::internal())?;
@@ -373,6 +449,7 @@ impl ChannelRoom {
                         .filter(|m| m.sequence <= through)
                         .map(|m| Item { seq: Some(m.sequence), frame: m.frame() })
                         .collect(),
+                    replay: Vec::new(),
                 };
                 let body = serde_json::to_string(&snapshot).map_err(|_| ApiError::internal())?;
                 Ok(Reply { status: 200, body, effects: Effects::none() })
@@ -475,7 +552,7 @@ impl ChannelRoom {
             Replay::Nothing => {}
             Replay::Resync { latest_seq } => effects = effects.to_self(replay::resync_frame(latest_seq)),
             Replay::After(from) => {
-                for item in snapshot.messages.iter().filter(|i| i.seq.is_some_and(|s| s > from && s <= snapshot.latest_seq)) {
+                for item in snapshot.replay.iter().filter(|i| i.seq.is_some_and(|s| s > from && s <= snapshot.latest_seq)) {
                     effects = effects.to_self(item.frame.clone());
                 }
             }
@@ -512,6 +589,11 @@ impl ChannelRoom {
                     self.post(ctx, &conn.user_id, post).map_err(|_| Reject::close(close::INTERNAL, "internal error"))?;
                 Ok(effects.to_self(channel::ack_frame(client_id.as_deref(), sequence)))
             }
+            Handled::React(react) => {
+                let current = current_reactions(ctx, &react, &conn.user_id)
+                    .map_err(|_| Reject::close(close::INTERNAL, "internal error"))?;
+                self.core.react(&conn.user_id, &react, &current)
+            }
         }
     }
 
@@ -536,8 +618,15 @@ impl ChannelRoom {
 /// Shard: a frame from one of its sockets. Validated like the primary would (a scratch core,
 /// so the shard keeps no typing state and no timer); posts and typing go to the primary.
 fn shard_message(ctx: &Ctx<'_>, conn: &Connection<()>, text: &str, primary: &str) -> Result<Effects, Reject> {
-    let mut scratch = Core::default();
+    // Any sequence passes here: only the primary knows which messages exist.
+    let mut scratch = Core::restore(edge_realtime_core::MAX_SAFE_INTEGER, 0, Default::default(), Schedule::default());
     match scratch.on_message(&conn.user_id, text, ctx.now)? {
+        Handled::React(react) => {
+            let react = Some(ReactBody { sequence: react.sequence, emoji: react.emoji, on: react.on });
+            let body = ShardRequest { user_id: conn.user_id.clone(), is_typing: None, since: None, delivered: None, react };
+            let call = to_primary(primary, ChannelOp::ShardReact.path(), &body).then("react".to_owned()).ordered(lane(&conn.user_id));
+            Ok(Effects::none().call_with(call))
+        }
         Handled::Post(post) => {
             let client_id = serde_json::to_string(&post.client_id).unwrap_or_else(|_| "null".into());
             let body = serde_json::json!({"userId": conn.user_id, "content": post.content, "id": post.client_id}).to_string();
@@ -551,7 +640,7 @@ fn shard_message(ctx: &Ctx<'_>, conn: &Connection<()>, text: &str, primary: &str
         Handled::Done(outcome) if !outcome.to_self.is_empty() => Ok(scratch.effects(Outcome { timers_changed: false, typing_changed: false, ..outcome })),
         Handled::Done(_) => {
             let is_typing = scratch.typing().contains_key(&conn.user_id);
-            let body = ShardRequest { user_id: conn.user_id.clone(), is_typing: Some(is_typing), since: None, delivered: None };
+            let body = ShardRequest { user_id: conn.user_id.clone(), is_typing: Some(is_typing), since: None, delivered: None, react: None };
             Ok(Effects::none().call_with(to_primary(primary, ChannelOp::ShardTyping.path(), &body).ordered(lane(&conn.user_id))))
         }
     }
@@ -592,4 +681,19 @@ fn messages_after(ctx: &Ctx<'_>, after: i64, limit: Option<u32>) -> Result<Vec<C
         )?,
     };
     Ok(rows.into_iter().map(ChannelMessage::from).collect())
+}
+
+/// The message's tallies and whether `user_id` already reacted with this emoji, read in the
+/// same synchronous turn that stores the toggle.
+fn current_reactions(ctx: &Ctx<'_>, react: &React, user_id: &str) -> Result<Current, ApiError> {
+    let counts: Vec<RangeRow> = ctx.rows(reactions::SELECT_COUNTS, vec![react.sequence.into()])?;
+    let mine: Option<SeqRow> =
+        ctx.first(reactions::SELECT_MINE, vec![react.sequence.into(), react.emoji.as_str().into(), user_id.into()])?;
+    Ok(Current { counts: counts.into_iter().map(|r| (r.emoji, r.count)).collect(), mine: mine.is_some() })
+}
+
+/// Tallies of the messages in `(after, through]`.
+fn reaction_counts(ctx: &Ctx<'_>, after: i64, through: i64) -> Result<ReactionCounts, ApiError> {
+    let rows: Vec<RangeRow> = ctx.rows(reactions::SELECT_RANGE, vec![after.into(), through.into()])?;
+    Ok(reactions::counts_from_rows(rows.into_iter().map(|r| (r.sequence, r.emoji, r.count))))
 }

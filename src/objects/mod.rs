@@ -8,6 +8,7 @@ pub mod game;
 pub mod rate_limiter;
 pub mod sharding;
 pub mod user_session;
+pub mod voice;
 pub mod waddle;
 
 use serde::Deserialize;
@@ -39,7 +40,7 @@ pub fn revoke_sockets(state: &State, req: &Request) -> Result<Vec<worker::WebSoc
     for ws in kit::sockets(state, Some(&format!("u:{user}"))) {
         let iat = kit::attachment::<TokenIat>(&ws).map_or(0, |a| a.token_iat);
         if revocation::revokes(iat, before) {
-            kit::send(&ws, revocation::LOGGED_OUT_FRAME);
+            let _ = kit::send(&ws, revocation::LOGGED_OUT_FRAME);
             kit::close(&ws, revocation::CLOSE_CODE, revocation::CLOSE_REASON);
             closed.push(ws);
         }

@@ -124,7 +124,7 @@ async fn history() -> TestResult {
     ensure_eq!(r.body["nextAfter"], json!(3));
     let first = &r.body["messages"][0];
     let ts = first["timestamp"].clone();
-    ensure_eq!(first, &json!({"sequence":1,"userId":alice,"content":"m1","timestamp":ts,"id":null}));
+    ensure_eq!(first, &json!({"sequence":1,"userId":alice,"content":"m1","timestamp":ts,"id":null,"reactions":{}}));
     let r = http().get(&format!("/api/channel/{c}/messages?after=3&limit=3"), &t).await?.ok()?;
     let seqs: Vec<i64> = r.body["messages"].as_array().ok_or("messages")?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
     ensure_eq!((seqs, r.body["nextAfter"].clone()), (vec![4, 5, 6], json!(6)));
@@ -433,12 +433,24 @@ async fn restart() -> TestResult {
     for i in 1..=3 {
         post(&c, &alice, json!({"content":format!("m{i}"),"id":format!("r{i}")})).await?;
     }
+    let (mut r, _) = connect(&c, &alice, "").await?;
+    r.send_json(&json!({"type":"react","sequence":3,"emoji":"🎉","on":true})).await?;
+    ensure_eq!(r.recv_type("reaction").await?["count"], json!(1));
+    r.close().await?;
     s.restart()?;
     ensure_eq!(post(&c, &alice, json!({"content":"m2","id":"r2"})).await?, 2);
     ensure_eq!(post(&c, &alice, json!({"content":"m4"})).await?, 4);
     let (mut a, _) = connect(&c, &alice, "?since=2").await?;
-    ensure_eq!(next_message(&mut a).await?["sequence"], json!(3));
+    let third = next_message(&mut a).await?;
+    ensure_eq!((third["sequence"].clone(), third["reactions"].clone()), (json!(3), json!({"🎉": 1})));
     ensure_eq!(next_message(&mut a).await?["sequence"], json!(4));
+    // The tally survived the restart: another user counts on from it.
+    a.send_json(&json!({"type":"react","sequence":3,"emoji":"🎉","on":true})).await?;
+    ensure_eq!(a.recv_type("reaction").await?["count"], json!(1)); // alice already reacted: unchanged
+    let (mut b, _) = connect(&c, &unique("bob"), "").await?;
+    b.send_json(&json!({"type":"react","sequence":3,"emoji":"🎉","on":true})).await?;
+    ensure_eq!(b.recv_type("reaction").await?["count"], json!(2));
+    b.close().await?;
     a.send_json(&json!({"type":"message","content":"m5"})).await?;
     ensure_eq!(a.recv_type("ack").await?["sequence"], json!(5));
     let seqs: Vec<i64> = all_history(&c).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
@@ -452,7 +464,13 @@ async fn pruning() -> TestResult {
     const KEEP: i64 = crate::support::CHANNEL_MAX_MESSAGES;
     let channel = unique("prune");
     let total = KEEP + 10;
-    for chunk in (1..=total).collect::<Vec<_>>().chunks(10) {
+    // A reaction on the first message, which pruning will delete.
+    ensure_eq!(post(&channel, "pruner", json!({"content": "m1"})).await?, 1);
+    let reactor = unique("reactor");
+    let (mut r, _) = connect(&channel, &reactor, "").await?;
+    r.send_json(&json!({"type":"react","sequence":1,"emoji":"👍","on":true})).await?;
+    ensure_eq!(r.recv_type("reaction").await?["count"], json!(1));
+    for chunk in (2..=total).collect::<Vec<_>>().chunks(10) {
         let posts = chunk.iter().map(|i| {
             let channel = channel.clone();
             let i = *i;
@@ -475,6 +493,16 @@ async fn pruning() -> TestResult {
     ensure_eq!(first, total - KEEP + 1);
     let kept: Vec<i64> = all_history(&channel).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
     ensure_eq!(kept, (total - KEEP + 1..=total).collect::<Vec<_>>());
+    // Reactions went with their messages: the pruned sequence is unknown now, in-band, and a
+    // kept one still takes reactions (its count starts from zero, never a leftover).
+    for seq in [1, total - KEEP] {
+        r.send_json(&json!({"type":"react","sequence":seq,"emoji":"👍","on":false})).await?;
+        let err = r.recv_type("error").await?;
+        ensure_eq!((seq, err["code"].clone()), (seq, json!("unknown_sequence")));
+    }
+    r.send_json(&json!({"type":"react","sequence":total,"emoji":"👍","on":true})).await?;
+    ensure_eq!(r.recv_type("reaction").await?["count"], json!(1));
+    r.close().await?;
     // Missing pruned messages: resync, never a partial replay.
     let (mut stale, _) = connect(&channel, &late, &format!("?since={}", total - KEEP - 1)).await?;
     ensure_eq!(stale.recv().await?, json!({"type":"resync_required","latestSeq":total}));
@@ -482,7 +510,9 @@ async fn pruning() -> TestResult {
     // Exactly at the cut: a complete replay is still possible.
     let (mut edge, _) = connect(&channel, &edge_id, &format!("?since={}", total - 3)).await?;
     for seq in total - 2..=total {
-        ensure_eq!(edge.recv().await?["sequence"], json!(seq));
+        let m = edge.recv().await?;
+        let reactions = if seq == total { json!({"👍": 1}) } else { json!({}) };
+        ensure_eq!((m["sequence"].clone(), m["reactions"].clone()), (json!(seq), reactions));
     }
     ensure_eq!(post(&channel, "pruner", json!({"content": "after"})).await?, total + 1);
     stale.close().await?;

@@ -10,6 +10,8 @@ pub fn tests() -> Vec<Trial> {
     vec![
         trial("foundation::health_reports_version", health),
         trial("foundation::unknown_path_404_wrong_method_405", not_found_and_method),
+        trial("foundation::unlisted_methods_405_not_get", unlisted_methods),
+        trial("foundation::openapi_json_is_the_repo_document", openapi_json),
         trial("foundation::websocket_route_without_upgrade_426", upgrade_required),
         trial("foundation::bad_names_400", bad_names),
         trial("foundation::missing_bad_expired_token_401", unauthorized),
@@ -40,6 +42,38 @@ async fn not_found_and_method() -> TestResult {
     ensure_eq!(r.header("allow").as_deref(), Some("GET"));
     let r = http().get("/api/counter/x/increment", &t).await?;
     ensure_eq!(r.status, 405);
+    Ok(())
+}
+
+/// Methods workers-rs has no `Method` variant for (`QUERY`, `PROPFIND`) are 405 with `Allow`, never
+/// answered as a `GET` (workers-rs maps them to `Get`; found by schemathesis, scripts/fuzz-http.sh).
+async fn unlisted_methods() -> TestResult {
+    let name = unique("c");
+    let t = server().token(&unique("alice"));
+    for method in ["QUERY", "PROPFIND"] {
+        for path in ["/health".to_owned(), format!("/api/counter/{name}"), "/__dev/token".to_owned()] {
+            let r = http().request(method, &path, Some(&t), None, &[]).await?;
+            ensure_eq!((method, &path, r.status, r.error_code()), (method, &path, 405, Some("method_not_allowed")));
+        }
+        let r = http().request(method, "/health", None, None, &[]).await?;
+        ensure_eq!((method, r.header("allow").as_deref()), (method, Some("GET")));
+    }
+    // The real GET still answers, and the counter was never created by the refused requests.
+    let r = http().get(&format!("/api/counter/{name}"), &t).await?;
+    ensure_eq!((r.status, r.body["metadata"]["operationCount"].clone()), (200, json!(0)));
+    Ok(())
+}
+
+/// `GET /openapi.json` (public) serves docs/openapi.json byte for byte, as JSON.
+async fn openapi_json() -> TestResult {
+    let r = http().request("GET", "/openapi.json", None, None, &[]).await?;
+    ensure_eq!(r.status, 200);
+    ensure!(r.header("content-type").is_some_and(|c| c.starts_with("application/json")), "content-type {:?}", r.header("content-type"));
+    ensure_eq!(r.header("access-control-allow-origin").as_deref(), Some("*"));
+    ensure_eq!(r.text.as_str(), include_str!("../../docs/openapi.json"));
+    ensure_eq!(r.body["openapi"], json!("3.1.0"));
+    let r = http().request("POST", "/openapi.json", None, None, &[]).await?;
+    ensure_eq!((r.status, r.header("allow").as_deref()), (405, Some("GET")));
     Ok(())
 }
 

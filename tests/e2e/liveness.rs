@@ -227,13 +227,14 @@ async fn heartbeat_sweep() -> TestResult {
     .await??;
     let base = extra.ws_base();
     let target = format!("127.0.0.1:{}", extra.port);
-    let (w, c, r, s) = tokio::join!(
+    let (w, c, r, s, v) = tokio::join!(
         sweep_waddle(&base, &target),
         sweep_channel(&base, &target),
         sweep_chat(&base, &target),
         sweep_session(&base, &target),
+        crate::voice::sweep(&base, &target, PING_EVERY, DEPARTURE_WITHIN, SWEEP_TIMEOUT_MS),
     );
-    let result = w.and(c).and(r).and(s);
+    let result = w.and(c).and(r).and(s).and(v);
     drop(extra); // stops the second wrangler (whole process group) and removes its state
     result
 }

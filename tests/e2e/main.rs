@@ -9,13 +9,16 @@ mod chat;
 mod counter;
 mod foundation;
 mod game;
+mod voice;
 mod session;
 mod channel;
+mod reactions;
 mod waddle;
 mod ratelimit;
 mod liveness;
 mod proxy;
 mod sharding;
+mod ops;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -75,10 +78,13 @@ fn main() {
     trials.extend(chat::tests());
     trials.extend(waddle::tests());
     trials.extend(channel::tests());
+    trials.extend(reactions::tests());
     trials.extend(ratelimit::tests());
     trials.extend(game::tests());
+    trials.extend(voice::tests());
     trials.extend(liveness::tests());
     trials.extend(sharding::tests());
+    trials.extend(ops::tests());
 
     let listing = args.list;
     if !listing {

@@ -483,7 +483,7 @@ async fn restart() -> TestResult {
     ensure_eq!(decide("check", &fw).await?["count"], json!(1));
     ensure_eq!(decide("check", &fw).await?["count"], json!(2));
     ensure_eq!(decide("check/gcra", &g).await?["remaining"], json!(1));
-    let wakes = s.log_count(&format!("wake RateLimiter api:{key}"));
+    let wakes = s.log_count(&crate::support::wake_needle("RateLimiter", &format!("api:{key}")));
     s.restart()?;
     let v = decide("check", &fw).await?;
     ensure_eq!((v["allowed"].clone(), v["count"].clone()), (json!(true), json!(3)));
@@ -491,7 +491,7 @@ async fn restart() -> TestResult {
     ensure_eq!((v["allowed"].clone(), v["count"].clone()), (json!(false), json!(3)));
     ensure_eq!(decide("check/gcra", &g).await?["remaining"], json!(0));
     ensure_eq!(decide("check/gcra", &g).await?["allowed"], json!(false));
-    ensure!(s.log_count(&format!("wake RateLimiter api:{key}")) > wakes, "the object was not rebuilt from storage");
+    ensure!(s.log_count(&crate::support::wake_needle("RateLimiter", &format!("api:{key}"))) > wakes, "the object was not rebuilt from storage");
     Ok(())
 }
 

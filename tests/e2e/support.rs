@@ -244,6 +244,9 @@ pub const CHANNEL_MAX_MESSAGES: i64 = 250;
 pub const CHAT_RATE_LIMIT_MESSAGES: i64 = 20;
 pub const CHAT_RATE_LIMIT_WINDOW_MS: i64 = 60_000;
 
+/// `VOICE_MAX_PARTICIPANTS` of the e2e server (small, so `voice::channel_full` fills it).
+pub const VOICE_MAX_PARTICIPANTS: usize = 3;
+
 /// Small limits so pruning is testable quickly; kept in one place. Chat keeps 30 messages and
 /// may prune every 2 s (tests/e2e/chat.rs keeps its other rooms under 30 rows).
 fn e2e_vars() -> Vec<String> {
@@ -251,6 +254,7 @@ fn e2e_vars() -> Vec<String> {
     let channel_max = format!("CHANNEL_MAX_MESSAGES:{CHANNEL_MAX_MESSAGES}");
     let chat_rate = format!("CHAT_RATE_LIMIT_MESSAGES:{CHAT_RATE_LIMIT_MESSAGES}");
     let chat_window = format!("CHAT_RATE_LIMIT_WINDOW_MS:{CHAT_RATE_LIMIT_WINDOW_MS}");
+    let voice_max = format!("VOICE_MAX_PARTICIPANTS:{VOICE_MAX_PARTICIPANTS}");
     let vars = [
         "COUNTER_MAX_HISTORY:10000",
         "CHAT_MAX_MESSAGES:30",
@@ -260,6 +264,7 @@ fn e2e_vars() -> Vec<String> {
         upgrades.as_str(),
         channel_max.as_str(),
         "CHANNEL_PRUNE_INTERVAL_MS:2000",
+        voice_max.as_str(),
     ];
     vars
         .iter()
@@ -563,6 +568,21 @@ impl Ws {
         }
     }
 
+    /// Close the socket with `code` and wait for the server's Close in reply (see [`Ws::close`]).
+    pub async fn close_with(mut self, code: u16, reason: &str) -> TestResult {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() };
+        self.inner.close(Some(frame)).await.map_err(|e| fail(format!("sending Close failed: {e}")))?;
+        loop {
+            match tokio::time::timeout(RECV, self.inner.next()).await {
+                Err(_) => return Err(fail(format!("the server did not answer our Close within {RECV:?}"))),
+                Ok(Some(Ok(Message::Close(_)))) => return Ok(()),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Err(fail(format!("socket error while closing: {e}"))),
+                Ok(None) => return Err(fail("socket ended without the server's Close")),
+            }
+        }
+    }
+
     /// Close the socket (1000 "bye") and wait, up to [`RECV`], for the server's Close in reply;
     /// an error if it does not come, the socket errors or it ends without one. After the server
     /// closed first, only completes our side of the handshake.
@@ -589,9 +609,15 @@ impl Ws {
 
 // ---------------------------------------------------------------- Hibernation
 
+/// What the constructor's structured wake line (`{"event":"wake","class":…,"object":…,"wakes":n}`,
+/// docs/operations.md) of object `name` of `class` starts with.
+pub fn wake_needle(class: &str, name: &str) -> String {
+    edge_realtime_core::ops::wake_prefix(class, name)
+}
+
 /// Drives a hibernation test without racing workerd's eviction: workerd logs nothing when it
-/// evicts an object, so eviction is only visible afterwards, as the constructor's
-/// `[edge-realtime] wake <Class> <name>` line (DEBUG_WAKE=1) once the next event reaches it.
+/// evicts an object, so eviction is only visible afterwards, as the constructor's wake line
+/// ([`wake_needle`]; always logged) once the next event reaches it.
 /// Pattern: `loop { h.idle().await?; <probe: an event that reaches the object and changes
 /// nothing, checked as usual>; if h.woke().await { break } }` — each round idles longer, all
 /// within [`HIBERNATION_DEADLINE`]. Against a deployment (no log) one round is done.
@@ -603,11 +629,11 @@ pub struct Hibernation {
 }
 
 impl Hibernation {
-    /// Start watching for `wake <class> <name>`; call once the object's setup traffic is done.
-    /// The constructor logs that line only when it finds the object's stored row — on every run
-    /// but the very first — so any new line is a rebuild after eviction.
+    /// Start watching for the wake line of `class` `name`; call once the object's setup traffic is done.
+    /// Every constructor run logs that line (the first one too), so any new line after
+    /// `start` is a rebuild after eviction.
     pub async fn start(class: &str, name: &str) -> Result<Hibernation, Box<dyn std::error::Error + Send + Sync>> {
-        let needle = format!("wake {class} {name}");
+        let needle = wake_needle(class, name);
         let before = server().log_count(&needle);
         Ok(Hibernation { needle, before, deadline: tokio::time::Instant::now() + HIBERNATION_DEADLINE, round: 0 })
     }

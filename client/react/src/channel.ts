@@ -1,7 +1,7 @@
 // useChannel over ChannelClient (`/ws/channel/:id`): gapless, sequenced, resumable.
 
 import { useCallback, useEffect, useState } from "react";
-import { ChannelClient, type ChannelMessage } from "@edge-realtime/client";
+import { ChannelClient, type ChannelFrame, type ChannelMessage } from "@edge-realtime/client";
 import { capped, keyOf, useLatest, useRealtimeClient, withClient, type ConnectionState, type HookClientOptions } from "./core.js";
 
 export interface UseChannelOptions extends HookClientOptions {
@@ -16,10 +16,13 @@ export interface UseChannelOptions extends HookClientOptions {
   onMessage?: (message: ChannelMessage) => void;
   /** Messages kept in `messages` (oldest dropped). Default 500. */
   maxMessages?: number;
+  /** Every `reaction` (also for messages no longer in `messages`). */
+  onReaction?: (reaction: Omit<Extract<ChannelFrame, { type: "reaction" }>, "type">) => void;
 }
 
 export interface UseChannelResult extends ConnectionState<ChannelClient> {
-  messages: ChannelMessage[];
+  /** Each with its `reactions` (emoji → count; `{}` when none), kept current by `reaction` frames. */
+  messages: (ChannelMessage & { reactions: Record<string, number> })[];
   /** Users connected (the server's `participants`). */
   participants: string[];
   /** Users typing now (the server's `typing`). */
@@ -27,12 +30,14 @@ export interface UseChannelResult extends ConnectionState<ChannelClient> {
   /** Post over the socket (queued while offline); resolves to the client id (the `ack` carries it). */
   send: (content: string) => Promise<string>;
   setTyping: (isTyping: boolean) => Promise<void>;
+  /** Add (`on`, the default) or remove your reaction `emoji` on message `sequence`. */
+  react: (sequence: number, emoji: string, on?: boolean) => Promise<void>;
 }
 
 export function useChannel(id: string, options: UseChannelOptions = {}): UseChannelResult {
-  const { enabled = true, since, onMessage, maxMessages = 500, ...clientOptions } = options;
-  const callbacks = useLatest({ onMessage, maxMessages });
-  const [messages, setMessages] = useState<ChannelMessage[]>([]);
+  const { enabled = true, since, onMessage, onReaction, maxMessages = 500, ...clientOptions } = options;
+  const callbacks = useLatest({ onMessage, onReaction, maxMessages });
+  const [messages, setMessages] = useState<UseChannelResult["messages"]>([]);
   const [participants, setParticipants] = useState<string[]>([]);
   const [typing, setTypingState] = useState<string[]>([]);
 
@@ -45,8 +50,12 @@ export function useChannel(id: string, options: UseChannelOptions = {}): UseChan
       c.onFrame((f) => {
         if (f.type === "message") {
           const { type: _type, ...m } = f;
-          setMessages((list) => capped(list, m, callbacks.current.maxMessages));
+          setMessages((list) => capped(list, { ...m, reactions: m.reactions ?? {} }, callbacks.current.maxMessages));
           callbacks.current.onMessage?.(m);
+        } else if (f.type === "reaction") {
+          const { type: _type, ...r } = f;
+          setMessages((list) => list.map((m) => (m.sequence === r.sequence ? { ...m, reactions: withCount(m.reactions, r.emoji, r.count) } : m)));
+          callbacks.current.onReaction?.(r);
         } else if (f.type === "participants") setParticipants(f.users);
         else if (f.type === "typing") setTypingState(f.users);
       }),
@@ -66,5 +75,14 @@ export function useChannel(id: string, options: UseChannelOptions = {}): UseChan
     typing,
     send: useCallback((content: string) => withClient(client, (c) => c.send(content)), [client]),
     setTyping: useCallback((isTyping: boolean) => withClient(client, (c) => c.setTyping(isTyping)), [client]),
+    react: useCallback((sequence: number, emoji: string, on = true) => withClient(client, (c) => c.react(sequence, emoji, on)), [client]),
   };
+}
+
+/** `reactions` with `emoji` at `count` (gone at 0). */
+function withCount(reactions: Record<string, number>, emoji: string, count: number): Record<string, number> {
+  const next = { ...reactions };
+  if (count > 0) next[emoji] = count;
+  else delete next[emoji];
+  return next;
 }

@@ -9,3 +9,4 @@ export { useChat, type UseChatOptions, type UseChatResult } from "./chat.js";
 export { useChannel, type UseChannelOptions, type UseChannelResult } from "./channel.js";
 export { useWaddle, type UseWaddleOptions, type UseWaddleResult } from "./waddle.js";
 export { useGame, type UseGameOptions, type UseGameResult } from "./game.js";
+export { useVoiceChannel, type UseVoiceChannelOptions, type UseVoiceChannelResult } from "./voice.js";

@@ -5,7 +5,7 @@
 
 import { StrictMode, useEffect, type ReactNode } from "react";
 import { createRoot } from "react-dom/client";
-import { RealtimeProvider, useChannel, useChat, useCounterWebSocket, useGame, useUserSession, useWaddle } from "../src/index.js";
+import { RealtimeProvider, useChannel, useChat, useCounterWebSocket, useGame, useUserSession, useVoiceChannel, useWaddle } from "../src/index.js";
 
 interface HookConfig {
   token?: string;
@@ -22,6 +22,7 @@ export interface PageConfig {
   channel?: HookConfig & { id: string };
   waddle?: HookConfig & { id: string };
   game?: HookConfig & { id: string };
+  voice?: HookConfig & { id: string };
 }
 
 const sockets = { created: {} as Record<string, number>, open: {} as Record<string, number> };
@@ -117,6 +118,7 @@ function Channel({ c }: { c: NonNullable<PageConfig["channel"]> }): ReactNode {
     ...conn(r),
     participants: r.participants,
     messages: r.messages.map((m) => `${m.sequence}:${m.content}`),
+    reactions: r.messages.map((m) => `${m.sequence}:${JSON.stringify(m.reactions)}`),
   });
   return <ul id="channel">{r.messages.map((m) => <li key={m.sequence}>{m.content}</li>)}</ul>;
 }
@@ -134,6 +136,12 @@ function Game({ c }: { c: NonNullable<PageConfig["game"]> }): ReactNode {
   return <p id="game">{r.state ? `${r.state.status} ${r.state.players.length}` : "-"}</p>;
 }
 
+function Voice({ c }: { c: NonNullable<PageConfig["voice"]> }): ReactNode {
+  const r = useVoiceChannel(c.id, { enabled: c.enabled ?? true, ...(c.token ? { token: c.token } : {}), onSignal: (from, data) => push("voice", { from, data }) });
+  usePublish("voice", r as unknown as Record<string, unknown>, { ...conn(r), state: r.state });
+  return <p id="voice">{r.state ? `${r.state.sessionId ?? "no call"} ${r.state.participants.length}` : "-"}</p>;
+}
+
 function App({ cfg }: { cfg: PageConfig }): ReactNode {
   harness.renders += 1;
   return (
@@ -144,6 +152,7 @@ function App({ cfg }: { cfg: PageConfig }): ReactNode {
       {cfg.channel && <Channel c={cfg.channel} />}
       {cfg.waddle && <Waddle c={cfg.waddle} />}
       {cfg.game && <Game c={cfg.game} />}
+      {cfg.voice && <Voice c={cfg.voice} />}
     </RealtimeProvider>
   );
 }

@@ -1,14 +1,20 @@
 // Channel (docs/protocol.md §6.5, docs/channel.md): `/ws/channel/:id`, gapless sequenced messages.
 
-import { array, decodeWith, frame, integer, nullable, object, string, type FrameOf, type Infer } from "../guards.js";
+import { array, boolean, decodeWith, frame, integer, nullable, object, optional, record, string, type FrameOf, type Infer } from "../guards.js";
 import { TypedClient, clientId, errorFrame, loggedOutFrame, pongFrame, query, resyncFrame, segment, type ClientOptions } from "./common.js";
 
 const messageFields = { sequence: integer, userId: string, content: string, timestamp: string, id: nullable(string) };
+/** A message's reactions: emoji → number of users (`{}` when none). */
+export const reactionCounts = record(integer);
+export type ReactionCounts = Infer<typeof reactionCounts>;
 
 /** Every frame the server sends on a channel socket, by `type`. */
 export const channelFrames = {
   participants: frame("participants", { users: array(string) }),
-  message: frame("message", messageFields),
+  /** Live messages have no `reactions` (a new message has none); `?since=` replays carry them. */
+  message: frame("message", { ...messageFields, reactions: optional(reactionCounts) }),
+  /** A toggle: `count` users now react with `emoji` on message `sequence`. */
+  reaction: frame("reaction", { sequence: integer, emoji: string, userId: string, on: boolean, count: integer }),
   ack: frame("ack", { id: nullable(string), sequence: integer }),
   typing: frame("typing", { users: array(string) }),
   resync_required: resyncFrame,
@@ -23,8 +29,11 @@ export function decodeChannelFrame(value: unknown, exact = false): ChannelFrame 
   return decodeWith(channelFrames, value, exact);
 }
 
-/** `GET /api/channel/:id/messages` (history entries are the message frame without `type`). */
-export const channelHistory = object({ messages: array(object(messageFields)), nextAfter: nullable(integer) });
+/** `GET /api/channel/:id/messages` (history entries are the message frame without `type`, with `reactions`). */
+export const channelHistory = object({
+  messages: array(object({ ...messageFields, reactions: reactionCounts })),
+  nextAfter: nullable(integer),
+});
 export type ChannelHistory = Infer<typeof channelHistory>;
 
 export interface ChannelOptions extends ClientOptions {
@@ -55,6 +64,14 @@ export class ChannelClient extends TypedClient<ChannelFrame> {
   send(content: string, id = clientId()): string {
     this.socket.send({ type: "message", content, id });
     return id;
+  }
+
+  /**
+   * `react {sequence, emoji, on}`: add (`on: true`) or remove your reaction. `emoji` must be
+   * exactly one emoji (docs/channel.md); the answer is a `reaction` frame with the new `count`.
+   */
+  react(sequence: number, emoji: string, on = true): void {
+    this.socket.send({ type: "react", sequence, emoji, on });
   }
 
   /** `typing {isTyping}`; a flag expires 3 s after its last refresh. */

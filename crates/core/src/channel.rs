@@ -25,6 +25,11 @@
 //! - history entries are the broadcast frame without `type`.
 //! - `typing {isTyping:true}` always broadcasts (a refresh tells late joiners who is typing);
 //!   `isTyping:false`, expiry and leaving broadcast only when the set changed.
+//! - reactions ([`crate::reactions`]): `react` is checked here (emoji, then sequence), the
+//!   adapter reads the message's tallies, [`Channel::react`] returns the effects (store, then
+//!   `reaction` to everyone; an unchanged toggle answers only its sender). History entries and
+//!   replayed messages carry `"reactions":{emoji: count}` (`{}` when none); a live new message
+//!   has none yet and carries no such field.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +40,7 @@ use crate::error::{close, ApiError};
 use crate::frame::{check_client_id, decode, Reject, MAX_FRAME_BYTES};
 use crate::effects::{Effects, To};
 use crate::query::{parse_limit, parse_seq};
+use crate::reactions::{self, Current, React, ReactionCounts, ReactionError};
 use crate::replay::{self, Replay};
 use crate::schedule::Schedule;
 use crate::time::{iso8601, Millis};
@@ -65,6 +71,8 @@ crate::ops! {
         ShardPost = "shard-post",
         /// Primary: a typing change from a shard's socket.
         ShardTyping = "shard-typing",
+        /// Primary: a reaction toggle from a shard's socket (answers the sender's own frames).
+        ShardReact = "shard-react",
         /// Primary: a socket is joining a shard (answers participants, latest, replay).
         ShardJoin = "shard-join",
         /// Primary: a user's last socket left a shard.
@@ -84,6 +92,10 @@ pub const SCHEMA: &[&str] = &[
      timestamp INTEGER NOT NULL, client_id TEXT)",
     "CREATE UNIQUE INDEX IF NOT EXISTS messages_client ON messages (user_id, client_id) WHERE client_id IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS typing (user_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS reactions (sequence INTEGER NOT NULL, emoji TEXT NOT NULL, user_id TEXT NOT NULL, \
+     PRIMARY KEY (sequence, emoji, user_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS reaction_counts (sequence INTEGER NOT NULL, emoji TEXT NOT NULL, count INTEGER NOT NULL, \
+     PRIMARY KEY (sequence, emoji)) WITHOUT ROWID",
     crate::shard::SCHEMA[0],
     crate::shard::SCHEMA[1],
     crate::shard::SCHEMA[2],
@@ -108,7 +120,7 @@ pub const REMEMBER_NAME: &str = "INSERT OR IGNORE INTO channel (id, name) VALUES
 
 /// The `type`s a client may send (`ping` is normally answered by the runtime's auto-response;
 /// a differently spaced ping reaches the object and is answered here).
-pub const CLIENT_TYPES: [&str; 3] = ["message", "typing", "ping"];
+pub const CLIENT_TYPES: [&str; 4] = ["message", "typing", "react", "ping"];
 
 /// Per-socket attachment. Identity comes from the Worker's `X-User-Id` / `X-User-Name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,10 +191,16 @@ struct MessageWire<'a> {
     content: &'a str,
     timestamp: String,
     id: Option<&'a str>,
+    /// History and replay only (`{}` when none); a live new message has no such field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reactions: Option<&'a BTreeMap<String, i64>>,
 }
 
+/// The reactions of a message without any.
+static NO_REACTIONS: BTreeMap<String, i64> = BTreeMap::new();
+
 impl ChannelMessage {
-    fn wire(&self, r#type: Option<&'static str>) -> MessageWire<'_> {
+    fn wire<'a>(&'a self, r#type: Option<&'static str>, reactions: Option<&'a ReactionCounts>) -> MessageWire<'a> {
         MessageWire {
             r#type,
             sequence: self.sequence,
@@ -190,13 +208,19 @@ impl ChannelMessage {
             content: &self.content,
             timestamp: iso8601(self.timestamp),
             id: self.client_id.as_deref(),
+            reactions: reactions.map(|all| all.get(&self.sequence).unwrap_or(&NO_REACTIONS)),
         }
     }
 
-    /// The broadcast (and replay) frame
-    /// `{"type":"message","sequence","userId","content","timestamp","id"}`.
+    /// The live broadcast frame `{"type":"message","sequence","userId","content","timestamp","id"}`.
     pub fn frame(&self) -> String {
-        to_json(&self.wire(Some("message")))
+        to_json(&self.wire(Some("message"), None))
+    }
+
+    /// The `?since=` replay frame: [`Self::frame`] plus `"reactions":{emoji: count}` from
+    /// `counts` (`{}` if it has none for this message).
+    pub fn replay_frame(&self, counts: &ReactionCounts) -> String {
+        to_json(&self.wire(Some("message"), Some(counts)))
     }
 }
 
@@ -332,9 +356,9 @@ impl HistoryQuery {
     }
 }
 
-/// `{"messages":[{sequence,userId,content,timestamp,id}],"nextAfter":n|null}` from rows
-/// fetched as [`HistoryQuery`] says.
-pub fn history_body(rows: Vec<ChannelMessage>, limit: u32) -> String {
+/// `{"messages":[{sequence,userId,content,timestamp,id,reactions}],"nextAfter":n|null}` from
+/// rows fetched as [`HistoryQuery`] says, with the tallies of those rows ([`history_range`]).
+pub fn history_body(rows: Vec<ChannelMessage>, counts: &ReactionCounts, limit: u32) -> String {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct History<'a> {
@@ -342,7 +366,15 @@ pub fn history_body(rows: Vec<ChannelMessage>, limit: u32) -> String {
         next_after: Option<i64>,
     }
     let page = replay::page(rows, limit, |m| m.sequence);
-    to_json(&History { messages: page.items.iter().map(|m| m.wire(None)).collect(), next_after: page.next })
+    to_json(&History { messages: page.items.iter().map(|m| m.wire(None, Some(counts))).collect(), next_after: page.next })
+}
+
+/// The `(after, through]` sequence range whose tallies [`history_body`] needs for these rows
+/// (bind it to [`reactions::SELECT_RANGE`]); `None` for no rows.
+pub fn history_range(rows: &[ChannelMessage]) -> Option<(i64, i64)> {
+    let first = rows.iter().map(|m| m.sequence).min()?;
+    let last = rows.iter().map(|m| m.sequence).max()?;
+    Some((first.saturating_sub(1), last))
 }
 
 /// What a WebSocket frame asks for.
@@ -350,6 +382,8 @@ pub fn history_body(rows: Vec<ChannelMessage>, limit: u32) -> String {
 pub enum Handled {
     /// Dedup, sequence, persist and broadcast this (see the module docs).
     Post(Post),
+    /// A reaction toggle on a known message: read its [`Current`] tallies, then [`Channel::react`].
+    React(React),
     /// Nothing to persist but the effects.
     Done(Outcome),
 }
@@ -381,6 +415,11 @@ enum ClientFrame {
     Typing {
         #[serde(rename = "isTyping")]
         is_typing: bool,
+    },
+    React {
+        sequence: i64,
+        emoji: String,
+        on: bool,
     },
     Ping,
 }
@@ -445,10 +484,34 @@ impl Channel {
             ClientFrame::Message { content, id } => validate(&content, id).map(Handled::Post).map_err(|e| e.to_reject()),
             ClientFrame::Typing { is_typing: true } => Ok(Handled::Done(self.start_typing(user_id, now))),
             ClientFrame::Typing { is_typing: false } => Ok(Handled::Done(self.stop_typing(user_id, now))),
+            ClientFrame::React { sequence, emoji, on } => {
+                let react = React::new(sequence, emoji, on).map_err(|e| e.to_reject())?;
+                self.check_sequence(sequence).map_err(|e| e.to_reject())?;
+                Ok(Handled::React(react))
+            }
             ClientFrame::Ping => {
                 Ok(Handled::Done(Outcome { to_self: vec![r#"{"type":"pong"}"#.to_owned()], ..Outcome::default() }))
             }
         }
+    }
+
+    /// A stored message: `pruned_through < sequence <= latest_seq` (sequences are gapless and
+    /// pruning deletes a prefix, so no lookup is needed).
+    pub fn check_sequence(&self, sequence: i64) -> Result<(), ReactionError> {
+        if sequence > self.pruned_through && sequence <= self.latest_seq && sequence >= 1 {
+            Ok(())
+        } else {
+            Err(ReactionError::UnknownSequence)
+        }
+    }
+
+    /// Toggle `user_id`'s `react` against `current` (what storage holds for that message and
+    /// user, read in this same turn): store the reactor row and the new tally, then
+    /// `{"type":"reaction",…,"count"}` to everyone; an unchanged state only answers the sender.
+    /// On `Err` (unknown or pruned sequence, a 21st emoji) nothing changes.
+    pub fn react(&self, user_id: &str, react: &React, current: &Current) -> Result<Effects, Reject> {
+        self.check_sequence(react.sequence).map_err(|e| e.to_reject())?;
+        reactions::decide(user_id, react, current).map(|r| r.effects()).map_err(|e| e.to_reject())
     }
 
     /// The row for a new post: the next sequence, `now`. Does not change the core.
@@ -543,6 +606,8 @@ impl Channel {
         if let Some(cutoff) = outcome.prune_through {
             e = e
                 .store("DELETE FROM messages WHERE sequence <= ?", vec![cutoff.into()])
+                .store(reactions::PRUNE_REACTORS, vec![cutoff.into()])
+                .store(reactions::PRUNE_COUNTS, vec![cutoff.into()])
                 .store("UPDATE channel SET pruned_through = ? WHERE id = 1", vec![cutoff.into()]);
         }
         if outcome.typing_changed {
@@ -985,15 +1050,18 @@ mod tests {
             timestamp: 0,
             client_id: None,
         };
+        let counts = reactions::counts_from_rows(vec![(5, "👍".to_string(), 2), (5, "🎉".to_string(), 1), (9, "👍".to_string(), 1)]);
         assert_eq!(
-            history_body(vec![row(4), row(5), row(6)], 2),
+            history_body(vec![row(4), row(5), row(6)], &counts, 2),
             concat!(
-                r#"{"messages":[{"sequence":4,"userId":"u","content":"m4","timestamp":"1970-01-01T00:00:00.000Z","id":null},"#,
-                r#"{"sequence":5,"userId":"u","content":"m5","timestamp":"1970-01-01T00:00:00.000Z","id":null}],"nextAfter":5}"#
+                r#"{"messages":[{"sequence":4,"userId":"u","content":"m4","timestamp":"1970-01-01T00:00:00.000Z","id":null,"reactions":{}},"#,
+                r#"{"sequence":5,"userId":"u","content":"m5","timestamp":"1970-01-01T00:00:00.000Z","id":null,"reactions":{"🎉":1,"👍":2}}],"nextAfter":5}"#
             )
         );
-        assert!(history_body(vec![row(4), row(5)], 2).ends_with(r#""nextAfter":null}"#));
-        assert_eq!(history_body(vec![], 50), r#"{"messages":[],"nextAfter":null}"#);
+        assert!(history_body(vec![row(4), row(5)], &counts, 2).ends_with(r#""nextAfter":null}"#));
+        assert_eq!(history_body(vec![], &counts, 50), r#"{"messages":[],"nextAfter":null}"#);
+        assert_eq!(history_range(&[row(4), row(5), row(6)]), Some((3, 6)));
+        assert_eq!(history_range(&[]), None);
     }
 
     #[test]
@@ -1066,5 +1134,344 @@ mod tests {
         assert_eq!(e.store.len(), 2);
         assert_eq!(e.frames_to(&To::All), vec![message.frame().as_str()]);
         assert_eq!(c.latest_seq(), 1);
+    }
+
+    /// The reaction tables (and message rows) as the adapter would hold them: every statement
+    /// the core emits is applied here, so the tests check what would really be stored.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    struct Tables {
+        messages: BTreeSet<i64>,
+        reactors: BTreeSet<(i64, String, String)>,
+        counts: BTreeMap<(i64, String), i64>,
+    }
+
+    fn int(v: Option<&crate::effects::Value>) -> i64 {
+        match v {
+            Some(crate::effects::Value::Int(n)) => *n,
+            other => panic!("expected an integer bind, got {other:?}"),
+        }
+    }
+    fn text(v: Option<&crate::effects::Value>) -> String {
+        match v {
+            Some(crate::effects::Value::Text(t)) => t.clone(),
+            other => panic!("expected a text bind, got {other:?}"),
+        }
+    }
+
+    impl Tables {
+        fn apply(&mut self, e: &Effects) {
+            for st in &e.store {
+                let b = &st.binds;
+                match st.sql {
+                    reactions::INSERT_REACTOR => {
+                        let row = (int(b.first()), text(b.get(1)), text(b.get(2)));
+                        assert!(self.messages.contains(&row.0), "reaction stored for a missing message {row:?}");
+                        assert!(self.reactors.insert(row), "primary key violated: a user reacted twice");
+                    }
+                    reactions::DELETE_REACTOR => {
+                        assert!(self.reactors.remove(&(int(b.first()), text(b.get(1)), text(b.get(2)))), "deleted a missing row");
+                    }
+                    reactions::SET_COUNT => {
+                        self.counts.insert((int(b.first()), text(b.get(1))), int(b.get(2)));
+                    }
+                    reactions::DELETE_COUNT => {
+                        self.counts.remove(&(int(b.first()), text(b.get(1))));
+                    }
+                    reactions::PRUNE_REACTORS => {
+                        let n = int(b.first());
+                        self.reactors.retain(|r| r.0 > n);
+                    }
+                    reactions::PRUNE_COUNTS => {
+                        let n = int(b.first());
+                        self.counts.retain(|k, _| k.0 > n);
+                    }
+                    "DELETE FROM messages WHERE sequence <= ?" => {
+                        let n = int(b.first());
+                        self.messages.retain(|s| *s > n);
+                    }
+                    sql if sql.starts_with("INSERT INTO messages") => {
+                        self.messages.insert(int(b.first()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// What the adapter reads before [`Channel::react`].
+        fn current(&self, sequence: i64, emoji: &str, user: &str) -> Current {
+            Current {
+                counts: self.counts.iter().filter(|((s, _), _)| *s == sequence).map(|((_, e), n)| (e.clone(), *n)).collect(),
+                mine: self.reactors.contains(&(sequence, emoji.to_owned(), user.to_owned())),
+            }
+        }
+
+        /// `reaction_counts` must equal `reactions` grouped by (sequence, emoji).
+        fn check_consistent(&self) {
+            let mut grouped: BTreeMap<(i64, String), i64> = BTreeMap::new();
+            for (s, e, _) in &self.reactors {
+                *grouped.entry((*s, e.clone())).or_default() += 1;
+            }
+            assert_eq!(grouped, self.counts, "tallies drifted from the reactor rows");
+        }
+    }
+
+    /// One socket frame through the whole path (decode → read → react), applied to `tables`.
+    fn toggle(c: &mut Channel, tables: &mut Tables, user: &str, sequence: i64, emoji: &str, on: bool) -> Result<Effects, Reject> {
+        let frame = serde_json::json!({"type": "react", "sequence": sequence, "emoji": emoji, "on": on}).to_string();
+        let react = match c.on_message(user, &frame, 1)? {
+            Handled::React(r) => r,
+            other => panic!("expected React, got {other:?}"),
+        };
+        let effects = c.react(user, &react, &tables.current(react.sequence, &react.emoji, user))?;
+        tables.apply(&effects);
+        Ok(effects)
+    }
+
+    fn post_into(c: &mut Channel, tables: &mut Tables, now: Millis, retention: Retention) -> i64 {
+        let m = c.prepare("poster", Post { content: "m".into(), client_id: None }, now).unwrap();
+        let e = c.post_effects(&m, now, retention);
+        tables.apply(&e);
+        m.sequence
+    }
+
+    fn reaction_of(e: &Effects) -> (To, Value) {
+        let [send] = e.sends.as_slice() else { panic!("one frame expected: {e:?}") };
+        (send.to.clone(), serde_json::from_str(&send.frame).unwrap())
+    }
+
+    #[test]
+    fn reactions_broadcast_exact_counts_and_a_user_counts_once() {
+        let (mut c, mut t) = (Channel::default(), Tables::default());
+        let seq = post_into(&mut c, &mut t, 1, keep(MAX));
+        let e = toggle(&mut c, &mut t, "alice", seq, "👍", true).unwrap();
+        assert_eq!(e.frames_to(&To::All), vec![r#"{"type":"reaction","sequence":1,"emoji":"👍","userId":"alice","on":true,"count":1}"#]);
+        let e = toggle(&mut c, &mut t, "bob", seq, "👍", true).unwrap();
+        assert_eq!(reaction_of(&e).1["count"], 2);
+        // alice again: unchanged, only she hears it, nothing stored.
+        let before = t.clone();
+        let e = toggle(&mut c, &mut t, "alice", seq, "👍", true).unwrap();
+        assert!(e.store.is_empty());
+        assert_eq!(reaction_of(&e), (To::This, serde_json::json!({"type":"reaction","sequence":1,"emoji":"👍","userId":"alice","on":true,"count":2})));
+        assert_eq!(t, before);
+        // Off decrements; off again changes nothing.
+        assert_eq!(reaction_of(&toggle(&mut c, &mut t, "bob", seq, "👍", false).unwrap()), (To::All, serde_json::json!({"type":"reaction","sequence":1,"emoji":"👍","userId":"bob","on":false,"count":1})));
+        assert_eq!(reaction_of(&toggle(&mut c, &mut t, "bob", seq, "👍", false).unwrap()).0, To::This);
+        // 50 users on, 25 off: exactly 50, then 25.
+        for u in 0..50 {
+            toggle(&mut c, &mut t, &format!("u{u}"), seq, "🎉", true).unwrap();
+        }
+        assert_eq!(t.counts.get(&(seq, "🎉".to_string())), Some(&50));
+        let mut last = Value::Null;
+        for u in 0..25 {
+            last = reaction_of(&toggle(&mut c, &mut t, &format!("u{u}"), seq, "🎉", false).unwrap()).1;
+        }
+        assert_eq!((last["count"].clone(), t.counts.get(&(seq, "🎉".to_string()))), (serde_json::json!(25), Some(&25)));
+        t.check_consistent();
+        // The core's own state never changes on a reaction.
+        assert_eq!(c.latest_seq(), 1);
+    }
+
+    #[test]
+    fn bad_reactions_change_nothing() {
+        let (mut c, mut t) = (Channel::default(), Tables::default());
+        for now in 1..=3 {
+            post_into(&mut c, &mut t, now, keep(MAX));
+        }
+        toggle(&mut c, &mut t, "a", 2, "👍", true).unwrap();
+        let (core_before, tables_before) = (c.clone(), t.clone());
+        let in_band = [
+            (serde_json::json!({"type":"react","sequence":2,"emoji":"a","on":true}), "invalid_emoji"),
+            (serde_json::json!({"type":"react","sequence":2,"emoji":"👍👍","on":true}), "invalid_emoji"),
+            (serde_json::json!({"type":"react","sequence":2,"emoji":"","on":true}), "invalid_emoji"),
+            (serde_json::json!({"type":"react","sequence":2,"emoji":" 👍","on":true}), "invalid_emoji"),
+            (serde_json::json!({"type":"react","sequence":2,"emoji":"👍","on":false,"extra":1}), ""),
+            // invalid emoji is reported before the sequence
+            (serde_json::json!({"type":"react","sequence":99,"emoji":"x","on":true}), "invalid_emoji"),
+            (serde_json::json!({"type":"react","sequence":4,"emoji":"👍","on":true}), "unknown_sequence"),
+            (serde_json::json!({"type":"react","sequence":0,"emoji":"👍","on":true}), "unknown_sequence"),
+            (serde_json::json!({"type":"react","sequence":-1,"emoji":"👍","on":true}), "unknown_sequence"),
+            (serde_json::json!({"type":"react","sequence":i64::MAX,"emoji":"👍","on":false}), "unknown_sequence"),
+        ];
+        for (frame, code) in in_band {
+            if code.is_empty() {
+                continue; // the control case: unknown fields are ignored, it is a valid frame
+            }
+            assert!(matches!(rejected(&mut c, &frame.to_string()), Reject::InBand { code: got, .. } if got == code), "{frame}");
+        }
+        let closes = [
+            r#"{"type":"react","sequence":"2","emoji":"👍","on":true}"#,
+            r#"{"type":"react","sequence":2.5,"emoji":"👍","on":true}"#,
+            r#"{"type":"react","sequence":1e30,"emoji":"👍","on":true}"#,
+            r#"{"type":"react","sequence":null,"emoji":"👍","on":true}"#,
+            r#"{"type":"react","emoji":"👍","on":true}"#,
+            r#"{"type":"react","sequence":2,"emoji":7,"on":true}"#,
+            r#"{"type":"react","sequence":2,"on":true}"#,
+            r#"{"type":"react","sequence":2,"emoji":"👍","on":"true"}"#,
+            r#"{"type":"react","sequence":2,"emoji":"👍","on":null}"#,
+            r#"{"type":"react","sequence":2,"emoji":"👍"}"#,
+        ];
+        for text in closes {
+            assert!(matches!(rejected(&mut c, text), Reject::Close { code: 1007, .. }), "{text}");
+        }
+        let long = serde_json::json!({"type":"react","sequence":2,"emoji":"👍".repeat(20_000),"on":true}).to_string();
+        assert!(matches!(rejected(&mut c, &long), Reject::Close { code: 1009, .. }));
+        assert!(matches!(rejected(&mut c, r#"{"type":"reaction","sequence":2,"emoji":"👍","on":true}"#), Reject::Close { code: 1008, .. }));
+        assert_eq!((c, t), (core_before, tables_before));
+    }
+
+    #[test]
+    fn a_twenty_first_emoji_is_refused_and_changes_nothing() {
+        let (mut c, mut t) = (Channel::default(), Tables::default());
+        let seq = post_into(&mut c, &mut t, 1, keep(MAX));
+        for e in reactions::tests::EMOJI.iter().take(reactions::MAX_EMOJI_PER_MESSAGE) {
+            toggle(&mut c, &mut t, "a", seq, e, true).unwrap();
+        }
+        let before = t.clone();
+        let err = toggle(&mut c, &mut t, "b", seq, "🫠", true).unwrap_err();
+        assert!(matches!(err, Reject::InBand { code: "too_many_reactions", .. }), "{err:?}");
+        assert_eq!(t, before);
+        // Existing emoji still count; once one is gone a new one fits.
+        assert_eq!(reaction_of(&toggle(&mut c, &mut t, "b", seq, "👍", true).unwrap()).1["count"], 2);
+        toggle(&mut c, &mut t, "a", seq, "👎", false).unwrap();
+        assert_eq!(reaction_of(&toggle(&mut c, &mut t, "b", seq, "🫠", true).unwrap()).1["count"], 1);
+        // The cap is per message.
+        let other = post_into(&mut c, &mut t, 2, keep(MAX));
+        toggle(&mut c, &mut t, "b", other, "🤔", true).unwrap();
+        t.check_consistent();
+    }
+
+    #[test]
+    fn pruning_removes_reactions_with_their_messages() {
+        let (mut c, mut t) = (Channel::default(), Tables::default());
+        for now in 1..=5 {
+            post_into(&mut c, &mut t, now, keep(2));
+        }
+        for seq in [1, 3, 4, 5] {
+            toggle(&mut c, &mut t, "a", seq, "👍", true).unwrap();
+            toggle(&mut c, &mut t, "b", seq, "🔥", true).unwrap();
+        }
+        let out = c.on_alarm(c.poll_timeout().unwrap(), 2);
+        assert_eq!(out.prune_through, Some(3));
+        t.apply(&c.effects(out));
+        assert_eq!(t.messages, [4, 5].into());
+        assert!(t.reactors.iter().all(|r| r.0 >= 4) && t.counts.keys().all(|k| k.0 >= 4), "{t:?}");
+        assert_eq!(t.counts.len(), 4);
+        t.check_consistent();
+        let before = t.clone();
+        for seq in [1, 3] {
+            let err = toggle(&mut c, &mut t, "a", seq, "👍", false).unwrap_err();
+            assert!(matches!(err, Reject::InBand { code: "unknown_sequence", .. }), "{err:?}");
+        }
+        assert_eq!(t, before);
+        // A core restored after the prune still refuses them (the check is pruned_through).
+        let woke = Channel::restore(c.latest_seq(), c.pruned_through(), BTreeMap::new(), Schedule::default());
+        assert!(woke.react("a", &React::new(3, "👍".into(), true).unwrap(), &Current::default()).is_err());
+        assert!(woke.react("a", &React::new(4, "👍".into(), true).unwrap(), &t.current(4, "👍", "a")).is_ok());
+    }
+
+    #[test]
+    fn replay_frames_carry_reactions_live_frames_do_not() {
+        let m = ChannelMessage { sequence: 2, user_id: "u".into(), content: "hi".into(), timestamp: 0, client_id: None };
+        let counts = reactions::counts_from_rows(vec![(2, "👍🏽".to_string(), 3)]);
+        assert_eq!(
+            m.replay_frame(&counts),
+            r#"{"type":"message","sequence":2,"userId":"u","content":"hi","timestamp":"1970-01-01T00:00:00.000Z","id":null,"reactions":{"👍🏽":3}}"#
+        );
+        assert!(m.replay_frame(&ReactionCounts::new()).ends_with(r#""id":null,"reactions":{}}"#));
+        assert!(!m.frame().contains("reactions"));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Post,
+        /// `back`: how far behind the latest sequence (-1: one past it; 99: 0, never a sequence).
+        React { user: u8, back: i64, emoji: usize, on: bool },
+        Prune,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => Just(Step::Post),
+            1 => Just(Step::Prune),
+            60 => (0u8..12, prop_oneof![10 => Just(0i64), 4 => 1i64..3, 2 => 3i64..9, 1 => Just(-1i64), 1 => Just(99i64)],
+                   0usize..reactions::tests::EMOJI.len(), prop_oneof![2 => Just(true), 1 => Just(false)])
+                .prop_map(|(user, back, emoji, on)| Step::React { user, back, emoji, on }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Random toggles, posts and prunes against a plain model (who is "on" per message and
+        /// emoji): every stored tally and every frame's count is the number of distinct users on;
+        /// errors are exactly the unknown sequences and the 21st emoji, and change nothing.
+        #[test]
+        fn counts_follow_the_model(steps in proptest::collection::vec(step(), 1..300)) {
+            let (mut c, mut t) = (Channel::default(), Tables::default());
+            let mut model: BTreeMap<(i64, String), BTreeSet<String>> = BTreeMap::new();
+            let mut now = 0;
+            while now < 6 {
+                now += 1;
+                post_into(&mut c, &mut t, now, keep(6));
+            }
+            for step in steps {
+                now += 1;
+                match step {
+                    Step::Post => { post_into(&mut c, &mut t, now, keep(6)); }
+                    Step::Prune => {
+                        now += PRUNE_INTERVAL_MS;
+                        let out = c.on_alarm(now, 6);
+                        t.apply(&c.effects(out));
+                        model.retain(|(s, _), _| *s > c.pruned_through());
+                    }
+                    Step::React { user, back, emoji, on } => {
+                        let sequence = if back == 99 { 0 } else { c.latest_seq() - back };
+                        let user = format!("user{user}");
+                        let emoji = reactions::tests::EMOJI[emoji];
+                        let known = t.messages.contains(&sequence);
+                        let distinct = model.iter().filter(|((s, _), users)| *s == sequence && !users.is_empty()).count();
+                        let users = model.get(&(sequence, emoji.to_owned())).cloned().unwrap_or_default();
+                        let full = on && users.is_empty() && distinct >= reactions::MAX_EMOJI_PER_MESSAGE;
+                        let before = t.clone();
+                        match toggle(&mut c, &mut t, &user, sequence, emoji, on) {
+                            Err(Reject::InBand { code, .. }) => {
+                                proptest::prop_assert_eq!(code, if known { "too_many_reactions" } else { "unknown_sequence" });
+                                proptest::prop_assert!(!known || full);
+                                proptest::prop_assert_eq!(&t, &before);
+                            }
+                            Err(other) => proptest::prop_assert!(false, "unexpected {:?}", other),
+                            Ok(e) => {
+                                proptest::prop_assert!(known && !full);
+                                let set = model.entry((sequence, emoji.to_owned())).or_default();
+                                let changed = if on { set.insert(user.clone()) } else { set.remove(&user) };
+                                let (to, frame) = reaction_of(&e);
+                                proptest::prop_assert_eq!(to, if changed { To::All } else { To::This });
+                                proptest::prop_assert_eq!(frame["count"].as_i64(), Some(set.len() as i64));
+                                proptest::prop_assert_eq!(&frame["on"], &Value::Bool(on));
+                                proptest::prop_assert_eq!(e.store.is_empty(), !changed);
+                            }
+                        }
+                    }
+                }
+                t.check_consistent();
+                let expected: BTreeMap<(i64, String), i64> =
+                    model.iter().filter(|(_, u)| !u.is_empty()).map(|(k, u)| (k.clone(), u.len() as i64)).collect();
+                proptest::prop_assert_eq!(&t.counts, &expected);
+                for seq in &t.messages {
+                    proptest::prop_assert!(t.counts.keys().filter(|(s, _)| s == seq).count() <= reactions::MAX_EMOJI_PER_MESSAGE);
+                }
+            }
+        }
+
+        /// The emoji rule never panics and only passes single grapheme clusters.
+        #[test]
+        fn the_emoji_rule_is_total(s in "\\PC{0,6}|[\u{1F300}-\u{1FAFF}\u{200D}\u{FE0F}\u{20E3}\u{1F3FB}-\u{1F3FF}\u{1F1E6}-\u{1F1FF}\u{E0020}-\u{E007F}#0-9a ]{0,8}") {
+            use unicode_segmentation::UnicodeSegmentation;
+            if reactions::is_reaction_emoji(&s) {
+                proptest::prop_assert_eq!(s.graphemes(true).count(), 1);
+                proptest::prop_assert!(s.len() <= reactions::MAX_EMOJI_BYTES);
+            }
+        }
     }
 }

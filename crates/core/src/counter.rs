@@ -159,7 +159,7 @@ impl CounterState {
             CounterOp::SetValue(v) => Some(v),
             CounterOp::Reset => Some(0),
         }
-        .filter(|v| v.abs() <= MAX_SAFE_INTEGER)
+        .filter(|v| (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(v))
         .ok_or(CounterError::Overflow)?;
         let next = CounterState {
             value,
@@ -344,7 +344,7 @@ fn integer_field(obj: &serde_json::Map<String, Value>, field: &'static str, defa
         Some(Value::Null) => Err(CounterError::Null(field)),
         Some(Value::Number(n)) => n
             .as_i64()
-            .filter(|v| v.abs() <= MAX_SAFE_INTEGER)
+            .filter(|v| (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(v))
             .ok_or(CounterError::NotAnInteger(field)),
         Some(_) => Err(CounterError::WrongType(field)),
     }
@@ -456,6 +456,16 @@ mod tests {
         let s = CounterState { value: i64::MAX - 1, ..state() };
         assert_eq!(s.apply(CounterOp::Increment(5), 1), Err(CounterError::Overflow));
         assert!(state().apply(CounterOp::Increment(MAX_SAFE_INTEGER), 1).is_ok());
+    }
+
+    /// `i64::MIN.abs()` overflows (a panic in debug, `i64::MIN` itself in release, which then
+    /// passed the range check): the range is checked without `abs`.
+    #[test]
+    fn i64_min_is_outside_the_safe_range() {
+        assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": i64::MIN}))), Err(CounterError::NotAnInteger("amount")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": i64::MIN}))), Err(CounterError::NotAnInteger("value")));
+        assert_eq!(state().apply(CounterOp::Increment(i64::MIN), 1), Err(CounterError::Overflow));
+        assert_eq!(state().apply(CounterOp::SetValue(i64::MIN), 1), Err(CounterError::Overflow));
     }
 
     #[test]

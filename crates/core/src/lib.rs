@@ -22,9 +22,12 @@
 //! - [`session`]: the UserSession protocol: games, presence, logout-all (docs/protocol.md §6.1, §3).
 //! - [`waddle`]: the Waddle protocol: community presence and typing relay (docs/protocol.md §6.4).
 //! - [`channel`]: the Channel protocol: sequenced messages, typing expiry, participants (docs/protocol.md §6.5).
+//! - [`reactions`]: live reactions on Channel messages: the emoji rule, exact per-emoji tallies.
 //! - [`effects`]: what a kit object's hooks decide, as data (store, send, close, timers, calls), and typed ops.
 //! - [`shard`]: spreading one Channel or Waddle over several objects (hash, names, in-order delivery).
 //! - [`game`]: the GameServer protocol: a turn-based room of up to 4 players (docs/game.md).
+//! - [`ops`]: operations: per-object stats counters and their flush policy, the structured log lines.
+//! - [`voice`]: the VoiceChannel protocol: participants, session, recording, signalling relay (docs/voice.md).
 
 pub mod accept;
 pub mod auth;
@@ -38,8 +41,10 @@ pub mod error;
 pub mod frame;
 pub mod game;
 pub mod names;
+pub mod ops;
 pub mod query;
 pub mod ratelimit;
+pub mod reactions;
 pub mod replay;
 pub mod revocation;
 pub mod route;
@@ -47,6 +52,7 @@ pub mod schedule;
 pub mod session;
 pub mod shard;
 pub mod time;
+pub mod voice;
 pub mod waddle;
 
 /// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.
