@@ -13,12 +13,17 @@
 //!   the `RealtimeObject` trait (schema, typed ops, hooks returning `Effects`) and `Host<T>`,
 //!   the one Durable Object shell (schema + auto-response + wake log, on_wake reconcile, op
 //!   routing, accept with tags + attachment, gone-once departures, heartbeat sweep, timer
-//!   table, revoke, store → send → close → timers → calls → release); `durable_object!`
+//!   table, revoke, the per-object stats and lifecycle log lines, calls to other objects with
+//!   retries and replies, store → send → close → timers → calls → release); `durable_object!`
 //!   declares the class (docs/custom-object.md). The rest are the primitives it uses.
 //! - [`objects`]: one file per Durable Object class, each read top to bottom as its protocol:
 //!   a `RealtimeObject` over its core (Counter, UserSession, ChatRoom, Waddle, Channel,
-//!   RateLimiter, GameServer, VoiceChannel); the revocation op shared by all lives in `objects::mod`.
-//! - `tests/e2e.rs`: the end-to-end suite against the real runtime (`wrangler dev`).
+//!   RateLimiter, GameServer, VoiceChannel); the revocation op shared by all lives in
+//!   `objects::mod`, the primary ↔ shard plumbing of sharded Channels and Waddles in
+//!   `objects::sharding` (docs/sharding.md).
+//! - `docs/openapi.json`: the HTTP contract, served at `GET /openapi.json`.
+//! - `tests/e2e/`: the end-to-end suite against the real runtime (`wrangler dev`);
+//!   `crates/core/tests/props/`: the property tests.
 
 pub mod entry;
 pub mod kit;
