@@ -271,7 +271,7 @@ async fn log_lines() -> TestResult {
     ensure!(query_token != token, "tokens must differ");
     let sock = crate::support::ws_with(&format!("/api/chat/{room}?token={query_token}"), &[]).await?;
     let upgrade = find_line(&format!(r#""object":"{room}""#), |v| v["event"] == json!("request") && v["status"] == json!(101)).await?;
-    ensure_eq!((upgrade["route"].clone(), upgrade["userId"].clone()), (json!("/api/chat/:room"), json!(user)));
+    ensure_eq!((upgrade["route"].clone(), upgrade["userId"].clone()), (json!("/api/chat/{room}"), json!(user)));
     let open = find_line(r#"{"event":"socket_open""#, |v| v["object"] == json!(room)).await?;
     ensure_eq!((open["class"].clone(), open["userId"].clone()), (json!("ChatRoom"), json!(user)));
     sock.close().await?;
