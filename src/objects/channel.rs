@@ -249,11 +249,7 @@ impl RealtimeObject for ChannelRoom {
     /// A user's last socket leaves and stops typing (a shard tells the primary).
     fn on_gone(&mut self, ctx: &Ctx<'_>, conn: &Connection<()>, remaining: usize) -> Effects {
         if let Some((primary, index)) = self.shard() {
-            let gone = sharding::flush_ghosts(BINDING, &mut self.ghosts, ctx, &primary, index, None);
-            if remaining > 0 {
-                return gone;
-            }
-            return gone.and(sharding::leave(BINDING, &primary, index, &conn.user_id));
+            return sharding::on_gone(BINDING, &mut self.ghosts, ctx, (&primary, index), &conn.user_id, remaining);
         }
         let outcome = self.core.on_close(&conn.user_id, &self.everyone(ctx), ctx.now);
         let effects = self.core.effects(outcome);

@@ -100,6 +100,23 @@ pub fn leave(binding: &'static str, primary: &str, index: u32, user_id: &str) ->
         .call_with(to_primary(binding, primary, &format!("shard-leave?shard={index}"), &serde_json::json!({"userId": user_id})))
 }
 
+/// Shard: a socket of `user_id` is gone (`remaining`: their other sockets here). The wake's
+/// ghosts leave first; the user leaves with their last socket.
+pub fn on_gone(
+    binding: &'static str,
+    ghosts: &mut BTreeSet<String>,
+    ctx: &Ctx<'_>,
+    (primary, index): (&str, u32),
+    user_id: &str,
+    remaining: usize,
+) -> Effects {
+    let gone = flush_ghosts(binding, ghosts, ctx, primary, index, None);
+    if remaining > 0 {
+        return gone;
+    }
+    gone.and(leave(binding, primary, index, user_id))
+}
+
 /// Shard wake: the users it announced whose sockets are gone (a crash, a deploy). They leave
 /// with the next event ([`flush_ghosts`]; a constructor cannot wait) unless they are back by then.
 pub fn ghosts(ctx: &Ctx<'_>, live_users: &BTreeSet<String>) -> BTreeSet<String> {

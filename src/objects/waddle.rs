@@ -171,11 +171,7 @@ impl RealtimeObject for WaddleRoom {
     /// The member goes offline with their last socket (a shard tells the primary).
     fn on_gone(&mut self, ctx: &Ctx<'_>, conn: &Connection<()>, remaining: usize) -> Effects {
         if let Some((primary, index)) = self.shard() {
-            let gone = sharding::flush_ghosts(BINDING, &mut self.ghosts, ctx, &primary, index, None);
-            if remaining > 0 {
-                return gone;
-            }
-            return gone.and(sharding::leave(BINDING, &primary, index, &conn.user_id));
+            return sharding::on_gone(BINDING, &mut self.ghosts, ctx, (&primary, index), &conn.user_id, remaining);
         }
         let elsewhere = self.members.contains_key(&conn.user_id);
         let effects = self.core.on_close(&member(conn), remaining + usize::from(elsewhere), ctx.now).into_effects();

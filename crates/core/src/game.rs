@@ -506,16 +506,7 @@ mod tests {
         assert_eq!(frames(&e, &To::This), vec![json!({"type":"ack","id":"m","seq":1})]);
     }
 
-    /// A tiny deterministic generator (no extra dependency): xorshift64*.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
+    use crate::TestRng as Rng;
 
     /// Random sessions of six users: at most 4 players, seq gapless, no id applied twice,
     /// the turn always the player after the last mover in join order.

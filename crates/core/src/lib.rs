@@ -57,3 +57,19 @@ pub mod waddle;
 
 /// 2^53 − 1: the largest integer JavaScript (and so every client and the runtime) holds exactly.
 pub const MAX_SAFE_INTEGER: i64 = 9_007_199_254_740_991;
+
+/// A tiny deterministic generator for the cores' randomized unit tests (no extra dependency):
+/// xorshift64. The property tests in `tests/props/` use proptest.
+#[cfg(test)]
+pub(crate) struct TestRng(pub u64);
+
+#[cfg(test)]
+impl TestRng {
+    /// A value in `0..n` (`n` > 0).
+    pub fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}

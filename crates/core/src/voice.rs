@@ -556,15 +556,7 @@ mod tests {
         assert_eq!(max_participants(Some("x")), 100);
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
+    use crate::TestRng as Rng;
 
     /// Random join / leave / close / reconcile sequences over five users with two sockets each:
     /// participants are exactly the users with ≥ 1 joined socket, the session id is set iff
