@@ -7,11 +7,15 @@ export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$BIN/wasm-bindgen}"
 # wasm-opt from the pinned npm `binaryen` package (installed by `npm ci`).
 export WASM_OPT_BIN="${WASM_OPT_BIN:-$(pwd)/node_modules/.bin/wasm-opt}"
 
+# The HTTP contract is served as a static asset (GET /openapi.json, before the Worker runs),
+# not compiled into the WASM: copy it on every build (public/openapi.json is git-ignored).
+cp docs/openapi.json public/openapi.json
+
 # wrangler runs this on every start (the e2e restart tests restart it often): skip the
 # bindgen + wasm-opt passes when nothing that goes into the Worker changed since the last build.
 out=build/worker/shim.mjs
 if [ -f "$out" ] && [ -f build/index_bg.wasm ] && [ -z "${FORCE_BUILD:-}" ] \
-   && [ -z "$(find Cargo.toml Cargo.lock build.rs src crates/core/Cargo.toml crates/core/src docs/openapi.json scripts/build-worker.sh -newer build/index_bg.wasm 2>/dev/null | head -1)" ] \
+   && [ -z "$(find Cargo.toml Cargo.lock build.rs src crates/core/Cargo.toml crates/core/src scripts/build-worker.sh -newer build/index_bg.wasm 2>/dev/null | head -1)" ] \
    && [ "${KEEP_NAMES:+kept}" = "$( [ -f build/.names-kept ] && echo kept)" ]; then
   echo "build/ is up to date (FORCE_BUILD=1 to rebuild)"
   exit 0
