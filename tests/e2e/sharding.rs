@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         trial("sharding::channel_200_sockets_400_messages_4_writers_gapless", fan_out_200),
         trial("sharding::channel_since_reconnect_gets_exactly_what_it_missed", since_reconnect),
         trial("sharding::channel_participants_and_typing_across_shards", channel_presence),
+        trial("sharding::channel_reactions_across_shards", channel_reactions),
         trial("sharding::waddle_presence_typing_broadcast_across_shards", waddle_presence),
         trial("sharding::restart_mid_run_loses_nothing_acknowledged", restart_mid_run),
         trial("sharding::shard_names_are_not_addressable", not_addressable),
@@ -461,4 +462,58 @@ async fn not_addressable() -> TestResult {
     let (status, _) = request(&s.base, "GET", "/api/waddle/x%7Eshard-1/presence", "u", None, false).await?;
     ensure_eq!(status, 400);
     Ok(())
+}
+
+/// Reactions from sockets on two shards go through the primary: every socket gets each
+/// `reaction` with the exact count, an unchanged toggle and an error reach only the sender,
+/// history and a shard's `?since=` replay carry the counts.
+async fn channel_reactions() -> TestResult {
+    let s = sharded().await?;
+    let c = unique("shreact");
+    let (a, b) = (user_in("ra", 0), user_in("rb", 2));
+    let (mut sa, _) = join(&s, &c, &a, "").await?;
+    let (mut sb, _) = join(&s, &c, &b, "").await?;
+    sa.recv_type("participants").await?;
+    ensure_eq!(post(&s.base, &c, &a, "react to me", "r-1").await?, 1);
+    for sock in [&mut sa, &mut sb] {
+        ensure_eq!(sock.recv_type("message").await?["sequence"], json!(1));
+    }
+    let react = |on: bool| json!({"type":"react","sequence":1,"emoji":"👍","on":on});
+    sb.send_json(&react(true)).await?;
+    for sock in [&mut sa, &mut sb] {
+        let r = sock.recv_type("reaction").await?;
+        ensure_eq!((r["userId"].clone(), r["count"].clone(), r["on"].clone()), (json!(b), json!(1), json!(true)));
+    }
+    sa.send_json(&react(true)).await?;
+    for sock in [&mut sa, &mut sb] {
+        let r = sock.recv_type("reaction").await?;
+        ensure_eq!((r["userId"].clone(), r["count"].clone()), (json!(a), json!(2)));
+    }
+    // Unchanged (b is already on): only b hears it, with the unchanged count.
+    sb.send_json(&react(true)).await?;
+    let r = sb.recv_type("reaction").await?;
+    ensure_eq!((r["userId"].clone(), r["count"].clone()), (json!(b), json!(2)));
+    // Errors: the sequence is checked by the primary, the emoji on the shard; only b hears them.
+    sb.send_json(&json!({"type":"react","sequence":99,"emoji":"👍","on":true})).await?;
+    ensure_eq!(sb.recv_type("error").await?["code"], json!("unknown_sequence"));
+    sb.send_json(&json!({"type":"react","sequence":1,"emoji":"a","on":true})).await?;
+    ensure_eq!(sb.recv_type("error").await?["code"], json!("invalid_emoji"));
+    sb.expect_next_is_pong().await?;
+    sa.expect_next_is_pong().await?;
+    let stored = history(&s.base, &c).await?;
+    ensure_eq!(stored.len(), 1);
+    ensure_eq!(stored.first().map(|m| m["reactions"].clone()), Some(json!({"👍": 2})));
+    // A's second socket (same shard) replays with the counts.
+    let (mut sa2, _) = join(&s, &c, &a, "?since=0").await?;
+    let replayed = sa2.recv_type("message").await?;
+    ensure_eq!((replayed["sequence"].clone(), replayed["reactions"].clone()), (json!(1), json!({"👍": 2})));
+    // Off again: everyone, the count down by one.
+    sb.send_json(&react(false)).await?;
+    for sock in [&mut sa, &mut sb, &mut sa2] {
+        let r = sock.recv_type("reaction").await?;
+        ensure_eq!((r["userId"].clone(), r["count"].clone(), r["on"].clone()), (json!(b), json!(1), json!(false)));
+    }
+    sa2.close().await?;
+    sb.close().await?;
+    sa.close().await
 }
