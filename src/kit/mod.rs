@@ -237,12 +237,22 @@ pub fn load_schedule(sql: &worker::SqlStorage) -> Schedule {
     Schedule::from_entries(rows.into_iter().map(|r| (r.name, r.at)))
 }
 
-/// Persist the timer table and point the alarm at its earliest deadline.
+/// Persist the timer table and point the alarm at its earliest deadline. Only the rows that
+/// changed are written (a heartbeat sweep that moves one timer is one upsert, not a rewrite of
+/// the table). The alarm is always pointed again (it may have fired since the table was read).
 pub async fn save_schedule(state: &State, schedule: &Schedule) -> Result<(), ApiError> {
     let sql = state.storage().sql();
-    sql::exec(&sql, "DELETE FROM _schedule", vec![])?;
-    for (name, at) in schedule.entries() {
-        sql::exec(&sql, "INSERT INTO _schedule (name, at) VALUES (?, ?)", vec![name.into(), sql::int(at)])?;
+    let stored = load_schedule(&sql);
+    let changes = schedule.changes_from(&stored);
+    for name in &changes.removed {
+        sql::exec(&sql, "DELETE FROM _schedule WHERE name = ?", vec![name.as_str().into()])?;
+    }
+    for (name, at) in &changes.written {
+        sql::exec(
+            &sql,
+            "INSERT INTO _schedule (name, at) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET at = excluded.at",
+            vec![name.as_str().into(), sql::int(*at)],
+        )?;
     }
     sync_alarm(state, schedule.next_deadline()).await
 }

@@ -53,6 +53,34 @@ impl Schedule {
     pub fn entries(&self) -> impl Iterator<Item = (&str, Millis)> {
         self.deadlines.iter().map(|(n, at)| (n.as_str(), *at))
     }
+
+    /// What turns the `stored` table into this one: the timers to delete and the timers to
+    /// write (new or moved). Unchanged timers are in neither, so saving a schedule writes only
+    /// the rows that changed (SQLite rows written are what an object is billed for).
+    pub fn changes_from(&self, stored: &Schedule) -> ScheduleChanges {
+        ScheduleChanges {
+            removed: stored.deadlines.keys().filter(|n| !self.deadlines.contains_key(*n)).cloned().collect(),
+            written: self
+                .deadlines
+                .iter()
+                .filter(|(n, at)| stored.deadlines.get(*n) != Some(*at))
+                .map(|(n, at)| (n.clone(), *at))
+                .collect(),
+        }
+    }
+}
+
+/// [`Schedule::changes_from`]: rows to delete and rows to upsert, by timer name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleChanges {
+    pub removed: Vec<String>,
+    pub written: Vec<(String, Millis)>,
+}
+
+impl ScheduleChanges {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.written.is_empty()
+    }
 }
 
 /// Liveness of hibernated sockets: which ones vanished without a close, and when to look again.
@@ -164,6 +192,52 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(3_000));
         s.cancel("typing");
         assert_eq!(s.next_deadline(), Some(60_000));
+    }
+
+    #[test]
+    fn changes_name_only_the_rows_that_differ() {
+        let stored = Schedule::from_entries([("heartbeat".into(), 90_000), ("prune".into(), 60_000), ("typing".into(), 3_000)]);
+        let mut next = stored.clone();
+        assert!(next.changes_from(&stored).is_empty(), "an unchanged schedule writes nothing");
+        next.set("heartbeat", 180_000); // moved
+        next.cancel("typing"); // gone
+        next.set("game", 5_000); // new
+        let changes = next.changes_from(&stored);
+        assert_eq!(changes.removed, vec!["typing".to_string()]);
+        assert_eq!(changes.written, vec![("game".to_string(), 5_000), ("heartbeat".to_string(), 180_000)]);
+        // Applying the changes to the stored table gives the new one.
+        let mut applied = stored.clone();
+        for name in &changes.removed {
+            applied.cancel(name);
+        }
+        for (name, at) in &changes.written {
+            applied.set(name, *at);
+        }
+        assert_eq!(applied, next);
+        assert_eq!(Schedule::default().changes_from(&next).removed.len(), 3, "clearing deletes every row");
+    }
+
+    #[test]
+    fn changes_applied_to_the_stored_table_give_the_new_one() {
+        let mut rng = crate::TestRng(7);
+        for _ in 0..500 {
+            let mut stored = Schedule::default();
+            let mut next = Schedule::default();
+            for name in ["a", "b", "c", "d"] {
+                if rng.next(2) == 0 {
+                    stored.set(name, rng.next(3) as i64);
+                }
+                if rng.next(2) == 0 {
+                    next.set(name, rng.next(3) as i64);
+                }
+            }
+            let changes = next.changes_from(&stored);
+            let mut applied = stored.clone();
+            changes.removed.iter().for_each(|n| applied.cancel(n));
+            changes.written.iter().for_each(|(n, at)| applied.set(n, *at));
+            assert_eq!(applied, next);
+            assert!(changes.written.iter().all(|(n, at)| stored.get(n) != Some(*at)), "no unchanged row is rewritten");
+        }
     }
 
     #[test]
