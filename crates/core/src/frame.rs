@@ -32,7 +32,37 @@ impl Reject {
 }
 
 /// Decode a text frame into the protocol enum `T`, whose `type` must be one of `known_types`.
+///
+/// The frame path: a JSON object whose `type` is a known string decodes straight from the text
+/// (a probe that skips every other field, then the typed parse), with no `serde_json::Value`
+/// tree in between. Anything else — and any frame the typed parse refuses — goes the reference
+/// way ([`decode_reference`]), so every answer, error reasons included, is exactly its answer
+/// (a property test compares the two on arbitrary frames).
 pub fn decode<T: DeserializeOwned>(text: &str, known_types: &[&str]) -> Result<T, Reject> {
+    // Only an object: serde would also read a struct or a tagged enum from a JSON array.
+    if text.len() <= MAX_FRAME_BYTES && text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+        if let Ok(TypeProbe { kind: Some(kind) }) = serde_json::from_str::<TypeProbe<'_>>(text) {
+            if known_types.contains(&kind.as_ref()) {
+                if let Ok(frame) = serde_json::from_str::<T>(text) {
+                    return Ok(frame);
+                }
+            }
+        }
+    }
+    decode_reference(text, known_types)
+}
+
+/// The `type` field of a frame, every other field skipped unread.
+#[derive(serde::Deserialize)]
+struct TypeProbe<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// [`decode`] the reference way: the whole frame as a `serde_json::Value`, each step of
+/// docs/protocol.md §5 checked on it in order, then the typed conversion.
+#[doc(hidden)]
+pub fn decode_reference<T: DeserializeOwned>(text: &str, known_types: &[&str]) -> Result<T, Reject> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(Reject::close(close::TOO_BIG, "frame larger than 64 KiB"));
     }
@@ -82,6 +112,32 @@ pub fn check_client_id(id: Option<&str>) -> Result<(), Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_path_refuses_what_the_reference_refuses() {
+        #[derive(Debug, serde::Deserialize, PartialEq)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum F {
+            Ping,
+            Message { content: String },
+        }
+        let known = ["ping", "message"];
+        for text in [
+            r#"["ping"]"#,
+            r#"["message","hi"]"#,
+            r#" {"type":"ping"}"#,
+            r#"{"type":"ping","type":"message"}"#,
+            r#"{"type":null}"#,
+            r#"{"type":"message","content":"a","content":"b"}"#,
+            r#"{"type":"message"}"#,
+            r#"{"type":"nope"}"#,
+            r#"{"type":"m\u0065ssage","content":"x"}"#,
+            "{\"type\":\"ping\"} trailing",
+        ] {
+            assert_eq!(format!("{:?}", decode::<F>(text, &known)), format!("{:?}", decode_reference::<F>(text, &known)), "{text}");
+        }
+        assert!(decode::<F>(r#"["ping"]"#, &known).is_err(), "an array is not a frame");
+    }
     use serde::Deserialize;
 
     #[derive(Debug, Deserialize, PartialEq)]

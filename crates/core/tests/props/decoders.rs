@@ -67,6 +67,22 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(crate::config())]
+
+    /// `frame::decode`'s direct path (no `Value` tree) answers every frame exactly as the
+    /// reference decoder does: the same frame, or the same rejection with the same reason.
+    #[test]
+    fn frame_decode_fast_path_answers_exactly_as_the_reference(text in frame_text(probe_frames())) {
+        let known = ["ping", "message"];
+        prop_assert_eq!(
+            format!("{:?}", frame::decode::<Probe>(&text, &known)),
+            format!("{:?}", frame::decode_reference::<Probe>(&text, &known))
+        );
+        prop_assert_eq!(frame::decode::<Value>(&text, &known), frame::decode_reference::<Value>(&text, &known));
+    }
+}
+
 // --- ChatRoom ---------------------------------------------------------------------------------
 
 fn chat_frames() -> BoxedStrategy<Value> {
