@@ -25,7 +25,7 @@
 //! the third over-limit message in a row closes with 1008; a repeated client id gets the original
 //! `message` frame back, to the sender only.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{close, ApiError};
@@ -300,25 +300,52 @@ pub struct ChatMessage {
     pub timestamp: Millis,
 }
 
+/// The wire object of a message, borrowed (no `serde_json::Value` on the broadcast path). The
+/// fields are in the sorted order a `serde_json` map writes them, so the bytes are exactly what
+/// the frames always were.
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    content: &'a str,
+    id: &'a str,
+    kind: &'a str,
+    seq: i64,
+    timestamp: String,
+    #[serde(rename = "userId")]
+    user_id: &'a str,
+    #[serde(rename = "userName")]
+    user_name: &'a str,
+}
+
 impl ChatMessage {
     /// The wire object `{"id","seq","kind","userId","userName","content","timestamp"}` (history
     /// entries are exactly this; live frames wrap it).
+    fn wire(&self) -> WireMessage<'_> {
+        WireMessage {
+            content: &self.content,
+            id: &self.id,
+            kind: self.kind.as_str(),
+            seq: self.seq,
+            timestamp: iso8601(self.timestamp),
+            user_id: &self.user_id,
+            user_name: &self.user_name,
+        }
+    }
+
+    /// [`Self::wire`] as a JSON value (tests compare against it).
     pub fn to_wire(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "seq": self.seq,
-            "kind": self.kind.as_str(),
-            "userId": self.user_id,
-            "userName": self.user_name,
-            "content": self.content,
-            "timestamp": iso8601(self.timestamp),
-        })
+        serde_json::to_value(self.wire()).unwrap_or(Value::Null)
     }
 }
 
 /// `{"type":"message","message":{…}}`: the broadcast of a new message and each replayed one.
 pub fn message_frame(message: &ChatMessage) -> String {
-    serde_json::json!({"type": "message", "message": message.to_wire()}).to_string()
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        message: WireMessage<'a>,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    serde_json::to_string(&Frame { message: message.wire(), kind: "message" }).unwrap_or_default()
 }
 
 /// The answer to a client id this user already used in this room: the original message's
@@ -434,14 +461,50 @@ impl HistoryQuery {
 /// fetched newest first; `nextBefore` is the oldest seq shown when more exist.
 pub fn history_body(rows: Vec<ChatMessage>, limit: u32) -> String {
     let page = replay::page(rows, limit, |m| m.seq);
-    let messages: Vec<Value> = page.items.iter().map(ChatMessage::to_wire).collect();
-    serde_json::json!({"messages": messages, "nextBefore": page.next}).to_string()
+    #[derive(Serialize)]
+    struct Body<'a> {
+        messages: Vec<WireMessage<'a>>,
+        #[serde(rename = "nextBefore")]
+        next_before: Option<i64>,
+    }
+    let body = Body { messages: page.items.iter().map(ChatMessage::wire).collect(), next_before: page.next };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The frames as they were built before the typed wire struct (a `serde_json` map).
+    fn old_wire(m: &ChatMessage) -> Value {
+        json!({
+            "id": m.id, "seq": m.seq, "kind": m.kind.as_str(), "userId": m.user_id,
+            "userName": m.user_name, "content": m.content, "timestamp": iso8601(m.timestamp),
+        })
+    }
+
+    #[test]
+    fn typed_frames_are_byte_for_byte_the_map_frames() {
+        let contents = ["hi", "quote \" and \\ backslash", "tab\tnew\nline \u{1}", "héllo 👋🏽 \u{2028}", "</script>"];
+        for (i, content) in contents.iter().enumerate() {
+            let m = ChatMessage {
+                seq: i as i64 + 1,
+                id: format!("id-{i}"),
+                client_id: None,
+                kind: if i % 2 == 0 { MessageKind::User } else { MessageKind::System },
+                user_id: "ü-ser".into(),
+                user_name: "Zoë \"Z\"".into(),
+                content: (*content).into(),
+                timestamp: T0 + i as i64,
+            };
+            assert_eq!(message_frame(&m), json!({"type": "message", "message": old_wire(&m)}).to_string());
+            assert_eq!(m.to_wire(), old_wire(&m));
+            let rows = vec![m.clone(), m.clone()];
+            let old = json!({"messages": [old_wire(&m)], "nextBefore": m.seq}).to_string();
+            assert_eq!(history_body(rows, 1), old);
+        }
+    }
 
     const T0: Millis = 1_763_800_000_000;
 
