@@ -20,20 +20,38 @@ pub fn exec(sql: &SqlStorage, query: &str, binds: Vec<SqlStorageValue>) -> Resul
     }
 }
 
-/// The bindings as a JSON array, or `None` if one is a blob.
+/// The bindings as a JSON array, or `None` if one is a blob (or a float JSON cannot write),
+/// written straight from the values (no `serde_json::Value` per statement).
 fn binds_json(binds: &[SqlStorageValue]) -> Option<String> {
-    let values: Option<Vec<serde_json::Value>> = binds
-        .iter()
-        .map(|v| match v {
-            SqlStorageValue::Null => Some(serde_json::Value::Null),
-            SqlStorageValue::Boolean(b) => Some((*b).into()),
-            SqlStorageValue::Integer(i) => Some((*i).into()),
-            SqlStorageValue::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number),
-            SqlStorageValue::String(s) => Some(s.as_str().into()),
-            SqlStorageValue::Blob(_) => None,
-        })
-        .collect();
-    values.map(|v| serde_json::Value::Array(v).to_string())
+    let writable = binds.iter().all(|v| match v {
+        SqlStorageValue::Blob(_) => false,
+        SqlStorageValue::Float(f) => f.is_finite(),
+        _ => true,
+    });
+    if !writable {
+        return None;
+    }
+    serde_json::to_string(&Binds(binds)).ok()
+}
+
+/// [`binds_json`]'s serializer (only called on writable bindings).
+struct Binds<'a>(&'a [SqlStorageValue]);
+
+impl serde::Serialize for Binds<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for v in self.0 {
+            match v {
+                SqlStorageValue::Null | SqlStorageValue::Blob(_) => seq.serialize_element(&())?,
+                SqlStorageValue::Boolean(b) => seq.serialize_element(b)?,
+                SqlStorageValue::Integer(i) => seq.serialize_element(i)?,
+                SqlStorageValue::Float(f) => seq.serialize_element(f)?,
+                SqlStorageValue::String(s) => seq.serialize_element(s)?,
+            }
+        }
+        seq.end()
+    }
 }
 
 /// Run a query and deserialize every row.
@@ -105,7 +123,25 @@ pub fn schema_version(statements: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::schema_version;
+    use super::{binds_json, schema_version};
+    use worker::SqlStorageValue as V;
+
+    #[test]
+    fn bindings_are_the_json_array_they_always_were() {
+        let binds = vec![
+            V::Null,
+            V::Boolean(true),
+            V::Integer(-9_007_199_254_740_991),
+            V::Float(1.5),
+            V::Float(-0.0),
+            V::String("quote \" backslash \\ 👋 \u{1}".into()),
+        ];
+        let reference = serde_json::json!([null, true, -9_007_199_254_740_991i64, 1.5, -0.0, "quote \" backslash \\ 👋 \u{1}"]);
+        assert_eq!(binds_json(&binds).as_deref(), Some(reference.to_string().as_str()));
+        assert_eq!(binds_json(&[]).as_deref(), Some("[]"));
+        assert_eq!(binds_json(&[V::Float(f64::NAN)]), None, "NaN takes workers-rs's path");
+        assert_eq!(binds_json(&[V::Blob(vec![1])]), None, "blobs take workers-rs's path");
+    }
 
     #[test]
     fn schema_version_follows_the_statements() {
