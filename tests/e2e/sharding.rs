@@ -27,6 +27,7 @@ pub fn tests() -> Vec<Trial> {
         trial("sharding::channel_since_reconnect_gets_exactly_what_it_missed", since_reconnect),
         trial("sharding::channel_participants_and_typing_across_shards", channel_presence),
         trial("sharding::channel_reactions_across_shards", channel_reactions),
+        trial("sharding::channel_participants_above_100_are_deltas_across_shards", channel_large_room),
         trial("sharding::waddle_presence_typing_broadcast_across_shards", waddle_presence),
         trial("sharding::restart_mid_run_loses_nothing_acknowledged", restart_mid_run),
         trial("sharding::shard_names_are_not_addressable", not_addressable),
@@ -356,6 +357,18 @@ async fn channel_presence() -> TestResult {
         ensure_eq!(v, json!({"type":"typing","users":[]}));
     }
     sa.close().await
+}
+
+/// `channel::large_room` over 4 shards: the primary decides over the union and every shard's
+/// sockets hear the same lists and deltas as with one object.
+async fn channel_large_room() -> TestResult {
+    let s = sharded().await?;
+    let c = unique("shbig");
+    let opened = crate::channel::large_room(&s.ws_base(), &c).await?;
+    let counts = spread(&s, "Channel", &c, opened).await?;
+    ensure_eq!(counts.iter().sum::<usize>(), opened);
+    ensure!(counts.iter().all(|n| *n > 0), "a shard got no socket: {counts:?}");
+    Ok(())
 }
 
 async fn waddle(s: &ExtraServer, id: &str, user: &str) -> Res<(Ws, Value)> {
