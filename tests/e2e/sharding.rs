@@ -123,6 +123,12 @@ async fn join(s: &ExtraServer, channel: &str, user: &str, query: &str) -> Res<(W
     Ok((sock, first))
 }
 
+/// Other sockets joining and leaving: `participants` lists — or, above 100 participants (the
+/// 200-reader room), `participant_joined` / `participant_left` deltas — and `typing` lists.
+fn is_presence(v: &Value) -> bool {
+    ["participants", "participant_joined", "participant_left", "typing"].iter().any(|t| v["type"] == *t)
+}
+
 /// Read `message` frames until sequence `last`; other frames are skipped.
 async fn read_through(sock: &mut Ws, last: i64, out: &mut Vec<Value>) -> TestResult {
     while out.last().and_then(|m| m["sequence"].as_i64()).is_none_or(|s| s < last) {
@@ -130,14 +136,14 @@ async fn read_through(sock: &mut Ws, last: i64, out: &mut Vec<Value>) -> TestRes
         if v["type"] == "message" {
             out.push(v);
         } else {
-            ensure!(v["type"] == "participants" || v["type"] == "typing", "unexpected frame {v}");
+            ensure!(is_presence(&v), "unexpected frame {v}");
         }
     }
     Ok(())
 }
 
-/// The sentinel with other sockets coming and going: every frame before the pong may only be a
-/// `participants` or `typing` list (their joins and departures), never a message.
+/// The sentinel with other sockets coming and going: every frame before the pong may only be
+/// presence ([`is_presence`]: their joins and departures), never a message.
 async fn no_message_before_pong(sock: &mut Ws) -> TestResult {
     sock.send_text(r#"{"type":"ping"}"#).await?;
     loop {
@@ -145,7 +151,7 @@ async fn no_message_before_pong(sock: &mut Ws) -> TestResult {
         if v == json!({"type":"pong"}) {
             return Ok(());
         }
-        ensure!(v["type"] == "participants" || v["type"] == "typing", "unexpected frame before the sentinel pong: {v}");
+        ensure!(is_presence(&v), "unexpected frame before the sentinel pong: {v}");
     }
 }
 
