@@ -60,7 +60,9 @@ function channelPanel(name, options) {
     $("channel-last").textContent = `last #${Math.max(...shown)}`;
   };
   channel.on("message", render);
-  channel.on("participants", (f) => ($("channel-participants").textContent = `${f.users.length} here`));
+  // The full list on connect (and while ≤ 100 participants), deltas above: the client keeps the count.
+  const here = () => ($("channel-participants").textContent = `${channel.participantCount} here`);
+  for (const t of ["participants", "participant_joined", "participant_left"]) channel.on(t, here);
   channel.on("resync_required", () => channel.history({ limit: 100 }).then((h) => h.messages.forEach(render)));
   $("channel-label").textContent = name;
   const loadAll = async () => {

@@ -5,7 +5,9 @@
 //! S writers post M messages in all over HTTP, closed-loop (each waits for its answer), the sent
 //! time in the content. Every receiver checks the sequences arrive gapless and records the
 //! latency of each; after the writers stop the run waits for the last deliveries; whatever has
-//! not arrived is lost.
+//! not arrived is lost. The room fill (all R joined, each with its `participants` list) is timed
+//! too: every join tells the others (the full list up to 100 participants, a `participant_joined`
+//! delta above, docs/protocol.md §6.5); receivers skip those frames.
 //!
 //! Caveat, printed with the table: locally every object shares this one machine (one workerd,
 //! the same cores), so N = 4 cannot run its shards in parallel the way Cloudflare's network
@@ -35,6 +37,8 @@ struct Config {
 }
 
 struct RunResult {
+    /// Connecting all receivers (each got its `participants`).
+    fill: Duration,
     deliveries: u64,
     window: Duration,
     latency: Samples,
@@ -62,6 +66,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
         "shards (N)",
         "receivers",
         "messages",
+        "fill",
         "deliveries/s",
         "p50",
         "p99",
@@ -83,6 +88,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
                     shards.to_string(),
                     config.receivers.to_string(),
                     config.messages.to_string(),
+                    format!("{:.1} s", r.fill.as_secs_f64()),
                     stats::rate(r.deliveries, r.window),
                     r.latency.ms(0.5),
                     r.latency.ms(0.99),
@@ -109,6 +115,7 @@ async fn one_run(service: &Service, secret: &str, config: &Config, shards: u32) 
     let channel = client::unique(&format!("bench-shard{shards}"));
     let url = format!("{}/ws/channel/{channel}", service.ws_base());
     let users: Vec<String> = (0..config.receivers).map(|i| format!("{channel}-r{i}")).collect();
+    let filling = std::time::Instant::now();
     let sockets: Vec<Res<Socket>> = stream::iter(users.iter())
         .map(|user| {
             let url = url.clone();
@@ -126,6 +133,7 @@ async fn one_run(service: &Service, secret: &str, config: &Config, shards: u32) 
         .collect()
         .await;
     let sockets: Vec<Socket> = sockets.into_iter().collect::<Res<_>>()?;
+    let fill = filling.elapsed();
     let spread = match service.log() {
         Some(log) if shards > 1 => (0..shards).map(|k| log.count(&format!("shard accept Channel {channel}~shard-{k} user"))).collect(),
         _ => Vec::new(),
@@ -157,6 +165,7 @@ async fn one_run(service: &Service, secret: &str, config: &Config, shards: u32) 
         w.await??;
     }
     let mut result = RunResult {
+        fill,
         deliveries: 0,
         window: Duration::ZERO,
         latency: Samples::default(),

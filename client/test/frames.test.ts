@@ -148,13 +148,39 @@ test("Channel: every server frame matches the typed decoder", async () => {
   assert.deepEqual(replayed.reactions, { "👍": 1 });
   await logoutAll(user);
   await ws.type("logged_out");
-  roundTrip([...ws.frames, ...ahead.frames, ...replay.frames], decodeChannelFrame, channelFrames);
+  // The deltas need more than 100 participants: the next test.
+  roundTrip([...ws.frames, ...ahead.frames, ...replay.frames], decodeChannelFrame, channelFrames, ["participant_joined", "participant_left"]);
   const live = ws.frames.find((f) => f.type === "message");
   assert.ok(live && !("reactions" in live), "a live message has no reactions field");
   const history = await api(base, t, "GET", `/api/channel/${id}/messages`);
   const { channelHistory } = await import("../src/index.js");
   assert.ok(channelHistory.exact(history.json), JSON.stringify(history.json));
   assert.deepEqual(history.json.messages[0]?.reactions, { "👍": 1 });
+});
+
+test("Channel above 100 participants: participant_joined / participant_left match the typed decoder", async () => {
+  const id = unique("chbig");
+  const observer = await RawSocket.open(base, `/ws/channel/${id}`, mintToken(unique("cobs")));
+  await observer.type("participants");
+  // 100 more users, 20 at a time (101 participants: the last join is a delta for the others) …
+  const others: RawSocket[] = [];
+  for (let batch = 0; batch < 5; batch++) {
+    const opened = await Promise.all(Array.from({ length: 20 }, () => RawSocket.open(base, `/ws/channel/${id}`, mintToken(unique("cmember")))));
+    await Promise.all(opened.map((s) => s.type("participants")));
+    others.push(...opened);
+  }
+  // … and one more (102), who still gets the full list, then leaves again (101: a delta).
+  const extra = await RawSocket.open(base, `/ws/channel/${id}`, mintToken(unique("cextra")));
+  const list = await extra.type("participants");
+  assert.equal((list.users as unknown[]).length, 102);
+  assert.equal((await observer.next((f) => f.type === "participant_joined" && f.count === 102, "the 102nd join")).type, "participant_joined");
+  extra.close();
+  const left = await observer.type("participant_left");
+  assert.equal(left.count, 101);
+  for (const s of others) s.close();
+  const types = new Set(observer.frames.map((f) => f.type));
+  assert.ok(types.has("participants") && types.has("participant_joined") && types.has("participant_left"), [...types].join());
+  for (const f of observer.frames) assert.ok(decodeChannelFrame(f, true), `frame does not match the client's type: ${JSON.stringify(f)}`);
 });
 
 test("Waddle: every server frame matches the typed decoder; admin broadcasts are not protocol frames", async () => {

@@ -126,6 +126,8 @@ test("react hooks in StrictMode: one socket per hook, updates arrive, unmount an
   await bobChat.next((f) => f.type === "userCount" && f.count === 2, "userCount 2 with Alice's hook");
   await until(page, "h.snap.chat.userCount === 2");
   await bobChannel.next((f) => f.type === "participants" && Array.isArray(f.users) && f.users.length === 2, "Alice's channel hook as a participant");
+  // The hook's participants (the reducer shared with ChannelClient: lists and, above 100, deltas).
+  await until(page, `h.snap.channel.participantCount === 2 && h.snap.channel.participants.join() === ${JSON.stringify([alice, bob].sort().join())}`);
 
   // Updates arrive, and the hooks' actions reach the server.
   assert.equal((await api(base, tokenB, "POST", `/api/counter/${names.counter}/increment`, { amount: 5 })).status, 200);

@@ -203,7 +203,8 @@ impl RealtimeObject for ChannelRoom {
         Ok(Reply { effects, ..reply })
     }
 
-    /// `participants` (to the others too if the set grew), then the replay of `?since=`, in
+    /// `participants` (the others hear the join if the set grew: the list, or a
+    /// `participant_joined` delta above `PARTICIPANTS_LIST_MAX`), then the replay of `?since=`, in
     /// this same hook so no live message can overtake it. On a shard, from the primary's
     /// answer to [`Self::connect_call`].
     fn on_connect(&mut self, ctx: &Ctx<'_>, who: &Identity, req: &Incoming) -> Result<((), Effects), ApiError> {
@@ -384,6 +385,7 @@ impl ChannelRoom {
                 let index = sharding::index(req)?;
                 let named = object::remember_name(&mut self.name, req, channel::REMEMBER_NAME)?;
                 let others = self.everyone(ctx);
+                // The full list for the joining socket; the others' list or delta is fanned out.
                 let mut outcome = self.core.on_connect(&request.user_id, &others);
                 let participants = outcome.to_self.pop();
                 let stored = sharding::join(&mut self.members, &request.user_id, index);

@@ -1,11 +1,12 @@
 //! Channel (docs/protocol.md §6.5) over real HTTP and WebSockets.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 use serde_json::{json, Value};
 
-use crate::support::{http, server, unique, ws, Hibernation, Ws, TestResult};
+use crate::support::{fail, http, server, unique, ws, ws_at, Hibernation, Ws, TestResult};
 use crate::{ensure, ensure_eq, restart_trial, trial};
 
 pub fn tests() -> Vec<Trial> {
@@ -14,6 +15,9 @@ pub fn tests() -> Vec<Trial> {
         trial("channel::duplicate_client_id_stored_once", duplicate_id),
         trial("channel::history_pages_in_sequence_order", history),
         trial("channel::participants_join_and_leave", participants),
+        trial("channel::participants_above_100_are_deltas_back_at_100_the_list", || async {
+            large_room(&server().ws_base(), &unique("chbig")).await.map(|_| ())
+        }),
         trial("channel::since_replays_then_live_or_resync", since_replay),
         trial("channel::typing_broadcast_and_expiry_after_3s", typing_expiry),
         trial("channel::bad_input_leaves_sequence_untouched", bad_input),
@@ -163,6 +167,104 @@ async fn participants() -> TestResult {
     ensure_eq!(a.recv().await?, json!({"type":"participants","users":[alice]}));
     ensure_eq!(a.recv().await?, json!({"type":"typing","users":[]}));
     a.close().await
+}
+
+/// Participants (distinct users) up to which the others get the full list (`PARTICIPANTS_LIST_MAX`).
+const LIST_MAX: usize = 100;
+
+fn users_of(v: &Value) -> Res<BTreeSet<String>> {
+    Ok(v["users"].as_array().ok_or_else(|| fail(format!("no users in {v}")))?.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+}
+
+/// Open a channel socket on `ws_base` and read its `participants` frame.
+async fn open_at(ws_base: &str, channel: &str, user: &str) -> Res<(Ws, Value)> {
+    let mut sock = ws_at(ws_base, &format!("/ws/channel/{channel}"), &server().token(user)).await?;
+    let first = sock.recv().await?;
+    ensure_eq!(first["type"], json!("participants"));
+    Ok((sock, first))
+}
+
+/// docs/protocol.md §6.5 on `ws_base` (also run by `sharding::` on a CHANNEL_SHARDS=4 server):
+/// an observer sees full `participants` lists while the room fills to 100 users, then
+/// `participant_joined` deltas with the right `count` up to 105 users (every joiner still gets
+/// the whole list), nothing for another socket of a participant, `participant_left` deltas
+/// down to 101 and the full list again at 100. Returns how many sockets it opened.
+pub async fn large_room(ws_base: &str, c: &str) -> Res<usize> {
+    let observer = unique("obs");
+    let (mut obs, first) = open_at(ws_base, c, &observer).await?;
+    ensure_eq!(first, json!({"type":"participants","users":[observer]}));
+    let mut room: BTreeSet<String> = BTreeSet::from([observer.clone()]);
+    // 99 more users, 20 at a time: 100 participants.
+    let fill: Vec<String> = (0..LIST_MAX - 1).map(|i| unique(&format!("f{i}"))).collect();
+    let mut sockets: Vec<(String, Ws)> = Vec::new();
+    for batch in fill.chunks(20) {
+        let joins = batch.iter().map(|u| open_at(ws_base, c, u));
+        let joined = futures_util::future::join_all(joins).await;
+        room.extend(batch.iter().cloned());
+        for (u, joined) in batch.iter().zip(joined) {
+            let (sock, first) = joined?;
+            let listed = users_of(&first)?;
+            ensure!(listed.contains(u) && listed.is_subset(&room), "{u}'s own list: {first}");
+            sockets.push((u.clone(), sock));
+        }
+    }
+    ensure_eq!(room.len(), LIST_MAX);
+    // Every join was answered, so each frame it caused is queued before the observer's pong:
+    // exactly 99 full lists (concurrent joins; shards may get them in either order), the
+    // biggest one the whole room.
+    obs.send_text(r#"{"type":"ping"}"#).await?;
+    let mut lists = 0;
+    loop {
+        let v = obs.recv().await?;
+        if v == json!({"type":"pong"}) {
+            break;
+        }
+        ensure_eq!(v["type"], json!("participants"));
+        let listed = users_of(&v)?;
+        ensure!(listed.contains(&observer) && listed.is_subset(&room), "observer got {v}");
+        if listed.len() == LIST_MAX {
+            ensure_eq!(listed, room);
+        }
+        lists += 1;
+    }
+    ensure_eq!(lists, LIST_MAX - 1);
+    // 101..=105 participants: one at a time, each joiner gets the full list, the others a delta.
+    let extra: Vec<String> = (0..5).map(|i| unique(&format!("x{i}"))).collect();
+    for u in &extra {
+        let (sock, first) = open_at(ws_base, c, u).await?;
+        room.insert(u.clone());
+        ensure_eq!(users_of(&first)?, room);
+        ensure_eq!(obs.recv().await?, json!({"type":"participant_joined","userId":u,"count":room.len()}));
+        sockets.push((u.clone(), sock));
+    }
+    // Another socket of a participant: its own list, nothing for anyone else.
+    let again = fill.first().ok_or("no filler")?.clone();
+    let (second, first) = open_at(ws_base, c, &again).await?;
+    ensure_eq!(users_of(&first)?, room);
+    obs.expect_next_is_pong().await?;
+    // It closes (the user keeps a socket): still nothing, so the next frame is the next leave's.
+    second.close().await?;
+    // 105 → 101: deltas; 101 → 100: the full list again, byte for byte as a small room's.
+    for u in extra.iter().rev() {
+        let at = sockets.iter().position(|(v, _)| v == u).ok_or("socket")?;
+        let (_, sock) = sockets.swap_remove(at);
+        sock.close().await?;
+        room.remove(u);
+        let v = obs.recv().await?;
+        if room.len() > LIST_MAX {
+            ensure_eq!(v, json!({"type":"participant_left","userId":u,"count":room.len()}));
+        } else {
+            ensure_eq!(v, json!({"type":"participants","users":room}));
+        }
+    }
+    ensure_eq!(room.len(), LIST_MAX);
+    obs.expect_next_is_pong().await?;
+    let opened = sockets.len() + extra.len() + 2;
+    for r in futures_util::future::join_all(sockets.into_iter().map(|(_, s)| s.close())).await {
+        r?;
+    }
+    obs.close().await?;
+    Ok(opened)
 }
 
 async fn since_replay() -> TestResult {

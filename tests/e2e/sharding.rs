@@ -27,6 +27,7 @@ pub fn tests() -> Vec<Trial> {
         trial("sharding::channel_since_reconnect_gets_exactly_what_it_missed", since_reconnect),
         trial("sharding::channel_participants_and_typing_across_shards", channel_presence),
         trial("sharding::channel_reactions_across_shards", channel_reactions),
+        trial("sharding::channel_participants_above_100_are_deltas_across_shards", channel_large_room),
         trial("sharding::waddle_presence_typing_broadcast_across_shards", waddle_presence),
         trial("sharding::restart_mid_run_loses_nothing_acknowledged", restart_mid_run),
         trial("sharding::shard_names_are_not_addressable", not_addressable),
@@ -122,6 +123,12 @@ async fn join(s: &ExtraServer, channel: &str, user: &str, query: &str) -> Res<(W
     Ok((sock, first))
 }
 
+/// Other sockets joining and leaving: `participants` lists — or, above 100 participants (the
+/// 200-reader room), `participant_joined` / `participant_left` deltas — and `typing` lists.
+fn is_presence(v: &Value) -> bool {
+    ["participants", "participant_joined", "participant_left", "typing"].iter().any(|t| v["type"] == *t)
+}
+
 /// Read `message` frames until sequence `last`; other frames are skipped.
 async fn read_through(sock: &mut Ws, last: i64, out: &mut Vec<Value>) -> TestResult {
     while out.last().and_then(|m| m["sequence"].as_i64()).is_none_or(|s| s < last) {
@@ -129,14 +136,14 @@ async fn read_through(sock: &mut Ws, last: i64, out: &mut Vec<Value>) -> TestRes
         if v["type"] == "message" {
             out.push(v);
         } else {
-            ensure!(v["type"] == "participants" || v["type"] == "typing", "unexpected frame {v}");
+            ensure!(is_presence(&v), "unexpected frame {v}");
         }
     }
     Ok(())
 }
 
-/// The sentinel with other sockets coming and going: every frame before the pong may only be a
-/// `participants` or `typing` list (their joins and departures), never a message.
+/// The sentinel with other sockets coming and going: every frame before the pong may only be
+/// presence ([`is_presence`]: their joins and departures), never a message.
 async fn no_message_before_pong(sock: &mut Ws) -> TestResult {
     sock.send_text(r#"{"type":"ping"}"#).await?;
     loop {
@@ -144,7 +151,7 @@ async fn no_message_before_pong(sock: &mut Ws) -> TestResult {
         if v == json!({"type":"pong"}) {
             return Ok(());
         }
-        ensure!(v["type"] == "participants" || v["type"] == "typing", "unexpected frame before the sentinel pong: {v}");
+        ensure!(is_presence(&v), "unexpected frame before the sentinel pong: {v}");
     }
 }
 
@@ -356,6 +363,18 @@ async fn channel_presence() -> TestResult {
         ensure_eq!(v, json!({"type":"typing","users":[]}));
     }
     sa.close().await
+}
+
+/// `channel::large_room` over 4 shards: the primary decides over the union and every shard's
+/// sockets hear the same lists and deltas as with one object.
+async fn channel_large_room() -> TestResult {
+    let s = sharded().await?;
+    let c = unique("shbig");
+    let opened = crate::channel::large_room(&s.ws_base(), &c).await?;
+    let counts = spread(&s, "Channel", &c, opened).await?;
+    ensure_eq!(counts.iter().sum::<usize>(), opened);
+    ensure!(counts.iter().all(|n| *n > 0), "a shard got no socket: {counts:?}");
+    Ok(())
 }
 
 async fn waddle(s: &ExtraServer, id: &str, user: &str) -> Res<(Ws, Value)> {

@@ -1,7 +1,7 @@
 // useChannel over ChannelClient (`/ws/channel/:id`): gapless, sequenced, resumable.
 
 import { useCallback, useEffect, useState } from "react";
-import { ChannelClient, type ChannelFrame, type ChannelMessage } from "@edge-realtime/client";
+import { ChannelClient, applyParticipants, type ChannelFrame, type ChannelMessage, type Participants } from "@edge-realtime/client";
 import { capped, keyOf, useLatest, useRealtimeClient, withClient, type ConnectionState, type HookClientOptions } from "./core.js";
 
 export interface UseChannelOptions extends HookClientOptions {
@@ -23,8 +23,13 @@ export interface UseChannelOptions extends HookClientOptions {
 export interface UseChannelResult extends ConnectionState<ChannelClient> {
   /** Each with its `reactions` (emoji → count; `{}` when none), kept current by `reaction` frames. */
   messages: (ChannelMessage & { reactions: Record<string, number> })[];
-  /** Users connected (the server's `participants`). */
+  /**
+   * Users connected, sorted: the server's `participants` list, kept current by its
+   * `participant_joined` / `participant_left` deltas (sent instead above 100 participants).
+   */
   participants: string[];
+  /** How many participants the server counts (the deltas' `count`). */
+  participantCount: number;
   /** Users typing now (the server's `typing`). */
   typing: string[];
   /** Post over the socket (queued while offline); resolves to the client id (the `ack` carries it). */
@@ -38,7 +43,7 @@ export function useChannel(id: string, options: UseChannelOptions = {}): UseChan
   const { enabled = true, since, onMessage, onReaction, maxMessages = 500, ...clientOptions } = options;
   const callbacks = useLatest({ onMessage, onReaction, maxMessages });
   const [messages, setMessages] = useState<UseChannelResult["messages"]>([]);
-  const [participants, setParticipants] = useState<string[]>([]);
+  const [participants, setParticipants] = useState<Participants>(NO_PARTICIPANTS);
   const [typing, setTypingState] = useState<string[]>([]);
 
   const conn = useRealtimeClient({
@@ -56,14 +61,14 @@ export function useChannel(id: string, options: UseChannelOptions = {}): UseChan
           const { type: _type, ...r } = f;
           setMessages((list) => list.map((m) => (m.sequence === r.sequence ? { ...m, reactions: withCount(m.reactions, r.emoji, r.count) } : m)));
           callbacks.current.onReaction?.(r);
-        } else if (f.type === "participants") setParticipants(f.users);
-        else if (f.type === "typing") setTypingState(f.users);
+        } else if (f.type === "typing") setTypingState(f.users);
+        else setParticipants((current) => applyParticipants(current, f) ?? current);
       }),
   });
 
   useEffect(() => {
     setMessages([]);
-    setParticipants([]);
+    setParticipants(NO_PARTICIPANTS);
     setTypingState([]);
   }, [enabled, id]);
 
@@ -71,13 +76,16 @@ export function useChannel(id: string, options: UseChannelOptions = {}): UseChan
   return {
     ...conn,
     messages,
-    participants,
+    participants: participants.users,
+    participantCount: participants.count,
     typing,
     send: useCallback((content: string) => withClient(client, (c) => c.send(content)), [client]),
     setTyping: useCallback((isTyping: boolean) => withClient(client, (c) => c.setTyping(isTyping)), [client]),
     react: useCallback((sequence: number, emoji: string, on = true) => withClient(client, (c) => c.react(sequence, emoji, on)), [client]),
   };
 }
+
+const NO_PARTICIPANTS: Participants = { users: [], count: 0 };
 
 /** `reactions` with `emoji` at `count` (gone at 0). */
 function withCount(reactions: Record<string, number>, emoji: string, count: number): Record<string, number> {

@@ -117,6 +117,7 @@ function Channel({ c }: { c: NonNullable<PageConfig["channel"]> }): ReactNode {
   usePublish("channel", r as unknown as Record<string, unknown>, {
     ...conn(r),
     participants: r.participants,
+    participantCount: r.participantCount,
     messages: r.messages.map((m) => `${m.sequence}:${m.content}`),
     reactions: r.messages.map((m) => `${m.sequence}:${JSON.stringify(m.reactions)}`),
   });

@@ -10,7 +10,12 @@ export type ReactionCounts = Infer<typeof reactionCounts>;
 
 /** Every frame the server sends on a channel socket, by `type`. */
 export const channelFrames = {
+  /** The full list (distinct users, sorted): on connect, and on a join/leave while ≤ 100 participants. */
   participants: frame("participants", { users: array(string) }),
+  /** Above 100 participants (`PARTICIPANTS_LIST_MAX`): `userId` joined; `count` participants now. */
+  participant_joined: frame("participant_joined", { userId: string, count: integer }),
+  /** Above 100 participants after the leave: `userId` left; `count` participants now. */
+  participant_left: frame("participant_left", { userId: string, count: integer }),
   /** Live messages have no `reactions` (a new message has none); `?since=` replays carry them. */
   message: frame("message", { ...messageFields, reactions: optional(reactionCounts) }),
   /** A toggle: `count` users now react with `emoji` on message `sequence`. */
@@ -36,6 +41,38 @@ export const channelHistory = object({
 });
 export type ChannelHistory = Infer<typeof channelHistory>;
 
+/** Participants as the server describes them: the users (sorted) and how many there are. */
+export interface Participants {
+  users: string[];
+  count: number;
+}
+
+/**
+ * The participants after frame `f` (docs/channel.md): a `participants` list replaces them, a
+ * `participant_joined` / `participant_left` delta (sent above 100 participants instead of the
+ * list) adds or removes one user and carries the server's `count`. Idempotent (a user already
+ * there is not added twice). Any other frame: `undefined` (nothing changed).
+ */
+export function applyParticipants(current: Participants, f: ChannelFrame): Participants | undefined {
+  switch (f.type) {
+    case "participants":
+      return { users: [...f.users], count: f.users.length };
+    case "participant_joined": {
+      const users = current.users.includes(f.userId) ? current.users : [...current.users, f.userId].sort(byCodeUnit);
+      return { users, count: f.count };
+    }
+    case "participant_left":
+      return { users: current.users.filter((u) => u !== f.userId), count: f.count };
+    default:
+      return undefined;
+  }
+}
+
+/** The server's order: user ids are ASCII (`[A-Za-z0-9_.-]`), so byte order = code-unit order. */
+function byCodeUnit(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 export interface ChannelOptions extends ClientOptions {
   /** Replay from here on the first connect (0: everything still stored). Default: live only. */
   since?: number;
@@ -43,7 +80,10 @@ export interface ChannelOptions extends ClientOptions {
 
 /** A sequenced channel: every message exactly once, in `sequence` order, across reconnects. */
 export class ChannelClient extends TypedClient<ChannelFrame> {
+  /** Users connected, sorted: the connect list kept current by lists and deltas. */
   participants: string[] = [];
+  /** How many participants the server counts (`participants.length` once the list arrived). */
+  participantCount = 0;
   typing: string[] = [];
 
   constructor(
@@ -56,7 +96,8 @@ export class ChannelClient extends TypedClient<ChannelFrame> {
   }
 
   protected override apply(f: ChannelFrame): void {
-    if (f.type === "participants") this.participants = f.users;
+    const next = applyParticipants({ users: this.participants, count: this.participantCount }, f);
+    if (next) [this.participants, this.participantCount] = [next.users, next.count];
     if (f.type === "typing") this.typing = f.users;
   }
 

@@ -16,6 +16,10 @@
 //! Participants are not stored: they are the distinct users of the open sockets, which the
 //! adapter reads from socket tags and passes in (always *excluding* the socket being
 //! accepted or closed), so the answer is right whether or not the object just woke up.
+//! A join or leave tells the other sockets with the full `participants` list while the room
+//! has at most [`PARTICIPANTS_LIST_MAX`] participants, and with a `participant_joined` /
+//! `participant_left` delta (`userId`, `count`) above it ([`participants_change`]): a full list
+//! to every socket on every join is O(n²) frames and O(n³) bytes to fill a large room.
 //!
 //! Wire decisions (docs/protocol.md leaves them open):
 //! - message `timestamp` is ISO-8601 with milliseconds; `id` is the client id or `null`.
@@ -54,6 +58,10 @@ pub const TYPING_TTL_MS: Millis = 3_000;
 pub const PRUNE_INTERVAL_MS: Millis = 60_000;
 /// `CHANNEL_MAX_MESSAGES` when unset or invalid.
 pub const DEFAULT_MAX_MESSAGES: i64 = 10_000;
+/// Participants (distinct users) up to which a join or leave sends every other socket the full
+/// `participants` list; above it they get a `participant_joined` / `participant_left` delta
+/// ([`participants_change`]). The joining socket always gets the full list.
+pub const PARTICIPANTS_LIST_MAX: usize = 100;
 pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
 pub const HISTORY_MAX_LIMIT: u32 = 100;
 /// Timer names in the [`Schedule`].
@@ -243,6 +251,26 @@ pub fn post_response(sequence: i64) -> String {
         sequence: i64,
     }
     to_json(&Answer { success: true, sequence })
+}
+
+/// What the OTHER sockets hear when `user_id` became a participant (`joined`) or stopped being
+/// one; `after`: the participants once the change is applied (with `user_id` if joined,
+/// without it if not). At most [`PARTICIPANTS_LIST_MAX`] → the full `participants` list, above
+/// → `{"type":"participant_joined"|"participant_left","userId","count"}` (`count` = `after.len()`).
+pub fn participants_change<'a>(user_id: &str, joined: bool, after: impl ExactSizeIterator<Item = &'a str>) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Delta<'a> {
+        r#type: &'static str,
+        user_id: &'a str,
+        count: usize,
+    }
+    let count = after.len();
+    if count <= PARTICIPANTS_LIST_MAX {
+        return users_frame("participants", after);
+    }
+    let r#type = if joined { "participant_joined" } else { "participant_left" };
+    to_json(&Delta { r#type, user_id, count })
 }
 
 fn users_frame<'a>(r#type: &'static str, users: impl IntoIterator<Item = &'a str>) -> String {
@@ -466,16 +494,14 @@ impl Channel {
     }
 
     /// A socket of `user_id` was accepted. `other_users`: distinct users of the channel's
-    /// OTHER sockets. The new socket gets `participants`; the others get it if the set grew.
+    /// OTHER sockets. The new socket gets the full `participants`; if the set grew the others
+    /// hear it ([`participants_change`]: the list, or a `participant_joined` delta above
+    /// [`PARTICIPANTS_LIST_MAX`]).
     pub fn on_connect(&self, user_id: &str, other_users: &BTreeSet<String>) -> Outcome {
         let mut users: BTreeSet<&str> = other_users.iter().map(String::as_str).collect();
         let joined = users.insert(user_id);
-        let frame = users_frame("participants", users);
-        Outcome {
-            to_others: if joined { vec![frame.clone()] } else { Vec::new() },
-            to_self: vec![frame],
-            ..Outcome::default()
-        }
+        let to_others = if joined { vec![participants_change(user_id, true, users.iter().copied())] } else { Vec::new() };
+        Outcome { to_others, to_self: vec![users_frame("participants", users)], ..Outcome::default() }
     }
 
     /// A text frame from `user_id`. On `Err` nothing changed.
@@ -546,7 +572,7 @@ impl Channel {
 
     /// A socket of `user_id` closed or errored. `remaining_users`: distinct users of the
     /// sockets still open, NOT counting the closing one. Only a user's last close changes
-    /// participants and clears their typing flag.
+    /// participants (the others hear [`participants_change`]) and clears their typing flag.
     pub fn on_close(&mut self, user_id: &str, remaining_users: &BTreeSet<String>, now: Millis) -> Outcome {
         if remaining_users.contains(user_id) {
             return Outcome::default();
@@ -554,7 +580,7 @@ impl Channel {
         let mut outcome = self.stop_typing(user_id, now);
         // The closing socket is the origin: everything goes to the others.
         let typing = std::mem::take(&mut outcome.to_all);
-        outcome.to_others.push(users_frame("participants", remaining_users.iter().map(String::as_str)));
+        outcome.to_others.push(participants_change(user_id, false, remaining_users.iter().map(String::as_str)));
         outcome.to_others.extend(typing);
         outcome
     }
@@ -975,6 +1001,85 @@ mod tests {
         let second_device = c.on_connect("a", &users(&["a", "b"]));
         assert_eq!(second_device.to_self, vec![r#"{"type":"participants","users":["a","b"]}"#]);
         assert!(second_device.to_others.is_empty());
+    }
+
+    /// `n` distinct users `u000`, `u001`, … (sorted as numbered).
+    fn crowd(n: usize) -> BTreeSet<String> {
+        (0..n).map(|i| format!("u{i:03}")).collect()
+    }
+
+    fn list_of(set: &BTreeSet<String>) -> String {
+        users_frame("participants", set.iter().map(String::as_str))
+    }
+
+    #[test]
+    fn joins_up_to_the_list_max_send_the_full_list_then_deltas() {
+        let c = Channel::default();
+        // 99 → 100: still the full list, byte for byte, to the others and to the new socket.
+        let room = crowd(99);
+        let out = c.on_connect("zed", &room);
+        let mut after = room.clone();
+        after.insert("zed".into());
+        assert_eq!(after.len(), PARTICIPANTS_LIST_MAX);
+        assert_eq!(out.to_others, vec![list_of(&after)]);
+        assert_eq!(out.to_self, vec![list_of(&after)]);
+        // 100 → 101: the others get a delta; the new socket still gets the whole list.
+        let out = c.on_connect("zoe", &after);
+        assert_eq!(out.to_others, vec![r#"{"type":"participant_joined","userId":"zoe","count":101}"#]);
+        let mut full = after.clone();
+        full.insert("zoe".into());
+        assert_eq!(out.to_self, vec![list_of(&full)]);
+        assert!(out.to_all.is_empty() && !out.typing_changed && !out.timers_changed);
+        // 101 → 102: a delta with the new count.
+        let out = c.on_connect("a-first", &full);
+        assert_eq!(out.to_others, vec![r#"{"type":"participant_joined","userId":"a-first","count":102}"#]);
+    }
+
+    #[test]
+    fn another_socket_of_a_participant_in_a_large_room_tells_nobody() {
+        let c = Channel::default();
+        let room = crowd(150);
+        let out = c.on_connect("u007", &room);
+        assert!(out.to_others.is_empty(), "{:?}", out.to_others);
+        assert_eq!(out.to_self, vec![list_of(&room)]);
+        let mut c = Channel::default();
+        assert_eq!(c.on_close("u007", &room, 10), Outcome::default(), "a close that leaves another socket");
+    }
+
+    #[test]
+    fn leaves_above_the_list_max_send_deltas_and_back_at_it_the_full_list() {
+        let mut c = Channel::default();
+        // 102 → 101: a delta.
+        let mut room = crowd(101);
+        let out = c.on_close("gone", &room, 10);
+        assert_eq!(out.to_others, vec![r#"{"type":"participant_left","userId":"gone","count":101}"#]);
+        assert!(out.to_self.is_empty() && out.to_all.is_empty());
+        // 101 → 100: the full list again.
+        room.remove("u100");
+        let out = c.on_close("u100", &room, 20);
+        assert_eq!(room.len(), PARTICIPANTS_LIST_MAX);
+        assert_eq!(out.to_others, vec![list_of(&room)]);
+    }
+
+    #[test]
+    fn a_large_room_leave_still_clears_typing_after_the_delta() {
+        let mut c = Channel::default();
+        typing(&mut c, "gone", true, 0);
+        let out = c.on_close("gone", &crowd(120), 10);
+        assert_eq!(
+            out.to_others,
+            vec![r#"{"type":"participant_left","userId":"gone","count":120}"#.to_string(), r#"{"type":"typing","users":[]}"#.to_string()]
+        );
+        assert!(out.typing_changed);
+    }
+
+    #[test]
+    fn deltas_escape_the_user_id_like_any_json() {
+        let frame = participants_change("a\"b", true, crowd(101).iter().map(String::as_str));
+        let v: Value = serde_json::from_str(&frame).unwrap_or_default();
+        assert_eq!(v["userId"], "a\"b");
+        assert_eq!(v["count"], 101);
+        assert_eq!(sequence_of(&frame), None, "a delta is not sequenced");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Channel: sequences are gapless and strictly increasing and a client id is applied once
 //! (the two-step post of the module docs); typing flags expire exactly `TYPING_TTL_MS` after
 //! their last refresh with the alarm always at the earliest deadline; pruning keeps exactly the
-//! newest N; replay is exactly the missed range.
+//! newest N; replay is exactly the missed range; an observer applying every participants
+//! frame (full lists and, above `PARTICIPANTS_LIST_MAX`, deltas) always knows the exact set.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,7 +10,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Value};
 
-use edge_realtime_core::channel::{self, Channel, ChannelMessage, Handled, Outcome, Retention, TYPING_TTL_MS};
+use edge_realtime_core::channel::{self, Channel, ChannelMessage, Handled, Outcome, Retention, PARTICIPANTS_LIST_MAX, TYPING_TTL_MS};
 use edge_realtime_core::replay::Replay;
 
 use crate::common::clock;
@@ -250,6 +251,81 @@ proptest! {
             for since in [0, p.saturating_sub(1), p, l.saturating_sub(1), l, l + 1].into_iter().chain(probes.iter().copied()) {
                 sim.check_replay(since)?;
             }
+        }
+    }
+}
+
+/// Sockets joining and leaving a room that hovers around `PARTICIPANTS_LIST_MAX` users: each op
+/// is (user index, connect or close). The room starts with `start` users, one socket each.
+fn crowd_ops() -> impl Strategy<Value = (usize, Vec<(usize, bool)>)> {
+    (90usize..=110, prop::collection::vec((0usize..130, any::<bool>()), 0..200))
+}
+
+/// An observer (a socket that stays open, not itself a participant here) applies what the
+/// others hear; it must hold exactly the participants after every event.
+fn observe(seen: &mut BTreeSet<String>, frame: &str, truth: &BTreeSet<String>) -> Result<(), TestCaseError> {
+    let v: Value = serde_json::from_str(frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    match v["type"].as_str() {
+        Some("participants") => {
+            prop_assert!(truth.len() <= PARTICIPANTS_LIST_MAX, "a full list for {} participants", truth.len());
+            *seen = v["users"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+        }
+        Some(t @ ("participant_joined" | "participant_left")) => {
+            prop_assert!(truth.len() > PARTICIPANTS_LIST_MAX, "a delta for {} participants", truth.len());
+            prop_assert_eq!(v["count"].as_u64(), u64::try_from(truth.len()).ok());
+            let user = v["userId"].as_str().unwrap_or_default().to_owned();
+            if t == "participant_joined" {
+                prop_assert!(seen.insert(user), "joined twice");
+            } else {
+                prop_assert!(seen.remove(&user), "left without having joined");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(crate::config())]
+
+    /// Full list at most `PARTICIPANTS_LIST_MAX` participants, a delta with the right count
+    /// above; nothing for a socket that does not change the set; the observer never drifts.
+    #[test]
+    fn channel_participants_lists_and_deltas_keep_an_observer_exact((start, ops) in crowd_ops()) {
+        let mut ch = Channel::default();
+        let name = |i: usize| format!("u{i:03}");
+        // sockets per user
+        let mut sockets: BTreeMap<String, usize> = (0..start).map(|i| (name(i), 1)).collect();
+        let mut seen: BTreeSet<String> = sockets.keys().cloned().collect();
+        for (i, connect) in ops {
+            let user = name(i);
+            let others: BTreeSet<String> = sockets.keys().cloned().collect();
+            let before = others.len();
+            if connect {
+                let o = ch.on_connect(&user, &others);
+                *sockets.entry(user.clone()).or_default() += 1;
+                let truth: BTreeSet<String> = sockets.keys().cloned().collect();
+                let list = serde_json::json!({"type": "participants", "users": truth}).to_string();
+                prop_assert_eq!(&o.to_self, &vec![list], "the new socket gets the full list");
+                prop_assert_eq!(o.to_others.len(), usize::from(truth.len() > before));
+                for f in &o.to_others {
+                    observe(&mut seen, f, &truth)?;
+                }
+            } else {
+                let Some(n) = sockets.get_mut(&user) else { continue };
+                *n -= 1;
+                if *n == 0 {
+                    sockets.remove(&user);
+                }
+                let remaining: BTreeSet<String> = sockets.keys().cloned().collect();
+                let o = ch.on_close(&user, &remaining, 0);
+                let changes: Vec<&String> = o.to_others.iter().filter(|f| f.contains("\"type\":\"particip")).collect();
+                prop_assert_eq!(changes.len(), usize::from(remaining.len() < before));
+                for f in &o.to_others {
+                    observe(&mut seen, f, &remaining)?;
+                }
+            }
+            prop_assert_eq!(&seen, &sockets.keys().cloned().collect::<BTreeSet<_>>());
         }
     }
 }
