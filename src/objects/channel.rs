@@ -235,7 +235,7 @@ impl RealtimeObject for ChannelRoom {
         let since = parse_seq("since", req.query("since"))?;
         let delivered = (ctx.open_sockets(None) > 0).then(|| self.feed.delivered());
         let body = ShardRequest { user_id: who.user_id.clone(), is_typing: None, since, delivered, react: None };
-        Ok(Some(to_primary(primary, &format!("{}?shard={index}", ChannelOp::ShardJoin.path()), &body)))
+        Ok(Some(to_primary(primary, &format!("{}?shard={index}", ChannelOp::ShardJoin.path()), &body).ordered(lane(&who.user_id))))
     }
 
     fn on_message(&mut self, ctx: &Ctx<'_>, conn: &mut Connection<()>, text: &str) -> Result<Effects, Reject> {
@@ -645,9 +645,10 @@ fn shard_message(ctx: &Ctx<'_>, conn: &Connection<()>, text: &str, primary: &str
 }
 
 /// A user's forwarded frames reach the primary one at a time, in the order they were sent
-/// (all of a user's sockets are on this shard): a socket's posts are sequenced in its order.
+/// (all of a user's sockets are on this shard): a socket's posts are sequenced in its order,
+/// and a join waits for the leave of a socket closed just before it.
 fn lane(user_id: &str) -> String {
-    format!("u:{user_id}")
+    sharding::user_lane(user_id)
 }
 
 fn to_primary(primary: &str, op: &str, body: &ShardRequest) -> Call {

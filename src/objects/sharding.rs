@@ -93,11 +93,20 @@ pub fn to_primary(binding: &'static str, primary: &str, op: &str, body: &serde_j
     Call::new(binding, primary, op).body(body.to_string()).tries(shard::CALL_TRIES)
 }
 
-/// Shard: a user's last socket here left: forget them and tell the primary (`shard-leave`).
+/// Shard: a user's last socket here left: forget them and tell the primary (`shard-leave`), in
+/// the user's lane ([`user_lane`]): a socket of theirs opened right after waits for this leave,
+/// so the primary never sees the join before the leave (and drop a member who is here).
 pub fn leave(binding: &'static str, primary: &str, index: u32, user_id: &str) -> Effects {
-    Effects::none()
-        .store(shard::REMOVE_USER, vec![user_id.into()])
-        .call_with(to_primary(binding, primary, &format!("shard-leave?shard={index}"), &serde_json::json!({"userId": user_id})))
+    Effects::none().store(shard::REMOVE_USER, vec![user_id.into()]).call_with(
+        to_primary(binding, primary, &format!("shard-leave?shard={index}"), &serde_json::json!({"userId": user_id}))
+            .ordered(user_lane(user_id)),
+    )
+}
+
+/// The ordered-call lane of a user's calls from a shard to its primary (joins, frames, leaves):
+/// they reach the primary one at a time, in the order the shard made them.
+pub fn user_lane(user_id: &str) -> String {
+    format!("u:{user_id}")
 }
 
 /// Shard: a socket of `user_id` is gone (`remaining`: their other sockets here). The wake's

@@ -144,7 +144,8 @@ impl RealtimeObject for WaddleRoom {
     fn connect_call(&mut self, _ctx: &Ctx<'_>, who: &Identity, req: &Incoming) -> Result<Option<edge_realtime_core::effects::Call>, ApiError> {
         let Role::Shard { primary, index } = shard::role(req.name_text()?) else { return Ok(None) };
         let body = serde_json::json!({"userId": who.user_id, "userName": who.user_name});
-        Ok(Some(sharding::to_primary(BINDING, primary, &format!("{}?shard={index}", WaddleOp::ShardJoin.path()), &body)))
+        let call = sharding::to_primary(BINDING, primary, &format!("{}?shard={index}", WaddleOp::ShardJoin.path()), &body);
+        Ok(Some(call.ordered(sharding::user_lane(&who.user_id))))
     }
 
     fn on_message(&mut self, ctx: &Ctx<'_>, conn: &mut Connection<()>, text: &str) -> Result<Effects, Reject> {
@@ -161,7 +162,7 @@ impl RealtimeObject for WaddleRoom {
             }
             let body = serde_json::json!({"userId": conn.user_id, "userName": conn.user_name, "text": text});
             let op = format!("{}?shard={index}", WaddleOp::ShardFrame.path());
-            let call = sharding::to_primary(BINDING, &primary, &op, &body).ordered(format!("u:{}", conn.user_id));
+            let call = sharding::to_primary(BINDING, &primary, &op, &body).ordered(sharding::user_lane(&conn.user_id));
             return Ok(gone.and(local).call_with(call));
         }
         let effects = self.core.on_message(&member(conn), text, ctx.now)?.into_effects();

@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         trial("sharding::channel_200_sockets_400_messages_4_writers_gapless", fan_out_200),
         trial("sharding::channel_since_reconnect_gets_exactly_what_it_missed", since_reconnect),
         trial("sharding::channel_participants_and_typing_across_shards", channel_presence),
+        trial("sharding::channel_close_and_reconnect_at_once_stays_a_member", reconnect_at_once),
         trial("sharding::channel_reactions_across_shards", channel_reactions),
         trial("sharding::channel_participants_above_100_are_deltas_across_shards", channel_large_room),
         trial("sharding::waddle_presence_typing_broadcast_across_shards", waddle_presence),
@@ -362,6 +363,55 @@ async fn channel_presence() -> TestResult {
         }
         ensure_eq!(v, json!({"type":"typing","users":[]}));
     }
+    sa.close().await
+}
+
+/// A user closing their only socket and reconnecting at once, ten times: the shard's leave and
+/// the next join reach the primary in that order (one lane per user), so the user stays a
+/// member — every later message reaches their socket and the others see them in `participants`.
+async fn reconnect_at_once() -> TestResult {
+    let s = sharded().await?;
+    let c = unique("shrejoin");
+    let (a, b) = (user_in("ra", 0), user_in("rb", 1));
+    let (mut sa, _) = join(&s, &c, &a, "").await?;
+    let (mut sb, _) = join(&s, &c, &b, "").await?;
+    for _ in 0..10 {
+        // No wait between the close and the next connect: the shard handles both at once.
+        sb.close().await?;
+        sb = join(&s, &c, &b, "").await?.0;
+    }
+    // b's own post goes through b's lane, after every leave and join before it.
+    sb.send_json(&json!({"type":"message","content":"back","id":"rb-1"})).await?;
+    // The ack and the broadcast come in either order (§6.5): keep the messages read meanwhile.
+    let mut seen = Vec::new();
+    let acked = loop {
+        let v = sb.recv().await?;
+        match v["type"].as_str() {
+            Some("ack") => break v["sequence"].as_i64().ok_or("no ack sequence")?,
+            Some("message") => seen.push(v),
+            _ => ensure!(is_presence(&v), "unexpected frame {v}"),
+        }
+    };
+    let sequence = post(&s.base, &c, &a, "for b", "ra-1").await?;
+    ensure!(sequence > acked, "sequence {sequence} after {acked}");
+    read_through(&mut sb, sequence, &mut seen).await?;
+    ensure_eq!(sequences(&seen), vec![acked, sequence]);
+    // a heard every leave and join; the last list names both.
+    let mut last = None;
+    sa.send_text(r#"{"type":"ping"}"#).await?;
+    loop {
+        let v = sa.recv().await?;
+        if v == json!({"type":"pong"}) {
+            break;
+        }
+        if v["type"] == "participants" {
+            last = Some(users(&v)?);
+        }
+    }
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    ensure_eq!(last, Some(both));
+    sb.close().await?;
     sa.close().await
 }
 
