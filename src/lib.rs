@@ -10,12 +10,15 @@
 //!   rate-limit algorithms, alarm schedule. No I/O.
 //! - [`entry`]: the entry Worker — route → `Upgrade` check → auth → forward to a DO.
 //! - [`kit`]: the shared hibernation kit. `kit::object` is the base every DO is written on:
-//!   the `RealtimeObject` trait (schema, typed ops, hooks returning `Effects`) and `Host<T>`,
+//!   the `RealtimeObject` trait (schema, typed ops, hooks returning `Effects`) and `Host`,
 //!   the one Durable Object shell (schema + auto-response + wake log, on_wake reconcile, op
 //!   routing, accept with tags + attachment, gone-once departures, heartbeat sweep, timer
 //!   table, revoke, the per-object stats and lifecycle log lines, calls to other objects with
-//!   retries and replies, store → send → close → timers → calls → release); `durable_object!`
-//!   declares the class (docs/custom-object.md). The rest are the primitives it uses.
+//!   retries and replies, store → send → close → timers → calls → release), compiled once: it
+//!   is not generic and reaches each object through the object-safe `Hosted` trait, which a
+//!   thin synchronous `Adapter<T>` implements for every `RealtimeObject`; `durable_object!`
+//!   declares the class, its handlers forwarding to `Host` (docs/custom-object.md). The rest
+//!   are the primitives it uses.
 //! - [`objects`]: one file per Durable Object class, each read top to bottom as its protocol:
 //!   a `RealtimeObject` over its core (Counter, UserSession, ChatRoom, Waddle, Channel,
 //!   RateLimiter, GameServer, VoiceChannel); the revocation op shared by all lives in

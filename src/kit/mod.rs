@@ -69,16 +69,28 @@ pub fn accept<A: Serialize>(
     tags: &[String],
     attachment: &A,
 ) -> Result<(WebSocket, Response), ApiError> {
+    let encoded = serde_json::to_vec(attachment).map_err(|_| ApiError::internal())?;
+    accept_with(state, req, tags, encoded.len(), &|ws| ws.serialize_attachment(attachment))
+}
+
+/// [`accept`] without its type: the attachment is `attach` (called on the server socket before
+/// the accept) and `encoded_len` bytes of JSON — compiled once for every attachment type.
+fn accept_with(
+    state: &State,
+    req: &Request,
+    tags: &[String],
+    encoded_len: usize,
+    attach: &dyn Fn(&WebSocket) -> worker::Result<()>,
+) -> Result<(WebSocket, Response), ApiError> {
     // The kit adds one tag of its own: the connect time, for the heartbeat sweep.
     let all_tags: Vec<String> = tags.iter().cloned().chain(std::iter::once(liveness::connected_tag(now()))).collect();
-    let encoded = serde_json::to_vec(attachment).map_err(|_| ApiError::internal())?;
-    accept::check(&all_tags, encoded.len()).map_err(|e| {
+    accept::check(&all_tags, encoded_len).map_err(|e| {
         worker::console_error!("refusing to accept a socket: {e}");
         e.to_api()
     })?;
     let pair = WebSocketPair::new().map_err(internal("WebSocketPair"))?;
     let server = pair.server;
-    server.serialize_attachment(attachment).map_err(internal("serializeAttachment"))?;
+    attach(&server).map_err(internal("serializeAttachment"))?;
     let js_tags: js_sys::Array = all_tags.iter().map(|t| JsValue::from_str(t)).collect();
     runtime::raw(state)
         .accept_web_socket(server.as_ref(), js_tags)

@@ -27,6 +27,11 @@
 //! lands whole or not at all; if it fails nothing is sent, the socket is closed 1011 (HTTP:
 //! 500) and the object is rebuilt with `restore`, so memory never runs ahead of disk. No
 //! `RefCell` borrow is held across an `.await`: hooks run between them.
+//!
+//! [`Host`] is compiled once for all the classes (WASM size): its event code is not generic and
+//! reaches the object through the object-safe `Hosted` trait, which a thin synchronous
+//! `Adapter<T>` implements for every `RealtimeObject` — the object, its typed `Op` and its
+//! sockets' typed `Connection<T::Conn>` attachments (cached, unchanged on the wire) stay there.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -304,14 +309,18 @@ impl Reply {
 /// The internal op every object serves: `POST /revoke?userId=&before=` (logout_all fan-out).
 const REVOKE_OP: &str = "revoke";
 
-/// Runs a [`RealtimeObject`] on the runtime: the generic Durable Object shell.
-pub struct Host<T: RealtimeObject> {
+/// Runs a [`RealtimeObject`] on the runtime: the Durable Object shell, compiled once for every
+/// class. Its event code (all the `async` parts) is not generic: it reaches the object only
+/// through the object-safe [`Hosted`], which [`Adapter`] implements for each object with thin
+/// synchronous calls — the object, its typed ops and its sockets' typed attachments stay there.
+pub struct Host {
+    /// The object (`None` until [`Host::boot`]: a name never touched has no object yet) and
+    /// its sockets' attachments.
+    object: Box<dyn Hosted>,
+    /// [`RealtimeObject::CLASS`], for the log lines.
+    class: &'static str,
     state: State,
     env: Env,
-    /// `None` until [`Host::boot`]: a name never touched has no object yet.
-    object: RefCell<Option<T>>,
-    /// Attachments in memory: the frame path neither deserializes nor rewrites them.
-    attachments: kit::AttachmentCache<Connection<T::Conn>>,
     /// `HEARTBEAT_TIMEOUT_MS`.
     heartbeat_ms: Millis,
     /// Timer changes `on_wake` asked for, applied with the next event's timers.
@@ -327,8 +336,209 @@ pub struct Host<T: RealtimeObject> {
     stats: RefCell<Tracker>,
     /// `STATS_FLUSH_INTERVAL_MS`.
     flush_ms: Millis,
-    /// The object's name, for log lines: from the first request that named it, else `T::name()`.
+    /// The object's name, for log lines: from the first request that named it, else
+    /// [`RealtimeObject::name`].
     name: RefCell<Option<String>>,
+}
+
+/// What [`Host`] asks of an object: [`RealtimeObject`] with its types erased (`Op`, `Conn`, the
+/// consts), each hook one synchronous call. A hook answers `None` if the object is not built or
+/// busy (a borrow held across an `.await`; logged, never a panic).
+trait Hosted {
+    fn class(&self) -> &'static str;
+    fn schema(&self) -> &'static [&'static str];
+    /// Build the object from storage ([`RealtimeObject::restore`]) in place of any: its stored
+    /// name, and whether it was put in place (`false`: busy).
+    fn restore(&self, ctx: &Ctx<'_>) -> (Option<String>, bool);
+    fn on_wake(&self, ctx: &Ctx<'_>, live: &BTreeSet<String>) -> Option<Effects>;
+    /// Whether `path` is one of the object's ops: `Some(true)` for a WebSocket op.
+    fn op(&self, path: &str) -> Option<bool>;
+    /// `path` (an HTTP op) through [`RealtimeObject::on_request`].
+    fn on_request(&self, ctx: &Ctx<'_>, path: &str, req: &Incoming) -> Option<Result<Reply, ApiError>>;
+    fn connect_call(&self, ctx: &Ctx<'_>, who: &Identity, req: &Incoming) -> Option<Result<Option<effects::Call>, ApiError>>;
+    /// [`RealtimeObject::on_connect`], then `store` (the host's commit of its statements,
+    /// before the accept), then accept `req`'s socket with first tag `u:<userId>`, the object's
+    /// tags and the [`Connection`] envelope (cached). The socket, the 101, the other effects.
+    fn accept(
+        &self,
+        ctx: &Ctx<'_>,
+        who: &Identity,
+        incoming: &Incoming,
+        req: &Request,
+        store: &mut dyn FnMut(Vec<Statement>) -> Result<(), ApiError>,
+    ) -> Result<(WebSocket, Response, Effects), ApiError>;
+    /// A text frame of `ws` through [`RealtimeObject::on_message`], on its cached attachment.
+    /// `store` commits the effects' statements (`false`: failed); only then is a changed
+    /// attachment kept (persisted if [`RealtimeObject::must_persist`]).
+    fn on_message(&self, ctx: &Ctx<'_>, ws: &WebSocket, text: &str, store: &mut dyn FnMut(&mut Effects) -> bool) -> Frame;
+    /// The user of `ws`, from its attachment.
+    fn user(&self, ws: &WebSocket) -> Option<String>;
+    /// Announce `ws` gone, once: mark its attachment `gone` (persisted), `announce` its user
+    /// (the host counts, logs and answers how many other open sockets that user has), then
+    /// [`RealtimeObject::on_gone`]. `None` if it has no attachment or was already announced.
+    fn on_gone(&self, ctx: &Ctx<'_>, ws: &WebSocket, announce: &mut dyn FnMut(&str) -> usize) -> Option<Effects>;
+    fn on_timer(&self, ctx: &Ctx<'_>, name: &str) -> Option<Effects>;
+    fn on_reply(&self, ctx: &Ctx<'_>, then: &str, reply: Result<String, String>) -> Option<Effects>;
+}
+
+/// How [`Hosted::on_message`] ended.
+enum Frame {
+    /// The socket has no readable attachment.
+    Lost,
+    /// The kit already announced the socket gone: a frame still in flight, dropped.
+    Dropped,
+    /// The hook did not run (the object is busy or not built).
+    Busy,
+    Rejected(Reject),
+    /// The store failed (the origin is closed, the object rebuilt).
+    StoreFailed,
+    /// Stored: the rest of the effects.
+    Stored(Effects),
+}
+
+/// A [`RealtimeObject`] behind [`Hosted`]: the only generic part of the shell, all synchronous.
+struct Adapter<T: RealtimeObject> {
+    object: RefCell<Option<T>>,
+    /// Attachments in memory: the frame path neither deserializes nor rewrites them.
+    attachments: kit::AttachmentCache<Connection<T::Conn>>,
+}
+
+impl<T: RealtimeObject> Adapter<T> {
+    /// Run a hook on the object. Hooks are synchronous, so the borrow ends before any `.await`.
+    fn hook<R>(&self, ctx: &Ctx<'_>, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
+        match self.object.try_borrow_mut() {
+            Ok(mut object) => match object.as_mut() {
+                Some(object) => Some(f(object, ctx)),
+                None => {
+                    hook_failed(T::CLASS, "event before the object was built");
+                    None
+                }
+            },
+            Err(_) => {
+                hook_failed(T::CLASS, "object busy (a borrow was held across an await)");
+                None
+            }
+        }
+    }
+}
+
+fn hook_failed(class: &str, why: &str) {
+    worker::console_error!("{class}: {why}");
+}
+
+impl<T: RealtimeObject> Hosted for Adapter<T> {
+    fn class(&self) -> &'static str {
+        T::CLASS
+    }
+
+    fn schema(&self) -> &'static [&'static str] {
+        T::SCHEMA
+    }
+
+    fn restore(&self, ctx: &Ctx<'_>) -> (Option<String>, bool) {
+        let object = T::restore(ctx);
+        let name = object.name();
+        match self.object.try_borrow_mut() {
+            Ok(mut slot) => {
+                *slot = Some(object);
+                (name, true)
+            }
+            Err(_) => (name, false),
+        }
+    }
+
+    fn on_wake(&self, ctx: &Ctx<'_>, live: &BTreeSet<String>) -> Option<Effects> {
+        self.hook(ctx, |o, ctx| o.on_wake(ctx, live))
+    }
+
+    fn op(&self, path: &str) -> Option<bool> {
+        T::Op::parse(path).map(|op| op.is_websocket())
+    }
+
+    fn on_request(&self, ctx: &Ctx<'_>, path: &str, req: &Incoming) -> Option<Result<Reply, ApiError>> {
+        let Some(op) = T::Op::parse(path) else {
+            return Some(Err(ApiError::not_found(format!("unknown {} operation", T::CLASS))));
+        };
+        self.hook(ctx, |o, ctx| o.on_request(ctx, op, req))
+    }
+
+    fn connect_call(&self, ctx: &Ctx<'_>, who: &Identity, req: &Incoming) -> Option<Result<Option<effects::Call>, ApiError>> {
+        self.hook(ctx, |o, ctx| o.connect_call(ctx, who, req))
+    }
+
+    fn accept(
+        &self,
+        ctx: &Ctx<'_>,
+        who: &Identity,
+        incoming: &Incoming,
+        req: &Request,
+        store: &mut dyn FnMut(Vec<Statement>) -> Result<(), ApiError>,
+    ) -> Result<(WebSocket, Response, Effects), ApiError> {
+        let (conn, mut effects) = self.hook(ctx, |o, ctx| o.on_connect(ctx, who, incoming)).ok_or_else(ApiError::internal)??;
+        let mut tags = vec![format!("u:{}", who.user_id)];
+        tags.extend(T::tags(&conn));
+        let attachment = Connection {
+            user_id: who.user_id.clone(),
+            user_name: who.user_name.clone(),
+            token_iat: who.token_iat,
+            connected_at: kit::now(),
+            conn,
+            gone: false,
+        };
+        // Before the accept: a socket never sees state that is not on disk.
+        store(std::mem::take(&mut effects.store))?;
+        let (ws, response) = kit::accept(ctx.state, req, &tags, &attachment)?;
+        self.attachments.put(&ws, &attachment, false);
+        Ok((ws, response, effects))
+    }
+
+    fn on_message(&self, ctx: &Ctx<'_>, ws: &WebSocket, text: &str, store: &mut dyn FnMut(&mut Effects) -> bool) -> Frame {
+        let Some(mut conn) = self.attachments.get(ws) else { return Frame::Lost };
+        if conn.gone {
+            return Frame::Dropped;
+        }
+        let before = conn.clone();
+        match self.hook(ctx, |o, ctx| o.on_message(ctx, &mut conn, text)) {
+            None => Frame::Busy,
+            Some(Err(rejection)) => Frame::Rejected(rejection),
+            Some(Ok(mut effects)) => {
+                if !store(&mut effects) {
+                    return Frame::StoreFailed;
+                }
+                if conn != before {
+                    let persist = self
+                        .object
+                        .try_borrow()
+                        .map_or(true, |o| o.as_ref().is_none_or(|o| o.must_persist(&before.conn, &conn.conn)));
+                    self.attachments.put(ws, &conn, persist);
+                }
+                Frame::Stored(effects)
+            }
+        }
+    }
+
+    fn user(&self, ws: &WebSocket) -> Option<String> {
+        self.attachments.get(ws).map(|conn| conn.user_id)
+    }
+
+    fn on_gone(&self, ctx: &Ctx<'_>, ws: &WebSocket, announce: &mut dyn FnMut(&str) -> usize) -> Option<Effects> {
+        let mut conn = self.attachments.get(ws)?;
+        if conn.gone {
+            return None;
+        }
+        conn.gone = true;
+        self.attachments.put(ws, &conn, true);
+        let remaining = announce(&conn.user_id);
+        self.hook(ctx, |o, ctx| o.on_gone(ctx, &conn, remaining))
+    }
+
+    fn on_timer(&self, ctx: &Ctx<'_>, name: &str) -> Option<Effects> {
+        self.hook(ctx, |o, ctx| o.on_timer(ctx, name))
+    }
+
+    fn on_reply(&self, ctx: &Ctx<'_>, then: &str, reply: Result<String, String>) -> Option<Effects> {
+        self.hook(ctx, |o, ctx| o.on_reply(ctx, then, reply))
+    }
 }
 
 /// What the constructor reads in one query: the schema version and the kit's counters row.
@@ -381,10 +591,16 @@ impl Lanes {
     }
 }
 
-impl<T: RealtimeObject> Host<T> {
-    pub fn new(state: State, env: Env) -> Self {
+impl Host {
+    /// The shell for the object `T` (what [`durable_object!`]'s constructor calls).
+    pub fn new<T: RealtimeObject>(state: State, env: Env) -> Self {
+        Self::build(Box::new(Adapter::<T> { object: RefCell::new(None), attachments: kit::AttachmentCache::default() }), state, env)
+    }
+
+    fn build(object: Box<dyn Hosted>, state: State, env: Env) -> Self {
+        let class = object.class();
         let sql = state.storage().sql();
-        let statements = Self::statements();
+        let statements = statements(object.schema());
         // One read on every wake: the schema version and the counters. It fails before the
         // first run (no `_schema`); then `sqlite_master` tells a name never touched, which gets
         // no tables until its first real event (the stats op must not create state).
@@ -399,7 +615,7 @@ impl<T: RealtimeObject> Host<T> {
         }
         let (stats, unreadable) = Tracker::restore(boot.as_ref().and_then(|b| b.stats.as_deref()));
         if let Some(e) = unreadable {
-            worker::console_error!("{}: unreadable _kit_stats row, counting from zero: {e}", T::CLASS);
+            worker::console_error!("{class}: unreadable _kit_stats row, counting from zero: {e}");
         }
         kit::install_auto_response(&state);
         let heartbeat_ms = kit::liveness::timeout_ms(&env);
@@ -409,10 +625,10 @@ impl<T: RealtimeObject> Host<T> {
             .and_then(|v| v.to_string().trim().parse::<Millis>().ok())
             .unwrap_or(ops::DEFAULT_FLUSH_INTERVAL_MS);
         let host = Self {
+            object,
+            class,
             state,
             env,
-            object: RefCell::new(None),
-            attachments: kit::AttachmentCache::default(),
             heartbeat_ms,
             pending_timers: RefCell::new(Vec::new()),
             pending_calls: RefCell::new(Vec::new()),
@@ -428,23 +644,15 @@ impl<T: RealtimeObject> Host<T> {
         host
     }
 
-    /// The object's tables plus the kit's (`_schedule`, `_kit_stats`).
-    fn statements() -> Vec<&'static str> {
-        T::SCHEMA.iter().copied().chain([kit::SCHEDULE_SCHEMA, ops::STATS_SCHEMA]).collect()
-    }
-
     /// Build the object from storage: `restore`, count and log the wake, `on_wake`.
     fn boot(&self) {
-        let object = T::restore(&self.ctx());
-        if let (Some(stored), Ok(mut name)) = (object.name(), self.name.try_borrow_mut()) {
+        let (stored, built) = self.object.restore(&self.ctx());
+        if let (Some(stored), Ok(mut name)) = (stored, self.name.try_borrow_mut()) {
             name.get_or_insert(stored);
         }
-        match self.object.try_borrow_mut() {
-            Ok(mut slot) => *slot = Some(object),
-            Err(_) => {
-                worker::console_error!("{}: object busy while booting", T::CLASS);
-                return;
-            }
+        if !built {
+            worker::console_error!("{}: object busy while booting", self.class);
+            return;
         }
         self.started.set(true);
         let wakes = self.stats.try_borrow_mut().map_or(0, |mut s| {
@@ -452,7 +660,7 @@ impl<T: RealtimeObject> Host<T> {
             s.counters().wakes
         });
         let name = self.object_name();
-        kit::log(&WakeLine { event: "wake", class: T::CLASS, object: name.as_deref(), wakes });
+        kit::log(&WakeLine { event: "wake", class: self.class, object: name.as_deref(), wakes });
         self.wake();
     }
 
@@ -461,7 +669,7 @@ impl<T: RealtimeObject> Host<T> {
         if self.started.get() {
             return;
         }
-        sql::apply_schema(&self.state.storage().sql(), &Self::statements());
+        sql::apply_schema(&self.state.storage().sql(), &statements(self.object.schema()));
         self.boot();
     }
 
@@ -494,7 +702,7 @@ impl<T: RealtimeObject> Host<T> {
     /// A socket lifecycle line.
     fn log_socket(&self, event: &'static str, user_id: &str, code: Option<u16>) {
         let name = self.object_name();
-        kit::log(&SocketLine { event, class: T::CLASS, object: name.as_deref(), user_id, code });
+        kit::log(&SocketLine { event, class: self.class, object: name.as_deref(), user_id, code });
     }
 
     /// Act on a rejected frame (counted; its in-band error counts as a frame out).
@@ -510,7 +718,7 @@ impl<T: RealtimeObject> Host<T> {
     /// first, so the answer is what storage holds), open sockets from the runtime, rows of the
     /// object's own tables. A name never touched answers zeros and writes nothing.
     fn stats_reply(&self, req: &Request) -> Result<Response, ApiError> {
-        let class = http::query_param(req, "class").unwrap_or_else(|| T::CLASS.to_owned());
+        let class = http::query_param(req, "class").unwrap_or_else(|| self.class.to_owned());
         let name = req
             .headers()
             .get(http::OBJECT_NAME)
@@ -541,7 +749,7 @@ impl<T: RealtimeObject> Host<T> {
     /// cannot await), timers with the next event.
     fn wake(&self) {
         let live = kit::liveness::live_users(&self.state);
-        let Some(effects) = self.hook(|o, ctx| o.on_wake(ctx, &live)) else { return };
+        let Some(effects) = self.object.on_wake(&self.ctx(), &live) else { return };
         let mut effects = effects;
         if self.commit(None, std::mem::take(&mut effects.store)).is_err() {
             return;
@@ -559,29 +767,7 @@ impl<T: RealtimeObject> Host<T> {
         Ctx { now: kit::now(), state: &self.state, env: &self.env, this: None }
     }
 
-    /// Run a hook on the object. Hooks are synchronous, so the borrow ends before any `.await`;
-    /// `None` only if that rule were broken (logged, never a panic).
-    fn hook<R>(&self, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
-        self.hook_with(self.ctx(), f)
-    }
-
-    fn hook_with<R>(&self, ctx: Ctx<'_>, f: impl FnOnce(&mut T, &Ctx<'_>) -> R) -> Option<R> {
-        match self.object.try_borrow_mut() {
-            Ok(mut object) => match object.as_mut() {
-                Some(object) => Some(f(object, &ctx)),
-                None => {
-                    worker::console_error!("{}: event before the object was built", T::CLASS);
-                    None
-                }
-            },
-            Err(_) => {
-                worker::console_error!("{}: object busy (a borrow was held across an await)", T::CLASS);
-                None
-            }
-        }
-    }
-
-    pub async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let path = req.path();
         if path.trim_start_matches('/') == ops::STATS_OP {
             return http::respond(self.stats_reply(&req));
@@ -612,12 +798,12 @@ impl<T: RealtimeObject> Host<T> {
             let body = serde_json::json!({"ok": true, "closed": revoked.len()});
             return http::json_text_response(200, body.to_string());
         }
-        let op = T::Op::parse(path).ok_or_else(|| ApiError::not_found(format!("unknown {} operation", T::CLASS)))?;
-        let mut incoming = Incoming::read(req, !op.is_websocket()).await?;
-        if op.is_websocket() {
+        let is_websocket = self.object.op(path).ok_or_else(|| ApiError::not_found(format!("unknown {} operation", self.class)))?;
+        let mut incoming = Incoming::read(req, !is_websocket).await?;
+        if is_websocket {
             return self.open(req, &mut incoming).await;
         }
-        let mut reply = self.hook(|o, ctx| o.on_request(ctx, op, &incoming)).ok_or_else(ApiError::internal)??;
+        let mut reply = self.object.on_request(&self.ctx(), path, &incoming).ok_or_else(ApiError::internal)??;
         self.commit(None, std::mem::take(&mut reply.effects.store))?;
         self.finish(None, reply.effects).await;
         http::json_text_response(reply.status, reply.body)
@@ -626,33 +812,19 @@ impl<T: RealtimeObject> Host<T> {
     /// The WebSocket op: `on_connect`, store, accept, then the rest of the effects.
     async fn open(&self, req: &Request, incoming: &mut Incoming) -> Result<Response, ApiError> {
         let who = incoming.identity()?.clone();
-        let prelude = self.hook(|o, ctx| o.connect_call(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
+        let prelude = self.object.connect_call(&self.ctx(), &who, incoming).ok_or_else(ApiError::internal)??;
         if let Some(call) = prelude {
             incoming.prelude = Some(self.call(&call).await);
         }
-        let incoming = &*incoming;
-        let (conn, mut effects) = self.hook(|o, ctx| o.on_connect(ctx, &who, incoming)).ok_or_else(ApiError::internal)??;
-        let mut tags = vec![format!("u:{}", who.user_id)];
-        tags.extend(T::tags(&conn));
-        let attachment = Connection {
-            user_id: who.user_id,
-            user_name: who.user_name,
-            token_iat: who.token_iat,
-            connected_at: kit::now(),
-            conn,
-            gone: false,
-        };
-        // Before the accept: a socket never sees state that is not on disk.
-        self.commit(None, std::mem::take(&mut effects.store))?;
-        let (ws, response) = kit::accept(&self.state, req, &tags, &attachment)?;
-        self.attachments.put(&ws, &attachment, false);
+        let (ws, response, effects) =
+            self.object.accept(&self.ctx(), &who, incoming, req, &mut |statements| self.commit(None, statements))?;
         self.count(Tracker::socket_accepted);
-        self.log_socket("socket_open", &attachment.user_id, None);
+        self.log_socket("socket_open", &who.user_id, None);
         self.finish_with(Some(&ws), effects, true).await;
         Ok(response)
     }
 
-    pub async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
+    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
         self.start();
         let now = kit::now();
         self.count(|s| s.frame_in(now));
@@ -672,42 +844,30 @@ impl<T: RealtimeObject> Host<T> {
                 return;
             }
         };
-        let Some(mut conn) = self.attachments.get(&ws) else {
-            kit::close(&ws, close::INTERNAL, "lost connection state");
-            return;
-        };
-        if conn.gone {
-            return; // the kit already closed it; frames still in flight are dropped
-        }
-        let before = conn.clone();
         let ctx = Ctx { now, state: &self.state, env: &self.env, this: Some(&ws) };
-        match self.hook_with(ctx, |o, ctx| o.on_message(ctx, &mut conn, &text)) {
-            None => kit::close(&ws, close::INTERNAL, "internal error"),
-            Some(Err(rejection)) => {
+        let frame = self.object.on_message(&ctx, &ws, &text, &mut |effects| {
+            if ops::is_in_band_refusal(effects) {
+                self.count(Tracker::frame_rejected);
+            }
+            self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok()
+        });
+        match frame {
+            Frame::Lost => kit::close(&ws, close::INTERNAL, "lost connection state"),
+            // Dropped: the kit already closed it, a frame still in flight. A failed store
+            // closed it 1011 and rebuilt the object.
+            Frame::Dropped | Frame::StoreFailed => {}
+            Frame::Busy => kit::close(&ws, close::INTERNAL, "internal error"),
+            Frame::Rejected(rejection) => {
                 self.reject(&ws, &rejection);
                 if let Reject::Close { code, .. } = rejection {
                     self.gone(&ws, code).await;
                 }
             }
-            Some(Ok(mut effects)) => {
-                if ops::is_in_band_refusal(&effects) {
-                    self.count(Tracker::frame_rejected);
-                }
-                if self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok() {
-                    if conn != before {
-                        let persist = self
-                            .object
-                            .try_borrow()
-                            .map_or(true, |o| o.as_ref().is_none_or(|o| o.must_persist(&before.conn, &conn.conn)));
-                        self.attachments.put(&ws, &conn, persist);
-                    }
-                    self.finish(Some(&ws), effects).await;
-                }
-            }
+            Frame::Stored(effects) => self.finish(Some(&ws), effects).await,
         }
     }
 
-    pub async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _was_clean: bool) -> worker::Result<()> {
+    async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _was_clean: bool) -> worker::Result<()> {
         self.start();
         kit::reciprocate_close(&ws, code, &reason);
         // 1005 (no status) if the runtime ever reported something outside u16.
@@ -716,10 +876,10 @@ impl<T: RealtimeObject> Host<T> {
         Ok(())
     }
 
-    pub async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
         self.start();
-        if let Some(conn) = self.attachments.get(&ws) {
-            self.log_socket("socket_error", &conn.user_id, None);
+        if let Some(user) = self.object.user(&ws) {
+            self.log_socket("socket_error", &user, None);
         }
         kit::close(&ws, close::INTERNAL, "socket error");
         self.gone(&ws, close::INTERNAL).await;
@@ -731,17 +891,13 @@ impl<T: RealtimeObject> Host<T> {
     /// so a later close or error event of the same socket finds it and does nothing.
     /// `code`: the close code that ended it (counted in `socketsClosed`, logged).
     async fn gone(&self, ws: &WebSocket, code: u16) {
-        let Some(mut conn) = self.attachments.get(ws) else { return };
-        if conn.gone {
-            return;
-        }
-        conn.gone = true;
-        self.attachments.put(ws, &conn, true);
-        self.count(|s| s.socket_closed(code));
-        self.log_socket("socket_close", &conn.user_id, Some(code));
-        let remaining = kit::open_peers(&self.state, Some(&format!("u:{}", conn.user_id)), ws).len();
         let ctx = Ctx { this: Some(ws), ..self.ctx() };
-        if let Some(effects) = self.hook_with(ctx, |o, ctx| o.on_gone(ctx, &conn, remaining)) {
+        let effects = self.object.on_gone(&ctx, ws, &mut |user| {
+            self.count(|s| s.socket_closed(code));
+            self.log_socket("socket_close", user, Some(code));
+            kit::open_peers(&self.state, Some(&format!("u:{user}")), ws).len()
+        });
+        if let Some(effects) = effects {
             self.execute(Some(ws), effects).await;
         }
     }
@@ -759,23 +915,23 @@ impl<T: RealtimeObject> Host<T> {
     }
 
     /// Raw TCP is not part of any protocol: refuse it (the trait's default would panic).
-    pub async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
-        Err(worker::Error::RustError(format!("{} does not accept raw TCP connections", T::CLASS)))
+    async fn connect(&self, _socket: worker::Socket) -> worker::Result<()> {
+        Err(worker::Error::RustError(format!("{} does not accept raw TCP connections", self.class)))
     }
 
     /// The kit's heartbeat sweep first, then the due timers, each through `on_timer`. Their
     /// removal is saved first: a timer fires at most once, even if a handler's effects fail.
-    pub async fn alarm(&self) -> worker::Result<Response> {
+    async fn alarm(&self) -> worker::Result<Response> {
         self.start();
         let now = kit::now();
         self.count(|s| s.alarm(now));
         let mut schedule = kit::load_schedule(&self.state.storage().sql());
         let due = schedule.take_due(now);
         let name = self.object_name();
-        kit::log(&AlarmLine { event: "alarm", class: T::CLASS, object: name.as_deref(), timers: &due });
+        kit::log(&AlarmLine { event: "alarm", class: self.class, object: name.as_deref(), timers: &due });
         self.apply_timers(&mut schedule, &[]);
         if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
-            worker::console_error!("{} alarm: saving the schedule failed: {e}", T::CLASS);
+            worker::console_error!("{} alarm: saving the schedule failed: {e}", self.class);
         }
         if due.iter().any(|n| n == HEARTBEAT_TIMER) {
             let next = self.sweep().await;
@@ -783,11 +939,11 @@ impl<T: RealtimeObject> Host<T> {
             let mut schedule = kit::load_schedule(&self.state.storage().sql());
             liveness::rearm(&mut schedule, next);
             if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
-                worker::console_error!("{} alarm: re-arming the heartbeat failed: {e}", T::CLASS);
+                worker::console_error!("{} alarm: re-arming the heartbeat failed: {e}", self.class);
             }
         }
         for name in due.into_iter().filter(|n| n != HEARTBEAT_TIMER) {
-            if let Some(effects) = self.hook(|o, ctx| o.on_timer(ctx, &name)) {
+            if let Some(effects) = self.object.on_timer(&self.ctx(), &name) {
                 self.execute(None, effects).await;
             }
         }
@@ -808,14 +964,11 @@ impl<T: RealtimeObject> Host<T> {
             return Ok(());
         }
         let Err(e) = transaction(&self.state, statements) else { return Ok(()) };
-        worker::console_error!("{} store failed: {e}", T::CLASS);
+        worker::console_error!("{} store failed: {e}", self.class);
         if let Some(ws) = origin {
             kit::close(ws, close::INTERNAL, "storage failed");
         }
-        let restored = T::restore(&self.ctx());
-        if let Ok(mut object) = self.object.try_borrow_mut() {
-            *object = Some(restored);
-        }
+        self.object.restore(&self.ctx());
         Err(ApiError::internal())
     }
 
@@ -846,7 +999,7 @@ impl<T: RealtimeObject> Host<T> {
             }
             if changed {
                 if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
-                    worker::console_error!("{} schedule failed: {e}", T::CLASS);
+                    worker::console_error!("{} schedule failed: {e}", self.class);
                 }
             }
         }
@@ -856,7 +1009,7 @@ impl<T: RealtimeObject> Host<T> {
         for (call, answer) in calls.iter().zip(answers) {
             let Some(then) = &call.then else { continue };
             let ctx = Ctx { this: origin, ..self.ctx() };
-            if let Some(next) = self.hook_with(ctx, |o, ctx| o.on_reply(ctx, then, answer)) {
+            if let Some(next) = self.object.on_reply(&ctx, then, answer) {
                 Box::pin(self.execute(origin, next)).await;
             }
         }
@@ -877,7 +1030,7 @@ impl<T: RealtimeObject> Host<T> {
         // The reset drops memory: the counters go to storage first.
         self.flush_stats(kit::now(), true);
         if let Err(e) = kit::liveness::flush(&self.state).await {
-            worker::console_error!("{} release: flush failed: {e:?}", T::CLASS);
+            worker::console_error!("{} release: flush failed: {e:?}", self.class);
             return;
         }
         kit::liveness::abort(&self.state, "release closed sockets");
@@ -941,7 +1094,7 @@ impl<T: RealtimeObject> Host<T> {
                     true
                 }
             };
-            worker::console_error!("{} → {} {} {} (try {attempt} of {tries}): {last}", T::CLASS, call.binding, call.object, call.op);
+            worker::console_error!("{} → {} {} {} (try {attempt} of {tries}): {last}", self.class, call.binding, call.object, call.op);
             if !retry {
                 break;
             }
@@ -966,6 +1119,11 @@ impl<T: RealtimeObject> Host<T> {
         let body = response.text().await.unwrap_or_default();
         Ok((status, body))
     }
+}
+
+/// The object's tables plus the kit's (`_schedule`, `_kit_stats`).
+fn statements(schema: &[&'static str]) -> Vec<&'static str> {
+    schema.iter().copied().chain([kit::SCHEDULE_SCHEMA, ops::STATS_SCHEMA]).collect()
 }
 
 fn sql_value(v: effects::Value) -> SqlStorageValue {
@@ -1021,11 +1179,8 @@ fn transaction(state: &State, mut statements: Vec<Statement>) -> Result<(), Stri
 /// a profile). Only a handler that really waits (a body read, an alarm write, a call to another
 /// object) becomes a Promise. Sound by the `Future` contract: every poll that returns
 /// `Pending` registers the waker of that poll, and the executor polls again at once.
-pub fn settle<F>(future: F) -> JsValue
-where
-    F: std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
-{
-    let mut future = Box::pin(future);
+/// Not generic: one executor glue for every handler of every class.
+fn settle(mut future: std::pin::Pin<Box<dyn std::future::Future<Output = Result<JsValue, JsValue>>>>) -> JsValue {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match future.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(Ok(value)) => value,
@@ -1034,35 +1189,96 @@ where
     }
 }
 
+/// The runtime's handlers, as [`durable_object!`]'s class forwards them (one line each): the
+/// JS values in and out, each event's future through [`settle`].
+impl Host {
+    /// The constructor.
+    pub fn create<T: RealtimeObject>(state: worker::worker_sys::DurableObjectState, env: Env) -> std::rc::Rc<Self> {
+        std::rc::Rc::new(Self::new::<T>(State::from(state), env))
+    }
+
+    pub fn handle_fetch(self: &std::rc::Rc<Self>, req: worker::worker_sys::web_sys::Request) -> JsValue {
+        let host = std::rc::Rc::clone(self);
+        settle(Box::pin(async move {
+            host.fetch(req.into())
+                .await
+                .map(|r| JsValue::from(worker::worker_sys::web_sys::Response::from(r)))
+                .map_err(JsValue::from)
+        }))
+    }
+
+    pub fn handle_websocket_message(self: &std::rc::Rc<Self>, ws: worker::worker_sys::web_sys::WebSocket, message: JsValue) -> JsValue {
+        let message = match message.as_string() {
+            Some(text) => WebSocketIncomingMessage::String(text),
+            None => WebSocketIncomingMessage::Binary(js_sys::Uint8Array::new(&message).to_vec()),
+        };
+        let host = std::rc::Rc::clone(self);
+        settle(Box::pin(async move {
+            host.websocket_message(ws.into(), message).await.map(|()| JsValue::UNDEFINED).map_err(JsValue::from)
+        }))
+    }
+
+    pub fn handle_websocket_close(
+        self: &std::rc::Rc<Self>,
+        ws: worker::worker_sys::web_sys::WebSocket,
+        code: usize,
+        reason: String,
+        was_clean: bool,
+    ) -> JsValue {
+        let host = std::rc::Rc::clone(self);
+        settle(Box::pin(async move {
+            host.websocket_close(ws.into(), code, reason, was_clean).await.map(|()| JsValue::UNDEFINED).map_err(JsValue::from)
+        }))
+    }
+
+    pub fn handle_websocket_error(self: &std::rc::Rc<Self>, ws: worker::worker_sys::web_sys::WebSocket, error: JsValue) -> JsValue {
+        let host = std::rc::Rc::clone(self);
+        settle(Box::pin(async move {
+            host.websocket_error(ws.into(), error.into()).await.map(|()| JsValue::UNDEFINED).map_err(JsValue::from)
+        }))
+    }
+
+    pub fn handle_connect(self: &std::rc::Rc<Self>, socket: worker::worker_sys::Socket) -> JsValue {
+        let host = std::rc::Rc::clone(self);
+        settle(Box::pin(async move {
+            host.connect(worker::Socket::from(socket)).await.map(|()| JsValue::UNDEFINED).map_err(JsValue::from)
+        }))
+    }
+
+    pub fn handle_alarm(self: &std::rc::Rc<Self>) -> JsValue {
+        let host = std::rc::Rc::clone(self);
+        settle(Box::pin(async move {
+            host.alarm()
+                .await
+                .map(|r| JsValue::from(worker::worker_sys::web_sys::Response::from(r)))
+                .map_err(JsValue::from)
+        }))
+    }
+}
+
 /// Declare the Durable Object class `$name` hosting the [`RealtimeObject`] `$object`: the
-/// wasm-bindgen class the runtime instantiates, each handler one line into [`Host`] through
-/// [`settle`]. (Written here rather than with `#[worker::durable_object]`, whose handlers are
-/// always `async` exports: a Promise and an executor task per event, even for a synchronous one.)
+/// wasm-bindgen class the runtime instantiates (workers-rs needs one type per class), each
+/// handler one line into the one, non-generic [`Host`]. (Written here rather than with
+/// `#[worker::durable_object]`, whose handlers are always `async` exports: a Promise and an
+/// executor task per event, even for a synchronous one.)
 #[macro_export]
 macro_rules! durable_object {
     ($(#[$meta:meta])* $name:ident => $object:ty) => {
         $(#[$meta])*
         #[::worker::wasm_bindgen::prelude::wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
         pub struct $name {
-            host: ::std::rc::Rc<$crate::kit::object::Host<$object>>,
+            host: ::std::rc::Rc<$crate::kit::object::Host>,
         }
 
         #[::worker::wasm_bindgen::prelude::wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
         impl $name {
             #[wasm_bindgen(constructor)]
             pub fn new(state: ::worker::worker_sys::DurableObjectState, env: ::worker::Env) -> Self {
-                let state = ::worker::durable::State::from(state);
-                Self { host: ::std::rc::Rc::new($crate::kit::object::Host::new(state, env)) }
+                Self { host: $crate::kit::object::Host::create::<$object>(state, env) }
             }
 
             pub fn fetch(&self, req: ::worker::worker_sys::web_sys::Request) -> ::worker::wasm_bindgen::JsValue {
-                let host = ::std::rc::Rc::clone(&self.host);
-                $crate::kit::object::settle(async move {
-                    host.fetch(req.into())
-                        .await
-                        .map(|r| ::worker::wasm_bindgen::JsValue::from(::worker::worker_sys::web_sys::Response::from(r)))
-                        .map_err(::worker::wasm_bindgen::JsValue::from)
-                })
+                self.host.handle_fetch(req)
             }
 
             #[wasm_bindgen(js_name = webSocketMessage)]
@@ -1071,17 +1287,7 @@ macro_rules! durable_object {
                 ws: ::worker::worker_sys::web_sys::WebSocket,
                 message: ::worker::wasm_bindgen::JsValue,
             ) -> ::worker::wasm_bindgen::JsValue {
-                let message = match message.as_string() {
-                    Some(text) => ::worker::WebSocketIncomingMessage::String(text),
-                    None => ::worker::WebSocketIncomingMessage::Binary(::worker::js_sys::Uint8Array::new(&message).to_vec()),
-                };
-                let host = ::std::rc::Rc::clone(&self.host);
-                $crate::kit::object::settle(async move {
-                    host.websocket_message(ws.into(), message)
-                        .await
-                        .map(|()| ::worker::wasm_bindgen::JsValue::UNDEFINED)
-                        .map_err(::worker::wasm_bindgen::JsValue::from)
-                })
+                self.host.handle_websocket_message(ws, message)
             }
 
             #[wasm_bindgen(js_name = webSocketClose)]
@@ -1092,13 +1298,7 @@ macro_rules! durable_object {
                 reason: String,
                 was_clean: bool,
             ) -> ::worker::wasm_bindgen::JsValue {
-                let host = ::std::rc::Rc::clone(&self.host);
-                $crate::kit::object::settle(async move {
-                    host.websocket_close(ws.into(), code, reason, was_clean)
-                        .await
-                        .map(|()| ::worker::wasm_bindgen::JsValue::UNDEFINED)
-                        .map_err(::worker::wasm_bindgen::JsValue::from)
-                })
+                self.host.handle_websocket_close(ws, code, reason, was_clean)
             }
 
             #[wasm_bindgen(js_name = webSocketError)]
@@ -1107,33 +1307,15 @@ macro_rules! durable_object {
                 ws: ::worker::worker_sys::web_sys::WebSocket,
                 error: ::worker::wasm_bindgen::JsValue,
             ) -> ::worker::wasm_bindgen::JsValue {
-                let host = ::std::rc::Rc::clone(&self.host);
-                $crate::kit::object::settle(async move {
-                    host.websocket_error(ws.into(), error.into())
-                        .await
-                        .map(|()| ::worker::wasm_bindgen::JsValue::UNDEFINED)
-                        .map_err(::worker::wasm_bindgen::JsValue::from)
-                })
+                self.host.handle_websocket_error(ws, error)
             }
 
             pub fn connect(&self, socket: ::worker::worker_sys::Socket) -> ::worker::wasm_bindgen::JsValue {
-                let host = ::std::rc::Rc::clone(&self.host);
-                $crate::kit::object::settle(async move {
-                    host.connect(::worker::Socket::from(socket))
-                        .await
-                        .map(|()| ::worker::wasm_bindgen::JsValue::UNDEFINED)
-                        .map_err(::worker::wasm_bindgen::JsValue::from)
-                })
+                self.host.handle_connect(socket)
             }
 
             pub fn alarm(&self) -> ::worker::wasm_bindgen::JsValue {
-                let host = ::std::rc::Rc::clone(&self.host);
-                $crate::kit::object::settle(async move {
-                    host.alarm()
-                        .await
-                        .map(|r| ::worker::wasm_bindgen::JsValue::from(::worker::worker_sys::web_sys::Response::from(r)))
-                        .map_err(::worker::wasm_bindgen::JsValue::from)
-                })
+                self.host.handle_alarm()
             }
         }
     };
