@@ -48,13 +48,18 @@ pub fn unique(prefix: &str) -> String {
 
 /// Open a WebSocket, with `Authorization: Bearer` when a token is given.
 pub async fn connect(url: &str, token: Option<&str>) -> Res<Socket> {
+    connect_within(url, token, RECV).await
+}
+
+/// [`connect`] with its own handshake deadline (scale runs: measured, not limited).
+pub async fn connect_within(url: &str, token: Option<&str>, within: Duration) -> Res<Socket> {
     let mut request = url.into_client_request()?;
     if let Some(t) = token {
         request.headers_mut().insert("Authorization", format!("Bearer {t}").parse()?);
     }
-    let (socket, _) = tokio::time::timeout(RECV, tokio_tungstenite::connect_async(request))
+    let (socket, _) = tokio::time::timeout(within, tokio_tungstenite::connect_async(request))
         .await
-        .map_err(|_| fail(format!("no handshake within {RECV:?} for {url}")))??;
+        .map_err(|_| fail(format!("no handshake within {within:?} for {url}")))??;
     Ok(socket)
 }
 

@@ -14,19 +14,23 @@
 //! does. The figure that carries over is the fan-out cost on the primary: per message it sends
 //! one frame per socket with N = 1, and one internal call per shard with N = 4.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
 use serde_json::Value;
 
-use crate::client::{self, connect, next_json, now_us, Socket};
+use crate::client::{self, connect_within, next_json, now_us, Socket};
 use crate::procfs;
 use crate::server::{Service, Services};
 use crate::stats::{self, Samples, Table};
 use crate::{fail, Opts, Res};
 
 const CONNECT_IN_FLIGHT: usize = 32;
+/// How long a handshake, or a socket's wait for its next frame while the room fills, may take:
+/// measured, not limited (the storm scenario's deadline).
+const FILL_WITHIN: Duration = Duration::from_secs(180);
 const SHARDS: u32 = 4;
 
 struct Config {
@@ -115,34 +119,39 @@ async fn one_run(service: &Service, secret: &str, config: &Config, shards: u32) 
     let channel = client::unique(&format!("bench-shard{shards}"));
     let url = format!("{}/ws/channel/{channel}", service.ws_base());
     let users: Vec<String> = (0..config.receivers).map(|i| format!("{channel}-r{i}")).collect();
+    let total = config.messages as i64;
+    let drain = config.drain;
+    // Set once the writers start: until then a reader waits for frames without a silence limit.
+    let posting = Arc::new(AtomicBool::new(false));
     let filling = std::time::Instant::now();
-    let sockets: Vec<Res<Socket>> = stream::iter(users.iter())
+    // Each socket is read from the moment it is in: the joins after it send it frames (lists,
+    // then deltas), and a socket nobody reads would push back on the server through TCP.
+    let receivers: Vec<Res<tokio::task::JoinHandle<Received>>> = stream::iter(users.iter())
         .map(|user| {
             let url = url.clone();
             let token = client::token(secret, user);
+            let posting = Arc::clone(&posting);
             async move {
-                let mut socket = connect(&url, Some(&token?)).await?;
-                let first = next_json(&mut socket, client::RECV).await?;
+                let mut socket = connect_within(&url, Some(&token?), FILL_WITHIN).await?;
+                let first = next_json(&mut socket, FILL_WITHIN).await?;
                 if first.get("type").and_then(Value::as_str) != Some("participants") {
                     return Err(fail(format!("first frame {first}")));
                 }
-                Ok(socket)
+                Ok(tokio::spawn(receive(socket, total, drain, posting)))
             }
         })
         .buffer_unordered(CONNECT_IN_FLIGHT)
         .collect()
         .await;
-    let sockets: Vec<Socket> = sockets.into_iter().collect::<Res<_>>()?;
+    let receivers: Vec<tokio::task::JoinHandle<Received>> = receivers.into_iter().collect::<Res<_>>()?;
     let fill = filling.elapsed();
     let spread = match service.log() {
         Some(log) if shards > 1 => (0..shards).map(|k| log.count(&format!("shard accept Channel {channel}~shard-{k} user"))).collect(),
         _ => Vec::new(),
     };
-    let total = config.messages as i64;
     let started = now_us();
     let meter = procfs::CpuMeter::start(service.pgrp());
-    let drain = config.drain;
-    let receivers: Vec<_> = sockets.into_iter().map(|socket| tokio::spawn(receive(socket, total, drain))).collect();
+    posting.store(true, Ordering::SeqCst);
     let http = Arc::new(client::http()?);
     let per_writer = config.messages.div_ceil(config.writers);
     let mut writers = Vec::new();
@@ -188,16 +197,54 @@ async fn one_run(service: &Service, secret: &str, config: &Config, shards: u32) 
     Ok(result)
 }
 
-/// Read until sequence `total` (or `drain` of silence): deliveries, frames out of order,
-/// latencies, the time of the last one.
-async fn receive(mut socket: Socket, total: i64, drain: Duration) -> (u64, u64, Samples, u64) {
+/// What one receiver saw: deliveries, frames out of order, latencies, the time of the last one.
+type Received = (u64, u64, Samples, u64);
+
+/// A receiver pings like a real client (docs/protocol.md §2 heartbeat): the fill of 2,000
+/// sockets takes minutes, longer than `HEARTBEAT_TIMEOUT_MS` (90 s), and the server rightly
+/// sweeps a socket that never pings.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// Read until sequence `total` (or, once the writers started, `drain` without a message),
+/// pinging every [`PING_EVERY`]: deliveries, frames out of order, latencies, the time of the
+/// last one. A socket the server closes ends its count (its missing messages are lost).
+async fn receive(mut socket: Socket, total: i64, drain: Duration, posting: Arc<AtomicBool>) -> Received {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
     let (mut got, mut out_of_order, mut latency, mut last, mut expected) = (0_u64, 0_u64, Samples::default(), 0_u64, 1_i64);
+    let mut pinged = tokio::time::Instant::now();
+    // Since the writers started or the last message, whichever is later.
+    let mut quiet_since: Option<tokio::time::Instant> = None;
     while expected <= total {
-        let Ok(frame) = next_json(&mut socket, drain).await else { break };
+        let now = tokio::time::Instant::now();
+        if posting.load(Ordering::SeqCst) {
+            let since = *quiet_since.get_or_insert(now);
+            if now.duration_since(since) >= drain {
+                break;
+            }
+        }
+        if now.duration_since(pinged) >= PING_EVERY {
+            if socket.send(Message::Text(r#"{"type":"ping"}"#.into())).await.is_err() {
+                break;
+            }
+            pinged = now;
+        }
+        let text = match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
+            Err(_) => continue, // nothing this second: check the drain and the ping
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                eprintln!("sharded: a receiver was closed by the server: {frame:?}");
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => break,
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
         if frame.get("type").and_then(Value::as_str) != Some("message") {
             continue;
         }
         let now = now_us();
+        quiet_since = posting.load(Ordering::SeqCst).then(tokio::time::Instant::now);
         let seq = frame.get("sequence").and_then(Value::as_i64).unwrap_or(0);
         if seq != expected {
             out_of_order += 1;
