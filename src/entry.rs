@@ -13,7 +13,7 @@ use edge_realtime_core::route::{self as routes, resolve, Access, DoClass, Endpoi
 use edge_realtime_core::session::SessionOp;
 use edge_realtime_core::shard;
 
-use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, OBJECT_NAME};
+use crate::kit::http::{self, encode_header_text, error_response, json_response, Identity, RequestUrl, OBJECT_NAME};
 use crate::kit::internal;
 
 /// `/health` version: crate version plus the git commit build.rs stamped.
@@ -34,7 +34,7 @@ pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
     let ray = req.headers().get("cf-ray").ok().flatten();
     let request_id = ops::request_id_from(ray.as_deref()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = method_of(&req);
-    let route_template = routes::template(&req.path());
+    let route_template = routes::template(&RequestUrl::of(&req).path);
     let mut seen = Seen::default();
     let result = if req.method() == Method::Options {
         preflight()
@@ -59,15 +59,15 @@ pub async fn handle(req: Request, env: Env) -> worker::Result<Response> {
 }
 
 async fn route(mut req: Request, env: &Env, seen: &mut Seen) -> Result<Response, ApiError> {
-    let url = req.url().map_err(|_| ApiError::bad_request("invalid_url", "unparsable URL"))?;
-    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let url = RequestUrl::of(&req);
+    let query = url.query_pairs();
     let lookup = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     // Dev sign-in (`DEV_TOKENS=1` only, docs/protocol.md §3): matched before the routing table,
     // so without the var this path falls through to the table's 404 like any unknown path.
-    if url.path() == devtoken::PATH && dev_tokens_enabled(env) {
+    if url.path == devtoken::PATH && dev_tokens_enabled(env) {
         return dev_token(&mut req, env).await;
     }
-    let endpoint = resolve(&method_of(&req), url.path(), lookup)?;
+    let endpoint = resolve(&method_of(&req), &url.path, lookup)?;
     if let Endpoint::Object { class, name, .. } = &endpoint {
         seen.class = Some(class.as_str());
         seen.object = Some(name.clone());
@@ -112,7 +112,7 @@ async fn route(mut req: Request, env: &Env, seen: &mut Seen) -> Result<Response,
             let body = if websocket { None } else { Some(read_body(&mut req).await?) };
             // The stats op (any class) gets the class's short name for its body, nothing else.
             let stats_query = format!("class={}", class.as_str());
-            let query = if op == STATS_OP { Some(stats_query.as_str()) } else { url.query() };
+            let query = if op == STATS_OP { Some(stats_query.as_str()) } else { url.query.as_deref() };
             forward(env, &req, class, &name, op, query, &identity, body).await
         }
         Endpoint::RateLimit { op } => {

@@ -128,7 +128,43 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
 
 /// A query parameter of the request URL.
 pub fn query_param(req: &Request, name: &str) -> Option<String> {
-    req.url().ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    RequestUrl::of(req).query_pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// The path and query of a request, split from the runtime's own `request.url` — already parsed
+/// and serialized by workerd's WHATWG URL parser, so splitting it gives exactly what a second
+/// parse (workers-rs's `Request::url`, the `url` crate) would: the path as serialized
+/// (percent-encoded, from the first `/` after the host), the query after the first `?`, no
+/// fragment. Not parsing it again keeps the `url` crate and its IDNA tables out of the WASM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestUrl {
+    pub path: String,
+    /// `None` without a `?`; `Some("")` for a bare `?` (as `url::Url::query`).
+    pub query: Option<String>,
+}
+
+impl RequestUrl {
+    pub fn of(req: &Request) -> Self {
+        Self::parse(&req.inner().url())
+    }
+
+    /// Split a serialized absolute URL (`scheme://authority/path?query#fragment`).
+    pub fn parse(url: &str) -> Self {
+        let url = url.split_once('#').map_or(url, |(before, _)| before);
+        let (before_query, query) = match url.split_once('?') {
+            Some((before, query)) => (before, Some(query.to_owned())),
+            None => (url, None),
+        };
+        let after_scheme = before_query.split_once("://").map_or(before_query, |(_, rest)| rest);
+        let path = after_scheme.find('/').map_or_else(|| "/".to_owned(), |at| after_scheme.get(at..).unwrap_or("/").to_owned());
+        Self { path, query }
+    }
+
+    /// The query's `application/x-www-form-urlencoded` pairs, decoded (`+` is a space, invalid
+    /// UTF-8 replaced) — `url::Url::query_pairs`'s own decoder, the `form_urlencoded` crate.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        form_urlencoded::parse(self.query.as_deref().unwrap_or("").as_bytes()).into_owned().collect()
+    }
 }
 
 /// A JSON response from an already serialized body (cores build exact wire JSON).
@@ -138,4 +174,50 @@ pub fn json_text_response(status: u16, body: String) -> Result<Response, ApiErro
     let _ = headers.set("Content-Type", "application/json");
     let _ = headers.set("Access-Control-Allow-Origin", "*");
     Ok(response)
+}
+
+#[cfg(test)]
+mod request_url_tests {
+    use super::RequestUrl;
+
+    /// Against the `url` crate on serialized URLs (what workerd hands the Worker): the same path,
+    /// query and decoded pairs, for paths and queries with every character class that matters.
+    #[test]
+    fn splits_exactly_as_the_url_crate_parses() {
+        let paths = ["", "/", "/api/chat", "/api/chat/room%20one/messages", "//double//slash", "/a/../b/./c", "/ü/✓", "/%zz", "/semi;colon", "/at@sign", "/a%2Fb"];
+        let queries = [None, Some(""), Some("a=1"), Some("a=1&b=2&a=3"), Some("q=a+b%20c"), Some("x=%ff%fe"), Some("k"), Some("=v"), Some("a=?b=c"), Some("&&a=&=&"), Some("t=ü✓"), Some("p=%2B+")];
+        let fragments = [None, Some(""), Some("frag?x=1")];
+        let mut checked = 0;
+        for host in ["https://do.internal", "http://127.0.0.1:8787", "https://user:pw@example.com"] {
+            for path in paths {
+                for query in queries {
+                    for fragment in fragments {
+                        let mut raw = format!("{host}{path}");
+                        if let Some(q) = query {
+                            raw.push('?');
+                            raw.push_str(q);
+                        }
+                        if let Some(f) = fragment {
+                            raw.push('#');
+                            raw.push_str(f);
+                        }
+                        let Ok(oracle) = url::Url::parse(&raw) else { continue };
+                        let got = RequestUrl::parse(oracle.as_str());
+                        assert_eq!(got.path, oracle.path(), "{raw}");
+                        assert_eq!(got.query.as_deref(), oracle.query(), "{raw}");
+                        let pairs: Vec<(String, String)> = oracle.query_pairs().into_owned().collect();
+                        assert_eq!(got.query_pairs(), pairs, "{raw}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} URLs checked");
+    }
+
+    #[test]
+    fn a_url_without_a_path_is_the_root() {
+        assert_eq!(RequestUrl::parse("https://do.internal"), RequestUrl { path: "/".into(), query: None });
+        assert_eq!(RequestUrl::parse("https://do.internal?x=1").query.as_deref(), Some("x=1"));
+    }
 }

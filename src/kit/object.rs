@@ -232,7 +232,7 @@ pub struct Incoming {
 
 impl Incoming {
     async fn read(req: &mut Request, with_body: bool) -> Result<Self, ApiError> {
-        let query = req.url().map(|u| u.query_pairs().into_owned().collect()).unwrap_or_default();
+        let query = http::RequestUrl::of(req).query_pairs().into_iter().collect();
         let body = if with_body && !matches!(req.method(), Method::Get | Method::Head) {
             let bytes = req.bytes().await.map_err(|_| ApiError::bad_request("invalid_body", "could not read the body"))?;
             if bytes.len() > http::MAX_BODY_BYTES {
@@ -768,7 +768,7 @@ impl Host {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let path = req.path();
+        let path = http::RequestUrl::of(&req).path;
         if path.trim_start_matches('/') == ops::STATS_OP {
             return http::respond(self.stats_reply(&req));
         }
@@ -786,7 +786,7 @@ impl Host {
     }
 
     async fn route(&self, req: &mut Request) -> Result<Response, ApiError> {
-        let path = req.path();
+        let path = http::RequestUrl::of(req).path;
         let path = path.trim_start_matches('/');
         if path == REVOKE_OP {
             let revoked = crate::objects::revoke_sockets(&self.state, req)?;
