@@ -1,7 +1,7 @@
 //! The entry Worker: route → `Upgrade` check → auth → forward to one Durable Object.
 //! Everything here is decided before any DO is touched (docs/protocol.md §3, §4).
 
-use worker::{Env, Headers, Method, Request, RequestInit, Response};
+use worker::{Env, Headers, Method, Request, Response};
 
 use edge_realtime_core::auth::{self, Claims};
 use edge_realtime_core::devtoken;
@@ -265,9 +265,7 @@ async fn ask_upgrade_limiter(env: &Env, user_id: &str, per_minute: u32) -> worke
     let headers = Headers::new();
     headers.set(OBJECT_NAME, &encode_header_text(&name))?;
     let url = format!("https://do.internal/{}?perMinute={per_minute}", RateLimitOp::Upgrade.path());
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers);
-    let request = Request::new_with_init(&url, &init)?;
+    let request = http::internal_request(&url, &Method::Post, &headers, None)?;
     let stub = env.durable_object(DoClass::RateLimiter.binding())?.get_by_name(&name)?;
     let mut response = stub.fetch_with_request(request).await?;
     if response.status_code() != 200 {
@@ -290,9 +288,7 @@ async fn check_revocation(env: &Env, identity: &Identity, class: DoClass, name: 
         class.as_str(),
         encode_header_text(name)
     );
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    let request = Request::new_with_init(&url, &init).map_err(internal("check request"))?;
+    let request = http::internal_request(&url, &Method::Get, &headers, None).map_err(internal("check request"))?;
     let stub = env
         .durable_object(DoClass::UserSession.binding())
         .and_then(|ns| ns.get_by_name(&identity.user_id))
@@ -336,13 +332,10 @@ pub async fn forward(
         Some(q) if !q.is_empty() => format!("https://do.internal/{op}?{q}"),
         _ => format!("https://do.internal/{op}"),
     };
-    let mut init = RequestInit::new();
-    init.with_method(original.method()).with_headers(headers);
+    let method = original.method();
     // GET/HEAD requests may not carry a body, even an empty one.
-    if let Some(bytes) = body.filter(|b| !b.is_empty() && !matches!(original.method(), Method::Get | Method::Head)) {
-        init.with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
-    }
-    let request = Request::new_with_init(&url, &init).map_err(internal("internal request"))?;
+    let body = body.filter(|b| !b.is_empty() && !matches!(method, Method::Get | Method::Head));
+    let request = http::internal_request(&url, &method, &headers, body.as_deref()).map_err(internal("internal request"))?;
     let stub = env
         .durable_object(class.binding())
         .and_then(|ns| ns.get_by_name(name))

@@ -131,6 +131,21 @@ pub fn query_param(req: &Request, name: &str) -> Option<String> {
     RequestUrl::of(req).query_pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
+/// A request to another object (`https://do.internal/<op>`): method, headers, optional body.
+/// Built on `web_sys` directly — workers-rs's `Request::new_with_init` also converts the `cf`
+/// options (serde, float formatting: ~12 KB of WASM) that an internal call never sets.
+pub fn internal_request(url: &str, method: &worker::Method, headers: &Headers, body: Option<&[u8]>) -> worker::Result<Request> {
+    let init = worker::web_sys::RequestInit::new();
+    init.set_method(method.as_ref());
+    init.set_headers(headers.as_ref());
+    if let Some(bytes) = body {
+        init.set_body(&worker::js_sys::Uint8Array::from(bytes).into());
+    }
+    worker::web_sys::Request::new_with_str_and_init(url, &init)
+        .map(Request::from)
+        .map_err(|e| worker::Error::JsError(e.as_string().unwrap_or_else(|| "invalid internal request".to_owned())))
+}
+
 /// The path and query of a request, split from the runtime's own `request.url` — already parsed
 /// and serialized by workerd's WHATWG URL parser, so splitting it gives exactly what a second
 /// parse (workers-rs's `Request::url`, the `url` crate) would: the path as serialized

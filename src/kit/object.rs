@@ -40,7 +40,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use worker::{Env, Headers, Method, Request, RequestInit, Response, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage};
+use worker::{Env, Headers, Method, Request, Response, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage};
 
 use edge_realtime_core::effects::{self, Effects, Op, Statement, Timer, To};
 use edge_realtime_core::error::{close, ApiError};
@@ -1105,14 +1105,11 @@ impl Host {
     async fn call_once(&self, call: &effects::Call) -> worker::Result<(u16, String)> {
         let headers = Headers::new();
         headers.set(http::OBJECT_NAME, &http::encode_header_text(&call.object))?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post);
-        if let Some(body) = &call.body {
+        if call.body.is_some() {
             headers.set("Content-Type", "application/json")?;
-            init.with_body(Some(worker::js_sys::Uint8Array::from(body.as_bytes()).into()));
         }
-        init.with_headers(headers);
-        let req = Request::new_with_init(&format!("https://do.internal/{}", call.op), &init)?;
+        let url = format!("https://do.internal/{}", call.op);
+        let req = http::internal_request(&url, &Method::Post, &headers, call.body.as_deref().map(str::as_bytes))?;
         let stub = self.env.durable_object(call.binding)?.get_by_name(&call.object)?;
         let mut response = stub.fetch_with_request(req).await?;
         let status = response.status_code();
