@@ -372,7 +372,7 @@ async fn channel_presence() -> TestResult {
 async fn reconnect_at_once() -> TestResult {
     let s = sharded().await?;
     let c = unique("shrejoin");
-    let (a, b) = (user_in("ra", 0), user_in("rb", 1));
+    let (a, b) = (user_in("rja", 0), user_in("rjb", 1));
     let (mut sa, _) = join(&s, &c, &a, "").await?;
     let (mut sb, _) = join(&s, &c, &b, "").await?;
     for _ in 0..10 {
