@@ -249,13 +249,14 @@ pub fn load_schedule(sql: &worker::SqlStorage) -> Schedule {
     Schedule::from_entries(rows.into_iter().map(|r| (r.name, r.at)))
 }
 
-/// Persist the timer table and point the alarm at its earliest deadline. Only the rows that
-/// changed are written (a heartbeat sweep that moves one timer is one upsert, not a rewrite of
-/// the table). The alarm is always pointed again (it may have fired since the table was read).
-pub async fn save_schedule(state: &State, schedule: &Schedule) -> Result<(), ApiError> {
+/// Persist the timer table and point the alarm at its earliest deadline. `stored` is the table as
+/// read at the start of the event (the caller has it: no second read); only the rows that
+/// changed from it are written — a heartbeat sweep that moves its timer is one upsert, not a
+/// rewrite of the table (rows written are what an object is billed for). The alarm is always
+/// pointed again (it may have fired since the table was read).
+pub async fn save_schedule(state: &State, stored: &Schedule, schedule: &Schedule) -> Result<(), ApiError> {
     let sql = state.storage().sql();
-    let stored = load_schedule(&sql);
-    let changes = schedule.changes_from(&stored);
+    let changes = schedule.changes_from(stored);
     for name in &changes.removed {
         sql::exec(&sql, "DELETE FROM _schedule WHERE name = ?", vec![name.as_str().into()])?;
     }

@@ -920,25 +920,28 @@ impl Host {
     }
 
     /// The kit's heartbeat sweep first, then the due timers, each through `on_timer`. Their
-    /// removal is saved first: a timer fires at most once, even if a handler's effects fail.
+    /// removal is saved first: a timer fires at most once, even if a handler's effects fail
+    /// (the heartbeat excepted: its row is moved by the sweep's re-arm).
     async fn alarm(&self) -> worker::Result<Response> {
         self.start();
         let now = kit::now();
         self.count(|s| s.alarm(now));
-        let mut schedule = kit::load_schedule(&self.state.storage().sql());
-        let due = schedule.take_due(now);
+        let stored = kit::load_schedule(&self.state.storage().sql());
+        let (mut schedule, due) = liveness::fire(&stored, now);
         let name = self.object_name();
         kit::log(&AlarmLine { event: "alarm", class: self.class, object: name.as_deref(), timers: &due });
+        let sweeping = due.iter().any(|n| n == HEARTBEAT_TIMER);
         self.apply_timers(&mut schedule, &[]);
-        if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+        if let Err(e) = kit::save_schedule(&self.state, &stored, &schedule).await {
             worker::console_error!("{} alarm: saving the schedule failed: {e}", self.class);
         }
-        if due.iter().any(|n| n == HEARTBEAT_TIMER) {
+        if sweeping {
             let next = self.sweep().await;
             // Reloaded: departures during the sweep may have set timers of their own.
-            let mut schedule = kit::load_schedule(&self.state.storage().sql());
+            let stored = kit::load_schedule(&self.state.storage().sql());
+            let mut schedule = stored.clone();
             liveness::rearm(&mut schedule, next);
-            if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+            if let Err(e) = kit::save_schedule(&self.state, &stored, &schedule).await {
                 worker::console_error!("{} alarm: re-arming the heartbeat failed: {e}", self.class);
             }
         }
@@ -992,13 +995,14 @@ impl Host {
         }
         let pending = self.pending_timers.try_borrow().map(|p| !p.is_empty()).unwrap_or(false);
         if !effects.timers.is_empty() || heartbeat || pending {
-            let mut schedule = kit::load_schedule(&self.state.storage().sql());
+            let stored = kit::load_schedule(&self.state.storage().sql());
+            let mut schedule = stored.clone();
             let mut changed = self.apply_timers(&mut schedule, &effects.timers);
             if heartbeat {
                 changed |= liveness::arm_on_connect(&mut schedule, kit::now(), self.heartbeat_ms);
             }
             if changed {
-                if let Err(e) = kit::save_schedule(&self.state, &schedule).await {
+                if let Err(e) = kit::save_schedule(&self.state, &stored, &schedule).await {
                     worker::console_error!("{} schedule failed: {e}", self.class);
                 }
             }

@@ -160,6 +160,19 @@ pub mod liveness {
         }
     }
 
+    /// The alarm's first step: the timers due at `now` (earliest first) and the table to save
+    /// before running them — `stored` without them, except the heartbeat, whose row stays until
+    /// the sweep's [`rearm`] moves it: one row written per sweep instead of a delete and an
+    /// insert (a sweep repeated after a crash is harmless; other timers fire at most once).
+    pub fn fire(stored: &Schedule, now: Millis) -> (Schedule, Vec<String>) {
+        let mut schedule = stored.clone();
+        let due = schedule.take_due(now);
+        if let (true, Some(at)) = (due.iter().any(|n| n == HEARTBEAT_TIMER), stored.get(HEARTBEAT_TIMER)) {
+            schedule.set(HEARTBEAT_TIMER, at);
+        }
+        (schedule, due)
+    }
+
     /// After a sweep: point the heartbeat timer at `next`, or cancel it.
     pub fn rearm(schedule: &mut Schedule, next: Option<Millis>) {
         match next {
@@ -192,6 +205,28 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(3_000));
         s.cancel("typing");
         assert_eq!(s.next_deadline(), Some(60_000));
+    }
+
+    #[test]
+    fn a_sweep_writes_one_schedule_row() {
+        use super::liveness::{fire, rearm, HEARTBEAT_TIMER};
+        let stored = Schedule::from_entries([(HEARTBEAT_TIMER.to_string(), 90_000), ("prune".into(), 60_000), ("typing".into(), 200_000)]);
+        let (first, due) = fire(&stored, 100_000);
+        assert_eq!(due, vec!["prune".to_string(), HEARTBEAT_TIMER.to_string()]);
+        let changes = first.changes_from(&stored);
+        assert_eq!(changes.removed, vec!["prune".to_string()], "a due timer's removal is saved first");
+        assert!(changes.written.is_empty(), "the heartbeat's row is left for the re-arm");
+        let mut rearmed = first.clone();
+        rearm(&mut rearmed, Some(190_000));
+        let changes = rearmed.changes_from(&first);
+        assert_eq!((changes.removed.len(), changes.written), (0, vec![(HEARTBEAT_TIMER.to_string(), 190_000)]));
+        // No socket left: the re-arm cancels it, one row deleted.
+        let mut cancelled = first.clone();
+        rearm(&mut cancelled, None);
+        assert_eq!(cancelled.changes_from(&first).removed, vec![HEARTBEAT_TIMER.to_string()]);
+        // Nothing due: nothing changes.
+        let (same, none) = fire(&stored, 1_000);
+        assert!(none.is_empty() && same.changes_from(&stored).is_empty());
     }
 
     #[test]
