@@ -294,6 +294,62 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, pgrp
     })
 }
 
+/// Which room a run measures.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Edge,
+    Baseline,
+}
+
+/// Run one room on `target`'s server (started on first use; both stay up between rounds).
+async fn run_target(services: &mut Services, target: Target, secret: &str, cfg: &Config) -> Result<RoomResult, (&'static str, String)> {
+    let label = match target {
+        Target::Edge => "edge-realtime ChatRoom",
+        Target::Baseline => "JS baseline (bare hibernating DO)",
+    };
+    let server = match target {
+        Target::Edge => services.edge().await,
+        Target::Baseline => services.baseline().await,
+    };
+    let (ws_base, pgrp) = match server {
+        Ok(s) => (s.ws_base(), s.pgrp()),
+        Err(e) => return Err((label, e.to_string())),
+    };
+    eprintln!("chat: {label}, {} receivers, {} senders, {:?} + {:?} warmup", cfg.receivers, cfg.senders, cfg.duration, cfg.warmup);
+    let secret = (target == Target::Edge).then_some(secret);
+    run_room(label, &ws_base, secret, pgrp, cfg).await.map_err(|e| (label, e.to_string()))
+}
+
+/// The edge / baseline ratios of one round: sent msg/s, delivered msg/s, p50, p95, p99.
+fn ratios(edge: &mut RoomResult, base: &mut RoomResult) -> [f64; 5] {
+    let q = |r: &mut RoomResult, q: f64| r.latency.quantile(q).unwrap_or(0) as f64;
+    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    [
+        div(edge.sent_measured as f64, base.sent_measured as f64),
+        div(edge.delivered_per_sec(), base.delivered_per_sec()),
+        div(q(edge, 0.5), q(base, 0.5)),
+        div(q(edge, 0.95), q(base, 0.95)),
+        div(q(edge, 0.99), q(base, 0.99)),
+    ]
+}
+
+/// "median (min–max)" of one ratio over the rounds.
+fn spread(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let (Some(min), Some(max)) = (values.first(), values.last()) else { return "-".to_owned() };
+    let median = match (values.get(n / 2), n % 2) {
+        (Some(mid), 1) => *mid,
+        (Some(upper), _) => values.get(n / 2 - 1).map_or(*upper, |lower| (lower + upper) / 2.0),
+        (None, _) => return "-".to_owned(),
+    };
+    if n == 1 {
+        format!("{median:.2}")
+    } else {
+        format!("{median:.2} ({min:.2}–{max:.2})")
+    }
+}
+
 pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     let cfg = Config {
         receivers: opts.usize("receivers", 50)?,
@@ -305,77 +361,85 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
     if cfg.receivers == 0 || cfg.senders == 0 || cfg.duration.is_zero() {
         return Err(fail("chat needs receivers, senders and a duration"));
     }
-    let target = opts.text("target", "both");
+    // Rounds alternate which target goes first (edge, baseline; then baseline, edge; ...), so a
+    // drift of the machine during the run weighs on both alike.
+    let rounds = opts.usize("rounds", 3)?.max(1);
+    let targets: &[Target] = match opts.text("target", "both") {
+        "edge" => &[Target::Edge],
+        "baseline" => &[Target::Baseline],
+        _ => &[Target::Edge, Target::Baseline],
+    };
     let secret = services.secret().to_owned();
-    let mut results: Vec<Result<RoomResult, (&str, String)>> = Vec::new();
-    if matches!(target, "both" | "edge") {
-        let label = "edge-realtime ChatRoom";
-        let edge = services.edge().await?;
-        let (ws_base, pgrp) = (edge.ws_base(), edge.pgrp());
-        eprintln!("chat: {label}, {} receivers, {} senders, {:?} + {:?} warmup", cfg.receivers, cfg.senders, cfg.duration, cfg.warmup);
-        results.push(run_room(label, &ws_base, Some(&secret), pgrp, &cfg).await.map_err(|e| (label, e.to_string())));
-    }
-    if matches!(target, "both" | "baseline") {
-        let label = "JS baseline (bare hibernating DO)";
-        let baseline = services.baseline().await?;
-        let (ws_base, pgrp) = (baseline.ws_base(), baseline.pgrp());
-        eprintln!("chat: {label}");
-        results.push(run_room(label, &ws_base, None, pgrp, &cfg).await.map_err(|e| (label, e.to_string())));
-    }
 
-    println!(
-        "{} receivers + {} closed-loop senders in one room; {:?} measured after {:?} warmup. \
-         Delivered = bench messages received by the receivers per second; latency = send → receipt at each receiver.\n",
-        cfg.receivers, cfg.senders, cfg.duration, cfg.warmup
-    );
     let mut table = Table::new(&[
-        "target", "sent msg/s", "delivered msg/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "samples", "lost", "duplicates",
+        "round", "target", "sent msg/s", "delivered msg/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "samples", "lost", "duplicates",
         "CPU (% of one core)",
     ]);
     let mut failures = Vec::new();
-    for result in &mut results {
-        match result {
-            Ok(r) => {
-                table.row(vec![
-                    r.label.to_owned(),
-                    stats::rate(r.sent_measured, cfg.duration),
-                    format!("{:.0}", r.delivered_per_sec()),
-                    r.latency.ms(0.50),
-                    r.latency.ms(0.95),
-                    r.latency.ms(0.99),
-                    r.latency.ms(1.0),
-                    r.latency.len().to_string(),
-                    format!("{} of {}", r.lost, r.sent_total * u64::try_from(cfg.receivers)?),
-                    r.duplicates.to_string(),
-                    r.cpu.clone(),
-                ]);
-                failures.extend(r.errors.iter().map(|e| format!("{}: {e}", r.label)));
-                if r.lost > 0 {
-                    failures.push(format!("{}: {} deliveries lost", r.label, r.lost));
+    let mut per_round: Vec<[f64; 5]> = Vec::new();
+    for round in 1..=rounds {
+        let mut order = targets.to_vec();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        let (mut edge, mut base) = (None, None);
+        for target in order {
+            let mut result = run_target(services, target, &secret, &cfg).await;
+            match &mut result {
+                Ok(r) => {
+                    table.row(vec![
+                        round.to_string(),
+                        r.label.to_owned(),
+                        stats::rate(r.sent_measured, cfg.duration),
+                        format!("{:.0}", r.delivered_per_sec()),
+                        r.latency.ms(0.50),
+                        r.latency.ms(0.95),
+                        r.latency.ms(0.99),
+                        r.latency.ms(1.0),
+                        r.latency.len().to_string(),
+                        format!("{} of {}", r.lost, r.sent_total * u64::try_from(cfg.receivers)?),
+                        r.duplicates.to_string(),
+                        r.cpu.clone(),
+                    ]);
+                    failures.extend(r.errors.iter().map(|e| format!("{}: {e}", r.label)));
+                    if r.lost > 0 {
+                        failures.push(format!("{}: {} deliveries lost", r.label, r.lost));
+                    }
+                    if r.duplicates > 0 {
+                        failures.push(format!("{}: {} duplicate deliveries", r.label, r.duplicates));
+                    }
+                }
+                Err((label, e)) => {
+                    table.row(vec![round.to_string(), (*label).to_owned(), format!("failed: {e}")]);
+                    failures.push(format!("round {round}, {label}: {e}"));
                 }
             }
-            Err((label, e)) => {
-                table.row(vec![(*label).to_owned(), format!("failed: {e}")]);
-                failures.push(format!("{label}: {e}"));
+            match target {
+                Target::Edge => edge = result.ok(),
+                Target::Baseline => base = result.ok(),
             }
         }
+        if let (Some(edge), Some(base)) = (edge.as_mut(), base.as_mut()) {
+            let r = ratios(edge, base);
+            let cell = |x: f64| if x.is_finite() { format!("{x:.2}") } else { "-".to_owned() };
+            let mut row = vec![round.to_string(), "**edge / baseline**".to_owned()];
+            row.extend([cell(r[0]), cell(r[1]), cell(r[2]), cell(r[3]), cell(r[4])]);
+            table.row(row);
+            per_round.push(r);
+        }
     }
-    if let [Ok(edge), Ok(base)] = results.as_mut_slice() {
-        let q = |r: &mut RoomResult, q: f64| r.latency.quantile(q).unwrap_or(0) as f64;
-        let (e50, b50, e95, b95, e99, b99) = (q(edge, 0.5), q(base, 0.5), q(edge, 0.95), q(base, 0.95), q(edge, 0.99), q(base, 0.99));
-        table.row(vec![
-            "**edge / baseline**".to_owned(),
-            stats::ratio(edge.sent_measured as f64, base.sent_measured as f64),
-            stats::ratio(edge.delivered_per_sec(), base.delivered_per_sec()),
-            stats::ratio(e50, b50),
-            stats::ratio(e95, b95),
-            stats::ratio(e99, b99),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-        ]);
+
+    println!(
+        "{} receivers + {} closed-loop senders in one room; {:?} measured after {:?} warmup; {rounds} round(s), \
+         each target's order alternating. Delivered = bench messages received by the receivers per second; \
+         latency = send → receipt at each receiver.\n",
+        cfg.receivers, cfg.senders, cfg.duration, cfg.warmup
+    );
+    if per_round.len() > 1 {
+        let column = |k: usize| spread(&mut per_round.iter().filter_map(|r| r.get(k).copied()).filter(|x| x.is_finite()).collect::<Vec<_>>());
+        let mut row = vec!["all".to_owned(), format!("**edge / baseline, median (min–max) of {}**", per_round.len())];
+        row.extend((0..5).map(column));
+        table.row(row);
     }
     table.print();
     if failures.is_empty() {
@@ -387,7 +451,15 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::stamp;
+    use super::{spread, stamp};
+
+    #[test]
+    fn spread_is_the_median_and_the_range() {
+        assert_eq!(spread(&mut [0.7, 0.5, 0.9]), "0.70 (0.50–0.90)");
+        assert_eq!(spread(&mut [0.6, 0.8]), "0.70 (0.60–0.80)");
+        assert_eq!(spread(&mut [0.66]), "0.66");
+        assert_eq!(spread(&mut []), "-");
+    }
     use serde_json::json;
 
     #[test]
