@@ -24,7 +24,13 @@ pub use http::{error_response, json_response, read_json_body, Identity};
 
 /// Current time in ms (the only clock the adapters read; cores get it as an argument).
 pub fn now() -> Millis {
-    Millis::try_from(worker::Date::now().as_millis()).unwrap_or(0)
+    // `Date.now()`, not `new Date()`: no object per event.
+    let millis = js_sys::Date::now();
+    if millis.is_finite() && millis >= 0.0 {
+        millis as Millis
+    } else {
+        0
+    }
 }
 
 /// Write one structured log line (docs/operations.md): a JSON object per line on stdout, what
