@@ -3,6 +3,7 @@
 //! close, frame decoding, the multiplexed alarm, SQL helpers, and error → response mapping.
 //! Each DO file then reads as its own protocol.
 
+pub mod coalesce;
 pub mod http;
 pub mod object;
 pub mod liveness;

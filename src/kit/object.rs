@@ -49,7 +49,8 @@ use edge_realtime_core::ops::{self, AlarmLine, SocketLine, StatsBody, Tracker, W
 use edge_realtime_core::schedule::liveness::{self, HEARTBEAT_TIMER};
 use edge_realtime_core::time::Millis;
 
-use crate::kit::{self, http, sql, Identity};
+use crate::kit::coalesce::Coalesced;
+use crate::kit::{self, http, runtime, sql, Identity};
 
 /// A Durable Object protocol, hosted by [`Host`] (declare the class with [`durable_object!`]).
 pub trait RealtimeObject: Sized + 'static {
@@ -161,6 +162,9 @@ pub struct Ctx<'a> {
     env: &'a Env,
     /// The event's own socket in `on_message` / `on_gone`: never counted among the others.
     this: Option<&'a WebSocket>,
+    /// The host's coalesced writes: a read writes them first.
+    queued: Option<&'a Coalesced>,
+    class: &'static str,
 }
 
 impl Ctx<'_> {
@@ -169,6 +173,9 @@ impl Ctx<'_> {
         self.env.var(name).ok().map(|v| v.to_string())
     }
     pub fn rows<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Vec<R>, ApiError> {
+        if let Some(queued) = self.queued.filter(|q| !q.is_empty()) {
+            queued.write(|statements| transaction(self.state, statements), self.class);
+        }
         sql::rows(&self.state.storage().sql(), query, binds.into_iter().map(sql_value).collect())
     }
     pub fn first<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
@@ -339,6 +346,10 @@ pub struct Host {
     /// The object's name, for log lines: from the first request that named it, else
     /// [`RealtimeObject::name`].
     name: RefCell<Option<String>>,
+    /// Frames whose writes wait for the others of their turn (kit::coalesce).
+    coalesced: Coalesced,
+    /// This host, for the coalesced writes' flush timer (set by [`Host::create`]).
+    me: RefCell<std::rc::Weak<Host>>,
 }
 
 /// What [`Host`] asks of an object: [`RealtimeObject`] with its types erased (`Op`, `Conn`, the
@@ -637,6 +648,8 @@ impl Host {
             stats: RefCell::new(stats),
             flush_ms,
             name: RefCell::new(None),
+            coalesced: Coalesced::default(),
+            me: RefCell::new(std::rc::Weak::new()),
         };
         if has_state {
             host.boot();
@@ -764,10 +777,11 @@ impl Host {
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { now: kit::now(), state: &self.state, env: &self.env, this: None }
+        Ctx { now: kit::now(), state: &self.state, env: &self.env, this: None, queued: Some(&self.coalesced), class: self.class }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        self.flush_coalesced();
         let path = http::RequestUrl::of(&req).path;
         if path.trim_start_matches('/') == ops::STATS_OP {
             return http::respond(self.stats_reply(&req));
@@ -837,6 +851,7 @@ impl Host {
         let text = match kit::frame_text(message) {
             Ok(text) => text,
             Err(rejection) => {
+                self.flush_coalesced();
                 self.reject(&ws, &rejection);
                 if let Reject::Close { code, .. } = rejection {
                     self.gone(&ws, code).await;
@@ -844,13 +859,23 @@ impl Host {
                 return;
             }
         };
-        let ctx = Ctx { now, state: &self.state, env: &self.env, this: Some(&ws) };
+        let ctx = Ctx { now, this: Some(&ws), ..self.ctx() };
+        let mut queued = false;
         let frame = self.object.on_message(&ctx, &ws, &text, &mut |effects| {
             if ops::is_in_band_refusal(effects) {
                 self.count(Tracker::frame_rejected);
             }
+            if effects.coalescible() {
+                self.coalesced.push(ws.clone(), std::mem::take(&mut effects.store));
+                queued = true;
+                return true;
+            }
             self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok()
         });
+        if !(queued && matches!(frame, Frame::Stored(_))) {
+            // Whatever this frame sends or closes goes after the frames queued before it.
+            self.flush_coalesced();
+        }
         match frame {
             Frame::Lost => kit::close(&ws, close::INTERNAL, "lost connection state"),
             // Dropped: the kit already closed it, a frame still in flight. A failed store
@@ -863,12 +888,53 @@ impl Host {
                     self.gone(&ws, code).await;
                 }
             }
+            Frame::Stored(effects) if queued => {
+                self.coalesced.attach(effects);
+                self.flush_next_turn();
+            }
             Frame::Stored(effects) => self.finish(Some(&ws), effects).await,
+        }
+    }
+
+    /// Set the timer that flushes the coalesced writes, unless one is pending.
+    fn flush_next_turn(&self) {
+        if !self.coalesced.set_timer() {
+            return;
+        }
+        let me = self.me.try_borrow().map(|me| me.clone()).unwrap_or_default();
+        let flush = move || {
+            if let Some(host) = me.upgrade() {
+                host.coalesced.timer_fired();
+                host.flush_coalesced();
+                host.flush_stats(kit::now(), false);
+            }
+        };
+        runtime::next_turn(&Closure::once_into_js(flush));
+    }
+
+    /// Write every coalesced frame (each its own unit, all in this turn's one transaction),
+    /// then run their sends in arrival order. A frame whose write failed sends nothing: its
+    /// socket is closed 1011 and the object rebuilt from storage, as for any failed store.
+    fn flush_coalesced(&self) {
+        if self.coalesced.is_empty() {
+            return;
+        }
+        let failed = self.coalesced.write(|statements| transaction(&self.state, statements), self.class);
+        for queued in self.coalesced.take() {
+            if queued.failed {
+                kit::close(&queued.origin, close::INTERNAL, "storage failed");
+            } else if let Some(effects) = &queued.effects {
+                self.send_all(Some(&queued.origin), effects);
+            }
+        }
+        if failed {
+            self.object.restore(&self.ctx());
         }
     }
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, reason: String, _was_clean: bool) -> worker::Result<()> {
         self.start();
+        self.flush_coalesced();
         kit::reciprocate_close(&ws, code, &reason);
         // 1005 (no status) if the runtime ever reported something outside u16.
         self.gone(&ws, u16::try_from(code).unwrap_or(1005)).await;
@@ -878,6 +944,7 @@ impl Host {
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
         self.start();
+        self.flush_coalesced();
         if let Some(user) = self.object.user(&ws) {
             self.log_socket("socket_error", &user, None);
         }
@@ -924,6 +991,7 @@ impl Host {
     /// (the heartbeat excepted: its row is moved by the sweep's re-arm).
     async fn alarm(&self) -> worker::Result<Response> {
         self.start();
+        self.flush_coalesced();
         let now = kit::now();
         self.count(|s| s.alarm(now));
         let stored = kit::load_schedule(&self.state.storage().sql());
@@ -966,6 +1034,7 @@ impl Host {
         if statements.is_empty() {
             return Ok(());
         }
+        self.flush_coalesced();
         let Err(e) = transaction(&self.state, statements) else { return Ok(()) };
         worker::console_error!("{} store failed: {e}", self.class);
         if let Some(ws) = origin {
@@ -1056,6 +1125,7 @@ impl Host {
     /// The sends, in order (`To::This` needs an origin socket).
     /// Counts one frame out per recipient socket (the broadcast reports how many it reached).
     fn send_all(&self, origin: Option<&WebSocket>, effects: &Effects) {
+        self.flush_coalesced();
         let mut sent: u32 = 0;
         for send in &effects.sends {
             sent = sent.saturating_add(match (&send.to, origin) {
@@ -1195,7 +1265,11 @@ fn settle(mut future: std::pin::Pin<Box<dyn std::future::Future<Output = Result<
 impl Host {
     /// The constructor.
     pub fn create<T: RealtimeObject>(state: worker::worker_sys::DurableObjectState, env: Env) -> std::rc::Rc<Self> {
-        std::rc::Rc::new(Self::new::<T>(State::from(state), env))
+        let host = std::rc::Rc::new(Self::new::<T>(State::from(state), env));
+        if let Ok(mut me) = host.me.try_borrow_mut() {
+            *me = std::rc::Rc::downgrade(&host);
+        }
+        host
     }
 
     pub fn handle_fetch(self: &std::rc::Rc<Self>, req: worker::worker_sys::web_sys::Request) -> JsValue {

@@ -36,6 +36,9 @@ pub fn raw(state: &worker::State) -> &RawState {
 export function sql_exec(sql, query, binds) {
   sql.exec(query, ...JSON.parse(binds));
 }
+export function next_turn(callback) {
+  setTimeout(callback, 0);
+}
 export function broadcast_text(state, frame, tag, except) {
   let sent = 0;
   for (const ws of (tag === undefined ? state.getWebSockets() : state.getWebSockets(tag))) {
@@ -52,6 +55,10 @@ extern "C" {
     /// the runtime accepted. `getWebSockets` throwing is the only error.
     #[wasm_bindgen(catch)]
     pub fn broadcast_text(state: &RawState, frame: &str, tag: Option<String>, except: Option<&JsValue>) -> Result<u32, JsValue>;
+
+    /// Call `callback` in a later turn of the event loop (`setTimeout(callback, 0)`): after the
+    /// frames that already arrived (kit::coalesce).
+    pub fn next_turn(callback: &JsValue);
 
     /// `sql.exec(query, ...bindings)` with the bindings as one JSON array (see `kit::sql::exec`).
     #[wasm_bindgen(catch)]

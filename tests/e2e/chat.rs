@@ -25,6 +25,7 @@ pub fn tests() -> Vec<Trial> {
         trial("chat::bad_input_rejected_nothing_stored_room_still_works", bad_input),
         trial("chat::rate_limit_then_1008", rate_limit),
         trial("chat::duplicate_client_id_stored_once", duplicate_id),
+        trial("chat::frames_sent_together_keep_their_order_and_their_dedup", together),
         trial("chat::reconnect_since_replays_exactly_the_missed", since_replay),
         trial("chat::pruning_keeps_exactly_the_newest_n", pruning),
         trial("chat::survives_hibernation", hibernation),
@@ -379,6 +380,36 @@ async fn duplicate_id() -> TestResult {
     let history = all_history(&room, &alice.token, 100).await?;
     ensure_eq!(seqs(&history), vec![4, 3, 2, 1]);
     ensure_eq!(history.get(1), Some(&original));
+    a.close().await?;
+    b.close().await
+}
+
+/// Frames written back to back, never waiting (they may share one turn and so one coalesced
+/// transaction, kit::coalesce): each is answered in the order sent; a retry of a post still
+/// queued is answered with that post, not a storage error; each post is stored once.
+async fn together() -> TestResult {
+    let room = unique("together");
+    let (alice, mut a, bob, mut b) = pair(&room).await?;
+    // 16 frames: within the rate limit of 20 per 5 s (the in-band error counts too).
+    for round in 0..4 {
+        let id = format!("t-{round}");
+        a.send_json(&json!({"type": "message", "content": format!("one {round}"), "id": id})).await?;
+        a.send_json(&say(&format!("two {round}"))).await?;
+        a.send_json(&json!({"type": "message", "content": "the retry", "id": id})).await?;
+        a.send_json(&json!({"type": "message", "content": " "})).await?;
+        let seq = 3 + 2 * round;
+        let one = message(&mut a).await?;
+        check(&one, seq, "user", &alice, &format!("one {round}"))?;
+        check(&message(&mut a).await?, seq + 1, "user", &alice, &format!("two {round}"))?;
+        ensure_eq!(a.recv().await?, json!({"type": "message", "message": one}));
+        ensure_eq!(a.recv().await?, json!({"type": "error", "code": "invalid_content", "message": "content must not be empty"}));
+        check(&message(&mut b).await?, seq, "user", &alice, &format!("one {round}"))?;
+        check(&message(&mut b).await?, seq + 1, "user", &alice, &format!("two {round}"))?;
+    }
+    a.expect_next_is_pong().await?;
+    b.expect_next_is_pong().await?;
+    let history = all_history(&room, &bob.token, 100).await?;
+    ensure_eq!(seqs(&history), (1..=10).rev().collect::<Vec<i64>>());
     a.close().await?;
     b.close().await
 }

@@ -145,6 +145,18 @@ impl Effects {
     pub fn none() -> Self {
         Self::default()
     }
+    /// Whether a frame's effects may wait for the other frames of the same turn, so their writes
+    /// share one SQLite transaction (the kit's coalesced writes): they store something and
+    /// otherwise only send. A close, timers, calls or a release run at once, after every
+    /// earlier coalesced write and send.
+    pub fn coalescible(&self) -> bool {
+        !self.store.is_empty()
+            && self.close.is_none()
+            && self.close_all.is_none()
+            && self.timers.is_empty()
+            && self.calls.is_empty()
+            && !self.release
+    }
     pub fn store(mut self, sql: &'static str, binds: Vec<Value>) -> Self {
         self.store.push(Statement { sql, binds });
         self
@@ -278,6 +290,20 @@ mod tests {
         assert_eq!(TestOp::parse("nope"), None);
         assert!(TestOp::Socket.is_websocket());
         assert!(!TestOp::Get.is_websocket());
+    }
+
+    #[test]
+    fn only_a_store_with_sends_is_coalescible() {
+        let post = || Effects::none().store("INSERT INTO t VALUES (?)", vec![1.into()]).to_all("a").to_self("b");
+        assert!(post().coalescible());
+        assert!(Effects::none().store("DELETE FROM t", vec![]).coalescible());
+        assert!(!Effects::none().to_all("a").coalescible(), "nothing to store: nothing to share");
+        assert!(!post().close(1008, "x").coalescible());
+        assert!(!post().and(Effects { close_all: Some(Close { code: 1000, reason: String::new() }), ..Effects::none() }).coalescible());
+        assert!(!post().set_timer("prune", 5).coalescible());
+        assert!(!post().and(Effects { release: true, ..Effects::none() }).coalescible());
+        let call = Call { binding: "B", object: "o".into(), op: "p".into(), body: None, tries: 1, then: None, order: None };
+        assert!(!post().and(Effects { calls: vec![call], ..Effects::none() }).coalescible());
     }
 
     #[test]

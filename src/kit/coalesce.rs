@@ -1,0 +1,91 @@
+//! Coalesced writes: the frames that arrive together share one SQLite transaction.
+//!
+//! Every write that starts an implicit transaction costs ~230–450 µs on the runtime (begin,
+//! commit, the WAL's `fsync`); a second write in the same transaction costs ~7 µs
+//! (docs/benchmarks.md, session 5). A chat post is its own event, so without this each paid
+//! the full price. Frames whose effects only store and send
+//! ([`Effects::coalescible`]) are queued instead, and one zero-delay timer writes the whole
+//! queue in one turn, then sends each frame's effects in arrival order. The sends still leave
+//! only after the writes commit (the runtime's output gate), so persist-before-broadcast
+//! holds.
+//!
+//! Order is kept by the host. Every other write or send first flushes the queue ([`Host`]'s
+//! `commit` and `send_all`), and so does every other event. A read through `Ctx` first writes
+//! the queue (read-your-writes: a `clientId` lookup sees a post still queued).
+//!
+//! [`Host`]: crate::kit::object::Host
+
+use std::cell::{Cell, RefCell};
+
+use worker::WebSocket;
+
+use edge_realtime_core::effects::{Effects, Statement};
+
+/// One queued frame: its origin socket, its statements (until written) and its effects.
+pub struct Queued {
+    pub origin: WebSocket,
+    store: Vec<Statement>,
+    /// The effects to run once written (`None` until the frame's hook returned them).
+    pub effects: Option<Effects>,
+    /// Its statements failed: nothing of it was written, its effects must not run.
+    pub failed: bool,
+}
+
+/// The queue, and whether a flush timer is already set.
+#[derive(Default)]
+pub struct Coalesced {
+    queue: RefCell<Vec<Queued>>,
+    timer_set: Cell<bool>,
+}
+
+impl Coalesced {
+    pub fn is_empty(&self) -> bool {
+        self.queue.try_borrow().map_or(true, |q| q.is_empty())
+    }
+
+    /// Queue a frame's statements; [`Self::attach`] adds its effects once its hook returned.
+    pub fn push(&self, origin: WebSocket, store: Vec<Statement>) {
+        if let Ok(mut queue) = self.queue.try_borrow_mut() {
+            queue.push(Queued { origin, store, effects: None, failed: false });
+        }
+    }
+
+    /// The effects of the frame queued last.
+    pub fn attach(&self, effects: Effects) {
+        if let Ok(mut queue) = self.queue.try_borrow_mut() {
+            if let Some(last) = queue.last_mut() {
+                last.effects = Some(effects);
+            }
+        }
+    }
+
+    /// Run every statement not yet written, each frame's statements as one unit (`run` is the
+    /// host's transaction). Whether one failed (logged; its frame is marked failed).
+    pub fn write(&self, run: impl Fn(Vec<Statement>) -> Result<(), String>, class: &str) -> bool {
+        let Ok(mut queue) = self.queue.try_borrow_mut() else { return false };
+        let mut failed = false;
+        for queued in queue.iter_mut().filter(|q| !q.store.is_empty()) {
+            if let Err(e) = run(std::mem::take(&mut queued.store)) {
+                worker::console_error!("{class} store failed: {e}");
+                queued.failed = true;
+                failed = true;
+            }
+        }
+        failed
+    }
+
+    /// Empty the queue (after [`Self::write`]), in arrival order.
+    pub fn take(&self) -> Vec<Queued> {
+        self.queue.try_borrow_mut().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+    }
+
+    /// Mark the flush timer set; whether it had to be (`false`: one is already pending).
+    pub fn set_timer(&self) -> bool {
+        !self.timer_set.replace(true)
+    }
+
+    /// The flush timer fired.
+    pub fn timer_fired(&self) {
+        self.timer_set.set(false);
+    }
+}
