@@ -44,18 +44,28 @@ impl Coalesced {
     }
 
     /// Queue a frame's statements; [`Self::attach`] adds its effects once its hook returned.
-    pub fn push(&self, origin: WebSocket, store: Vec<Statement>) {
-        if let Ok(mut queue) = self.queue.try_borrow_mut() {
-            queue.push(Queued { origin, store, effects: None, failed: false });
+    /// The statements back if the queue is busy (never, in practice: no borrow outlives a
+    /// call): the caller then stores them at once.
+    pub fn push(&self, origin: WebSocket, store: Vec<Statement>) -> Result<(), Vec<Statement>> {
+        match self.queue.try_borrow_mut() {
+            Ok(mut queue) => {
+                queue.push(Queued { origin, store, effects: None, failed: false });
+                Ok(())
+            }
+            Err(_) => Err(store),
         }
     }
 
-    /// The effects of the frame queued last.
-    pub fn attach(&self, effects: Effects) {
-        if let Ok(mut queue) = self.queue.try_borrow_mut() {
-            if let Some(last) = queue.last_mut() {
+    /// The effects of the frame queued last. `Some(effects)` back if they could not be
+    /// attached (the queue busy or empty).
+    pub fn attach(&self, effects: Effects) -> Option<Effects> {
+        let Ok(mut queue) = self.queue.try_borrow_mut() else { return Some(effects) };
+        match queue.last_mut() {
+            Some(last) => {
                 last.effects = Some(effects);
+                None
             }
+            None => Some(effects),
         }
     }
 

@@ -865,12 +865,20 @@ impl Host {
             if ops::is_in_band_refusal(effects) {
                 self.count(Tracker::frame_rejected);
             }
-            if effects.coalescible() {
-                self.coalesced.push(ws.clone(), std::mem::take(&mut effects.store));
-                queued = true;
-                return true;
-            }
-            self.commit(Some(&ws), std::mem::take(&mut effects.store)).is_ok()
+            let coalescible = effects.coalescible();
+            let store = std::mem::take(&mut effects.store);
+            let store = if coalescible {
+                match self.coalesced.push(ws.clone(), store) {
+                    Ok(()) => {
+                        queued = true;
+                        return true;
+                    }
+                    Err(store) => store,
+                }
+            } else {
+                store
+            };
+            self.commit(Some(&ws), store).is_ok()
         });
         if !(queued && matches!(frame, Frame::Stored(_))) {
             // Whatever this frame sends or closes goes after the frames queued before it.
@@ -888,10 +896,11 @@ impl Host {
                     self.gone(&ws, code).await;
                 }
             }
-            Frame::Stored(effects) if queued => {
-                self.coalesced.attach(effects);
-                self.flush_next_turn();
-            }
+            Frame::Stored(effects) if queued => match self.coalesced.attach(effects) {
+                None => self.flush_next_turn(),
+                // Not attached: write the queue (this frame's statements with it), then send.
+                Some(effects) => self.finish(Some(&ws), effects).await,
+            },
             Frame::Stored(effects) => self.finish(Some(&ws), effects).await,
         }
     }

@@ -384,19 +384,22 @@ async fn duplicate_id() -> TestResult {
     b.close().await
 }
 
-/// Frames written back to back, never waiting (they may share one turn and so one coalesced
-/// transaction, kit::coalesce): each is answered in the order sent; a retry of a post still
-/// queued is answered with that post, not a storage error; each post is stored once.
+/// Frames written in one go (they may share one turn and so one coalesced transaction,
+/// kit::coalesce): each is answered in the order sent; a retry of a post still queued is
+/// answered with that post, not a storage error; each post is stored once.
 async fn together() -> TestResult {
     let room = unique("together");
     let (alice, mut a, bob, mut b) = pair(&room).await?;
     // 16 frames: within the rate limit of 20 per 5 s (the in-band error counts too).
     for round in 0..4 {
         let id = format!("t-{round}");
-        a.send_json(&json!({"type": "message", "content": format!("one {round}"), "id": id})).await?;
-        a.send_json(&say(&format!("two {round}"))).await?;
-        a.send_json(&json!({"type": "message", "content": "the retry", "id": id})).await?;
-        a.send_json(&json!({"type": "message", "content": " "})).await?;
+        a.send_json_together(&[
+            json!({"type": "message", "content": format!("one {round}"), "id": id}),
+            say(&format!("two {round}")),
+            json!({"type": "message", "content": "the retry", "id": id}),
+            json!({"type": "message", "content": " "}),
+        ])
+        .await?;
         let seq = 3 + 2 * round;
         let one = message(&mut a).await?;
         check(&one, seq, "user", &alice, &format!("one {round}"))?;

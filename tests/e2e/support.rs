@@ -464,6 +464,16 @@ impl Ws {
         self.send_text(&value.to_string()).await
     }
 
+    /// Several frames in one write (one TCP segment when they fit), so they reach the server
+    /// together.
+    pub async fn send_json_together(&mut self, values: &[Value]) -> TestResult {
+        for value in values {
+            self.inner.feed(Message::Text(value.to_string())).await?;
+        }
+        self.inner.flush().await?;
+        Ok(())
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) -> TestResult {
         self.inner.send(Message::Binary(bytes)).await?;
         Ok(())
