@@ -89,9 +89,13 @@ test("VoiceClient: state follows the events; a dropped connection joins again", 
   assert.deepEqual(signals, [[a, { sdp: "offer" }]]);
   alice.update({ audioEnabled: false });
   await waitFor(() => bob.state?.participants.find((x) => x.userId === a)?.audioEnabled === false, "alice muted");
-  // the network drops alice: her socket goes, she leaves, and her client joins again (flags kept)
+  // the network drops alice: her socket goes, she leaves, and her client joins again (flags kept).
+  // Her reconnects are refused until bob saw her leave: a reconnect that joined before the
+  // server noticed the dropped socket would keep her a participant throughout (by design).
+  p.refusing = true;
   p.cut();
   await waitFor(() => !bob.isParticipant(a), "alice left with her socket");
+  p.refusing = false;
   await waitFor(() => bob.isParticipant(a), "alice joined again");
   const back = bob.state?.participants.find((x) => x.userId === a);
   assert.deepEqual([back?.audioEnabled, back?.videoEnabled], [false, true]);
