@@ -221,7 +221,7 @@ impl Server {
 
 fn spawn_wrangler(port: u16, persist: &std::path::Path, log: &Arc<Mutex<Vec<String>>>) -> Child {
     let mut args: Vec<String> = vec!["--var".into(), "DEBUG_WAKE:1".into()];
-    args.extend(e2e_vars());
+    args.extend(e2e_vars(&[]));
     // The main server has the dev sign-in (foundation::dev_tokens_only_with_the_var); an
     // ExtraServer does not unless asked.
     args.extend(["--var".to_owned(), "DEV_TOKENS:1".to_owned()]);
@@ -247,9 +247,17 @@ pub const CHAT_RATE_LIMIT_WINDOW_MS: i64 = 60_000;
 /// `VOICE_MAX_PARTICIPANTS` of the e2e server (small, so `voice::channel_full` fills it).
 pub const VOICE_MAX_PARTICIPANTS: usize = 3;
 
+/// The heartbeat sweep's timeout in the e2e run: an hour. The tests' sockets never ping, so with
+/// the default 90 s a test that runs long on a loaded machine had its sockets swept ("heartbeat
+/// timeout", 1001) halfway through. The sweep itself is tested on its own server with 5 s
+/// (liveness::heartbeat_sweep).
+pub const HEARTBEAT_TIMEOUT_MS: i64 = 3_600_000;
+
 /// Small limits so pruning is testable quickly; kept in one place. Chat keeps 30 messages and
-/// may prune every 2 s (tests/e2e/chat.rs keeps its other rooms under 30 rows).
-fn e2e_vars() -> Vec<String> {
+/// may prune every 2 s (tests/e2e/chat.rs keeps its other rooms under 30 rows). A var in
+/// `overrides` (`KEY:value`) replaces the one of the same key here.
+fn e2e_vars(overrides: &[&str]) -> Vec<String> {
+    let heartbeat = format!("HEARTBEAT_TIMEOUT_MS:{HEARTBEAT_TIMEOUT_MS}");
     let upgrades = format!("WS_UPGRADES_PER_MINUTE:{WS_UPGRADES_PER_MINUTE}");
     let channel_max = format!("CHANNEL_MAX_MESSAGES:{CHANNEL_MAX_MESSAGES}");
     let chat_rate = format!("CHAT_RATE_LIMIT_MESSAGES:{CHAT_RATE_LIMIT_MESSAGES}");
@@ -265,9 +273,14 @@ fn e2e_vars() -> Vec<String> {
         channel_max.as_str(),
         "CHANNEL_PRUNE_INTERVAL_MS:2000",
         voice_max.as_str(),
+        heartbeat.as_str(),
     ];
-    vars
-        .iter()
+    let key = |v: &str| v.split(':').next().unwrap_or_default().to_owned();
+    let overridden: Vec<String> = overrides.iter().map(|v| key(v)).collect();
+    vars.iter()
+        .copied()
+        .filter(|v| !overridden.contains(&key(v)))
+        .chain(overrides.iter().copied())
         .flat_map(|v| ["--var".to_owned(), (*v).to_owned()])
         .collect()
 }
@@ -722,10 +735,7 @@ impl ExtraServer {
         let _ = std::fs::remove_dir_all(&persist);
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut args: Vec<String> = vec!["--var".into(), "DEBUG_WAKE:1".into()];
-        args.extend(e2e_vars());
-        for v in extra_vars {
-            args.extend(["--var".to_owned(), (*v).to_owned()]);
-        }
+        args.extend(e2e_vars(extra_vars));
         let opts = devserver::Options { port, persist: &persist, args: args.clone(), verbose_env: "E2E_VERBOSE", label: "wrangler-2", keep: |_| true };
         let child = devserver::spawn(&opts, &log)?;
         let server = ExtraServer { base: format!("http://127.0.0.1:{port}"), port, log, child: Some(child), persist, args };
