@@ -1,8 +1,8 @@
 //! Liveness: presence that matches the sockets that really exist.
 //!
-//! - **Reconcile on wake** ([`live_users`]): every constructor (`kit::object::Host::new`)
-//!   hands the users of the sockets still open to its object's `on_wake` hook, which drops / marks offline whatever the stored state
-//!   claims beyond them. After a crash or a deploy (sockets dropped, no close events) the next
+//! - **Reconcile on wake**: every constructor (`kit::object::Host::new`) calls its object's
+//!   `on_wake` hook, which drops / marks offline whatever the stored state claims beyond the
+//!   users of the sockets still open (`Ctx::live_users`). After a crash or a deploy (sockets dropped, no close events) the next
 //!   wake repairs presence before the first event is handled.
 //! - **Heartbeat sweep** ([`sweep`]): a client that vanished without a TCP close may never get a
 //!   `webSocketClose` (workerd issue 1187). The runtime remembers each socket's last
@@ -12,7 +12,6 @@
 //!   timer is re-armed at the earliest moment a live socket could go stale, and not at all
 //!   when none remains. The decisions are pure: [`edge_realtime_core::schedule::liveness`].
 
-use std::collections::BTreeSet;
 
 use wasm_bindgen::JsCast;
 use worker::{js_sys, Env, State, WebSocket};
@@ -52,10 +51,6 @@ pub fn last_ping(state: &State, ws: &WebSocket) -> Option<Millis> {
     ms.is_finite().then_some(ms as Millis)
 }
 
-/// Distinct users (first tag `u:<id>`) of the sockets that are open now.
-pub fn live_users(state: &State) -> BTreeSet<String> {
-    super::sockets(state, None).iter().filter(|ws| super::is_open(ws)).filter_map(|ws| super::user_of(state, ws)).collect()
-}
 
 /// One sweep: the open sockets silent for `timeout_ms` (to close and announce gone), and
 /// when the next sweep is due (`None`: no live socket left).

@@ -6,7 +6,7 @@
 //! attachments) and return [`Effects`] — they never touch the runtime. [`Host`] does the rest,
 //! the same way for every object:
 //! - construct: schema → ping/pong auto-response → [`RealtimeObject::restore`] → wake count + log →
-//!   [`RealtimeObject::on_wake`] with the users that really have an open socket (reconcile);
+//!   [`RealtimeObject::on_wake`], which reconciles against the users that really have an open socket;
 //! - `fetch`: the built-in `revoke` op, else the typed op (unknown → 404); the WebSocket op
 //!   accepts with first tag `u:<userId>` and the kit's [`Connection`] envelope as attachment,
 //!   and makes sure the heartbeat sweep is due;
@@ -66,11 +66,11 @@ pub trait RealtimeObject: Sized + 'static {
     /// The constructor: rebuild memory from storage. Runs again after every wake.
     fn restore(ctx: &Ctx<'_>) -> Self;
 
-    /// Every wake, right after `restore`: `live_users` are the users with an open socket now.
-    /// Drop / mark offline whatever the stored state claims beyond them (a crash or a deploy
-    /// dropped sockets without close events). Store and sends run at once; timers on the next
-    /// event.
-    fn on_wake(&mut self, _ctx: &Ctx<'_>, _live_users: &BTreeSet<String>) -> Effects {
+    /// Every wake, right after `restore`: drop / mark offline whatever the stored state claims
+    /// beyond [`Ctx::live_users`] (a crash or a deploy dropped sockets without close events).
+    /// Store and sends run at once; timers on the next event. Asking for the live users reads
+    /// every socket's attachment, so only an object that reconciles pays for it.
+    fn on_wake(&mut self, _ctx: &Ctx<'_>) -> Effects {
         Effects::none()
     }
 
@@ -361,7 +361,7 @@ trait Hosted {
     /// Build the object from storage ([`RealtimeObject::restore`]) in place of any: its stored
     /// name, and whether it was put in place (`false`: busy).
     fn restore(&self, ctx: &Ctx<'_>) -> (Option<String>, bool);
-    fn on_wake(&self, ctx: &Ctx<'_>, live: &BTreeSet<String>) -> Option<Effects>;
+    fn on_wake(&self, ctx: &Ctx<'_>) -> Option<Effects>;
     /// Whether `path` is one of the object's ops: `Some(true)` for a WebSocket op.
     fn op(&self, path: &str) -> Option<bool>;
     /// `path` (an HTTP op) through [`RealtimeObject::on_request`].
@@ -458,8 +458,8 @@ impl<T: RealtimeObject> Hosted for Adapter<T> {
         }
     }
 
-    fn on_wake(&self, ctx: &Ctx<'_>, live: &BTreeSet<String>) -> Option<Effects> {
-        self.hook(ctx, |o, ctx| o.on_wake(ctx, live))
+    fn on_wake(&self, ctx: &Ctx<'_>) -> Option<Effects> {
+        self.hook(ctx, |o, ctx| o.on_wake(ctx))
     }
 
     fn op(&self, path: &str) -> Option<bool> {
@@ -761,8 +761,7 @@ impl Host {
     /// Reconcile on wake ([`RealtimeObject::on_wake`]): store and sends now (the constructor
     /// cannot await), timers with the next event.
     fn wake(&self) {
-        let live = kit::liveness::live_users(&self.state);
-        let Some(effects) = self.object.on_wake(&self.ctx(), &live) else { return };
+        let Some(effects) = self.object.on_wake(&self.ctx()) else { return };
         let mut effects = effects;
         if self.commit(None, std::mem::take(&mut effects.store)).is_err() {
             return;

@@ -178,7 +178,8 @@ impl RealtimeObject for ChannelRoom {
 
     /// Typing flags of users without an open socket (dropped by a crash or a deploy) go, and
     /// whoever is left hears the new list.
-    fn on_wake(&mut self, ctx: &Ctx<'_>, live_users: &BTreeSet<String>) -> Effects {
+    fn on_wake(&mut self, ctx: &Ctx<'_>) -> Effects {
+        let live_users = &ctx.live_users();
         if let Some((primary, index)) = self.shard() {
             let _ = (primary, index);
             self.ghosts = sharding::ghosts(ctx, live_users);

@@ -89,7 +89,7 @@ impl RealtimeObject for VoiceRoom {
 
     /// Participants without an open joined socket (a crash or a deploy dropped their sockets
     /// without close events) leave; an empty session ends.
-    fn on_wake(&mut self, ctx: &Ctx<'_>, _live_users: &BTreeSet<String>) -> Effects {
+    fn on_wake(&mut self, ctx: &Ctx<'_>) -> Effects {
         let joined: BTreeSet<String> =
             ctx.open_connections::<VoiceConn>(None).into_iter().filter(|c| c.conn.joined).map(|c| c.user_id).collect();
         let effects = self.voice.reconcile(&joined);

@@ -78,7 +78,8 @@ impl RealtimeObject for WaddleRoom {
     /// Members the table calls present but who have no open socket here or on a shard (a
     /// crash or a deploy dropped them without close events) go offline, announced to whoever
     /// is left. A shard instead tells the primary which of its users are gone.
-    fn on_wake(&mut self, ctx: &Ctx<'_>, live_users: &BTreeSet<String>) -> Effects {
+    fn on_wake(&mut self, ctx: &Ctx<'_>) -> Effects {
+        let live_users = &ctx.live_users();
         if self.shard().is_some() {
             self.ghosts = sharding::ghosts(ctx, live_users);
             return Effects::none();
