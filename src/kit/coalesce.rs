@@ -94,6 +94,12 @@ impl Coalesced {
         !self.timer_set.replace(true)
     }
 
+    /// A flush timer is pending: whatever is due at the end of this event (the stats row) is
+    /// written by it, in the queue's transaction, rather than as a transaction of its own.
+    pub fn timer_pending(&self) -> bool {
+        self.timer_set.get()
+    }
+
     /// The flush timer fired.
     pub fn timer_fired(&self) {
         self.timer_set.set(false);

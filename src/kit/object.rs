@@ -842,7 +842,11 @@ impl Host {
         let now = kit::now();
         self.count(|s| s.frame_in(now));
         self.message(ws, message, now).await;
-        self.flush_stats(now, false);
+        // With a flush pending the timer writes the stats row after the queue: the same
+        // transaction, not a second commit for the queued frames' sends to wait on.
+        if !self.coalesced.timer_pending() {
+            self.flush_stats(now, false);
+        }
         Ok(())
     }
 
