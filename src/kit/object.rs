@@ -673,7 +673,7 @@ impl Host {
             s.counters().wakes
         });
         let name = self.object_name();
-        kit::log(&WakeLine { event: "wake", class: self.class, object: name.as_deref(), wakes });
+        kit::log_later(&WakeLine { event: "wake", class: self.class, object: name.as_deref(), wakes }, kit::WAKE_LOG_DELAY_MS);
         self.wake();
     }
 

@@ -36,6 +36,9 @@ pub fn raw(state: &worker::State) -> &RawState {
 export function sql_exec(sql, query, binds) {
   sql.exec(query, ...JSON.parse(binds));
 }
+export function log_later(line, ms) {
+  setTimeout(() => console.log(line), ms);
+}
 export function next_turn(callback) {
   setTimeout(callback, 0);
 }
@@ -55,6 +58,9 @@ extern "C" {
     /// the runtime accepted. `getWebSockets` throwing is the only error.
     #[wasm_bindgen(catch)]
     pub fn broadcast_text(state: &RawState, frame: &str, tag: Option<String>, except: Option<&JsValue>) -> Result<u32, JsValue>;
+
+    /// `console.log(line)` `ms` later, from a timer of the object's own (see `kit::log_later`).
+    pub fn log_later(line: &str, ms: u32);
 
     /// Call `callback` in a later turn of the event loop (`setTimeout(callback, 0)`): after the
     /// frames that already arrived (kit::coalesce).

@@ -202,6 +202,15 @@ impl Server {
         self.log.lock().map(|l| l.iter().filter(|line| line.contains(needle)).count()).unwrap_or(0)
     }
 
+    /// The highest `wakes` count among the wake lines with `needle` (0: none yet).
+    pub fn max_wakes_logged(&self, needle: &str) -> u64 {
+        let wakes = |line: &String| {
+            let json = line.get(line.find(needle)?..=line.rfind('}')?)?;
+            serde_json::from_str::<serde_json::Value>(json).ok()?["wakes"].as_u64()
+        };
+        self.log.lock().map(|l| l.iter().filter(|line| line.contains(needle)).filter_map(wakes).max().unwrap_or(0)).unwrap_or(0)
+    }
+
     /// Wait up to `within` for `needle` to appear more than `before` times (wrangler's output
     /// reaches the log through a pipe and a reader thread, a little after the event that wrote
     /// it). True if it did.
@@ -640,25 +649,36 @@ pub fn wake_needle(class: &str, name: &str) -> String {
 
 /// Drives a hibernation test without racing workerd's eviction: workerd logs nothing when it
 /// evicts an object, so eviction is only visible afterwards, as the constructor's wake line
-/// ([`wake_needle`]; always logged) once the next event reaches it.
+/// ([`wake_needle`]; always logged) once the next event reaches it. The line is written 50 ms
+/// after its constructor (docs/operations.md), so the line of the run before `start` may still
+/// be on its way: a wake is a line whose `wakes` count is above the one the object's stats
+/// report at `start`, not any new line.
 /// Pattern: `loop { h.idle().await?; <probe: an event that reaches the object and changes
 /// nothing, checked as usual>; if h.woke().await { break } }` — each round idles longer, all
 /// within [`HIBERNATION_DEADLINE`]. Against a deployment (no log) one round is done.
 pub struct Hibernation {
     needle: String,
-    before: usize,
+    wakes_before: u64,
     deadline: tokio::time::Instant,
     round: u32,
 }
 
 impl Hibernation {
     /// Start watching for the wake line of `class` `name`; call once the object's setup traffic is done.
-    /// Every constructor run logs that line (the first one too), so any new line after
-    /// `start` is a rebuild after eviction.
+    /// Every constructor run logs that line with the running count (the first run too), so a
+    /// line counting past the stats' `wakes` now is a rebuild after eviction.
     pub async fn start(class: &str, name: &str) -> Result<Hibernation, Box<dyn std::error::Error + Send + Sync>> {
         let needle = wake_needle(class, name);
-        let before = server().log_count(&needle);
-        Ok(Hibernation { needle, before, deadline: tokio::time::Instant::now() + HIBERNATION_DEADLINE, round: 0 })
+        let mut wakes_before = 0;
+        if server().is_local() {
+            let admin = server().admin_token(&unique("hib-admin"));
+            let r = http().get(&format!("/api/admin/stats/{class}/{name}"), &admin).await?;
+            if r.status != 200 {
+                return Err(fail(format!("stats of {class} {name}: {} {}", r.status, r.body)));
+            }
+            wakes_before = r.body["wakes"].as_u64().ok_or("stats without wakes")?;
+        }
+        Ok(Hibernation { needle, wakes_before, deadline: tokio::time::Instant::now() + HIBERNATION_DEADLINE, round: 0 })
     }
 
     /// Stay idle for this round (12 s, then 6 s longer each round: workerd evicts after ~10 s
@@ -683,7 +703,16 @@ impl Hibernation {
         if !server().is_local() {
             return true;
         }
-        let woke = server().log_count_exceeds(&self.needle, self.before, Duration::from_secs(5)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let woke = loop {
+            if server().max_wakes_logged(&self.needle) > self.wakes_before {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         if woke {
             eprintln!("e2e: `{}` seen after {} idle round(s)", self.needle, self.round);
         }
