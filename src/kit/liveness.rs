@@ -2,8 +2,8 @@
 //!
 //! - **Reconcile on wake**: every constructor (`kit::object::Host::new`) calls its object's
 //!   `on_wake` hook, which drops / marks offline whatever the stored state claims beyond the
-//!   users of the sockets still open (`Ctx::live_users`). After a crash or a deploy (sockets dropped, no close events) the next
-//!   wake repairs presence before the first event is handled.
+//!   users of the sockets still open (`Ctx::live_users`). After a crash or a deploy (sockets
+//!   dropped, no close events) the next wake repairs presence before the first event is handled.
 //! - **Heartbeat sweep** ([`sweep`]): a client that vanished without a TCP close may never get a
 //!   `webSocketClose` (workerd issue 1187). The runtime remembers each socket's last
 //!   auto-answered `{"type":"ping"}` (`getWebSocketAutoResponseTimestamp`); [`accept`](super::accept)
@@ -11,7 +11,6 @@
 //!   `HEARTBEAT_TIMEOUT_MS` are closed and announced gone through the object's `on_gone`; the
 //!   timer is re-armed at the earliest moment a live socket could go stale, and not at all
 //!   when none remains. The decisions are pure: [`edge_realtime_core::schedule::liveness`].
-
 
 use wasm_bindgen::JsCast;
 use worker::{js_sys, Env, State, WebSocket};
@@ -50,7 +49,6 @@ pub fn last_ping(state: &State, ws: &WebSocket) -> Option<Millis> {
     let ms = date.get_time();
     ms.is_finite().then_some(ms as Millis)
 }
-
 
 /// One sweep: the open sockets silent for `timeout_ms` (to close and announce gone), and
 /// when the next sweep is due (`None`: no live socket left).
