@@ -84,6 +84,7 @@ pub async fn flush(state: &State) -> Result<(), ApiError> {
 /// the current Rust poll (the runtime throws from `abort()`; that throw must not unwind
 /// through WASM, and the reset must not re-enter the future queue that called it).
 pub fn abort(state: &State, reason: &str) {
+    runtime::log_now(runtime::raw(state));
     if let Err(e) = runtime::abort_soon(state, reason) {
         worker::console_error!("abort ({reason}) could not be scheduled: {e:?}");
     }

@@ -40,15 +40,19 @@ pub fn log<L: Serialize>(line: &L) {
     worker::console_log!("{}", edge_realtime_core::ops::line(line));
 }
 
-/// How long after a wake its log line is written ([`log_later`]).
-pub const WAKE_LOG_DELAY_MS: u32 = 50;
+/// How long an object's lifecycle lines wait before they are written ([`log_soon`]).
+pub const LOG_DELAY_MS: u32 = 50;
 
-/// [`log`], `ms` later: for the wake line, so that it is written after the event that woke the
-/// object was answered. Under `wrangler dev` the first console line of a turn wakes wrangler's
-/// own process to print it, and on a 2-core machine that added about 2 ms to the wake it
-/// logged (docs/benchmarks.md, session 6). The line is the same; only its moment moves.
-pub fn log_later<L: Serialize>(line: &L, ms: u32) {
-    runtime::log_later(&edge_realtime_core::ops::line(line), ms);
+/// [`log`] for an object's lifecycle lines (wake, socket, alarm): queued per object and
+/// written together, in order, by one timer [`LOG_DELAY_MS`] after the first of them, so no
+/// line is written inside the event it describes. Under `wrangler dev` the first console line
+/// of a turn wakes wrangler's own process to print it: on a 2-core machine that added about
+/// 2 ms to the wake it logged (docs/benchmarks.md, session 6), and in a reconnect storm the
+/// lines of 1,000 connects were a quarter of the isolate's samples (session 7). The lines are
+/// the same; only their moment moves. [`liveness::abort`] writes the queue before it resets
+/// the object, so a line is lost only with the instance itself.
+pub fn log_soon<L: Serialize>(state: &worker::State, line: &L) {
+    runtime::log_soon(runtime::raw(state), &edge_realtime_core::ops::line(line), LOG_DELAY_MS);
 }
 
 /// With var `DEBUG_WAKE=1` (the e2e suite sets it), log a lifecycle detail as

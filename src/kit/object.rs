@@ -673,7 +673,7 @@ impl Host {
             s.counters().wakes
         });
         let name = self.object_name();
-        kit::log_later(&WakeLine { event: "wake", class: self.class, object: name.as_deref(), wakes }, kit::WAKE_LOG_DELAY_MS);
+        kit::log_soon(&self.state, &WakeLine { event: "wake", class: self.class, object: name.as_deref(), wakes });
         self.wake();
     }
 
@@ -715,7 +715,7 @@ impl Host {
     /// A socket lifecycle line.
     fn log_socket(&self, event: &'static str, user_id: &str, code: Option<u16>) {
         let name = self.object_name();
-        kit::log(&SocketLine { event, class: self.class, object: name.as_deref(), user_id, code });
+        kit::log_soon(&self.state, &SocketLine { event, class: self.class, object: name.as_deref(), user_id, code });
     }
 
     /// Act on a rejected frame (counted; its in-band error counts as a frame out).
@@ -1009,7 +1009,7 @@ impl Host {
         let stored = kit::load_schedule(&self.state.storage().sql());
         let (mut schedule, due) = liveness::fire(&stored, now);
         let name = self.object_name();
-        kit::log(&AlarmLine { event: "alarm", class: self.class, object: name.as_deref(), timers: &due });
+        kit::log_soon(&self.state, &AlarmLine { event: "alarm", class: self.class, object: name.as_deref(), timers: &due });
         let sweeping = due.iter().any(|n| n == HEARTBEAT_TIMER);
         self.apply_timers(&mut schedule, &[]);
         if let Err(e) = kit::save_schedule(&self.state, &stored, &schedule).await {

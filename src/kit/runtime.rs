@@ -36,8 +36,24 @@ pub fn raw(state: &worker::State) -> &RawState {
 export function sql_exec(sql, query, binds) {
   sql.exec(query, ...JSON.parse(binds));
 }
-export function log_later(line, ms) {
-  setTimeout(() => console.log(line), ms);
+const pendingLines = new WeakMap();
+function writeLines(state, lines) {
+  if (pendingLines.get(state) !== lines) return;
+  pendingLines.delete(state);
+  for (const line of lines) console.log(line);
+}
+export function log_soon(state, line, ms) {
+  let lines = pendingLines.get(state);
+  if (lines === undefined) {
+    lines = [];
+    pendingLines.set(state, lines);
+    setTimeout(() => writeLines(state, lines), ms);
+  }
+  lines.push(line);
+}
+export function log_now(state) {
+  const lines = pendingLines.get(state);
+  if (lines !== undefined) writeLines(state, lines);
 }
 export function next_turn(callback) {
   setTimeout(callback, 0);
@@ -59,8 +75,12 @@ extern "C" {
     #[wasm_bindgen(catch)]
     pub fn broadcast_text(state: &RawState, frame: &str, tag: Option<String>, except: Option<&JsValue>) -> Result<u32, JsValue>;
 
-    /// `console.log(line)` `ms` later, from a timer of the object's own (see `kit::log_later`).
-    pub fn log_later(line: &str, ms: u32);
+    /// Queue `line` for `console.log`: the object's queued lines are written together, in order,
+    /// by one timer `ms` after the first of them (see `kit::Logs`).
+    pub fn log_soon(state: &RawState, line: &str, ms: u32);
+
+    /// Write the object's queued lines now (before the object resets itself).
+    pub fn log_now(state: &RawState);
 
     /// Call `callback` in a later turn of the event loop (`setTimeout(callback, 0)`): after the
     /// frames that already arrived (kit::coalesce).
