@@ -192,11 +192,7 @@ impl Ctx<'_> {
     /// Distinct users (first tag `u:<userId>`) of the open sockets, without the event's own
     /// socket (`on_message`, `on_gone`).
     pub fn live_users(&self) -> BTreeSet<String> {
-        kit::sockets(self.state, None)
-            .iter()
-            .filter(|ws| kit::is_open(ws) && !self.is_this(ws))
-            .filter_map(|ws| kit::user_of(self.state, ws))
-            .collect()
+        kit::live_users(self.state, self.this)
     }
     /// The attachment of every socket (with `tag`, if given) the kit has not announced gone,
     /// open or closing, without the event's own socket. Reads every attachment: for joins and

@@ -51,6 +51,15 @@ export function log_soon(state, line, ms) {
   }
   lines.push(line);
 }
+export function live_users(state, except) {
+  const users = new Set();
+  for (const ws of state.getWebSockets()) {
+    if (ws === except || ws.readyState !== 1) continue;
+    const first = state.getTags(ws)[0];
+    if (typeof first === "string" && first.startsWith("u:")) users.add(first.slice(2));
+  }
+  return Array.from(users);
+}
 export function log_now(state) {
   const lines = pendingLines.get(state);
   if (lines !== undefined) writeLines(state, lines);
@@ -78,6 +87,11 @@ extern "C" {
     /// Queue `line` for `console.log`: the object's queued lines are written together, in order,
     /// by one timer `ms` after the first of them (see `kit::Logs`).
     pub fn log_soon(state: &RawState, line: &str, ms: u32);
+
+    /// The distinct users (first tag `u:<id>`) of the object's open sockets, without `except`:
+    /// one crossing for the whole scan (see `kit::live_users`).
+    #[wasm_bindgen(catch)]
+    pub fn live_users(state: &RawState, except: Option<&JsValue>) -> Result<js_sys::Array, JsValue>;
 
     /// Write the object's queued lines now (before the object resets itself).
     pub fn log_now(state: &RawState);
