@@ -34,6 +34,9 @@ struct Config {
     duration: Duration,
     /// How long to wait, after the senders stop, for the last deliveries.
     drain: Duration,
+    /// Each message carries a client id (`"id"`), as the SDK's `send` does: the server then
+    /// checks it for a repeat before storing.
+    client_ids: bool,
 }
 
 /// What one room run measured.
@@ -161,7 +164,7 @@ struct SenderStats {
 }
 
 /// Closed loop until `end_us`: send, wait for the own message to come back, repeat.
-async fn send(socket: &mut Socket, index: usize, measure_from_us: u64, end_us: u64) -> Res<SenderStats> {
+async fn send(socket: &mut Socket, index: usize, client_ids: bool, measure_from_us: u64, end_us: u64) -> Res<SenderStats> {
     let mut stats = SenderStats::default();
     let mut n = 0_u64;
     let mut next_ping = tokio::time::Instant::now() + client::HEARTBEAT_EVERY;
@@ -178,7 +181,12 @@ async fn send(socket: &mut Socket, index: usize, measure_from_us: u64, end_us: u
         n += 1;
         let measured = sent_us >= measure_from_us;
         let content = format!("bench {index} {n} {} {sent_us}", u8::from(measured));
-        socket.send(Message::Text(serde_json::json!({"type": "message", "content": content}).to_string())).await?;
+        let frame = if client_ids {
+            serde_json::json!({"type": "message", "content": content, "id": format!("bench-{index}-{n}")})
+        } else {
+            serde_json::json!({"type": "message", "content": content})
+        };
+        socket.send(Message::Text(frame.to_string())).await?;
         stats.sent_total += 1;
         stats.sent_measured += u64::from(measured);
         loop {
@@ -228,12 +236,13 @@ async fn run_room(label: &'static str, ws_base: &str, secret: Option<&str>, pgrp
     let start_us = now_us();
     let measure_from_us = start_us + u64::try_from(cfg.warmup.as_micros())?;
     let end_us = measure_from_us + u64::try_from(cfg.duration.as_micros())?;
+    let client_ids = cfg.client_ids;
     let senders: Vec<_> = sockets
         .into_iter()
         .enumerate()
         .map(|(j, mut socket)| {
             tokio::spawn(async move {
-                let outcome = send(&mut socket, j, measure_from_us, end_us).await;
+                let outcome = send(&mut socket, j, client_ids, measure_from_us, end_us).await;
                 (socket, outcome)
             })
         })
@@ -357,6 +366,7 @@ pub async fn run(services: &mut Services, opts: &Opts) -> Res<()> {
         warmup: opts.secs("warmup", 3.0)?,
         duration: opts.secs("duration", 15.0)?,
         drain: opts.secs("drain", 10.0)?,
+        client_ids: opts.flag("client-ids"),
     };
     if cfg.receivers == 0 || cfg.senders == 0 || cfg.duration.is_zero() {
         return Err(fail("chat needs receivers, senders and a duration"));

@@ -42,7 +42,7 @@ pub fn fail(msg: impl Into<String>) -> BoxError {
 
 const USAGE: &str = "usage: edge-realtime-bench <all|chat|counter|wake|size|sharded|idle|storm> [--option value ...]
 
-chat     --receivers 50 --senders 5 --duration 15 --warmup 3 --drain 10 --rounds 3 --target both|edge|baseline
+chat     --receivers 50 --senders 5 --duration 15 --warmup 3 --drain 10 --rounds 3 --client-ids false --target both|edge|baseline
 counter  --clients 10 --duration 10 --warmup 2 --mode both|http|ws
 wake     --objects 3 --rounds 3 --idle 15 --hot 20 --target all|counter|chat|baseline
 size     --no-build true   (measure build/index_bg.wasm as it is)

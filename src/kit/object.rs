@@ -181,6 +181,19 @@ impl Ctx<'_> {
     pub fn first<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
         Ok(self.rows(query, binds)?.into_iter().next())
     }
+    /// Whether earlier frames' writes are still queued, not yet run (kit::coalesce).
+    pub fn has_queued_writes(&self) -> bool {
+        self.queued.is_some_and(|q| !q.is_empty())
+    }
+    /// [`Self::first`] without writing the queued frames first, for a read the object knows no
+    /// queued write can change. Writing them inside this frame's event commits them in its
+    /// turn, and the frames that arrived together no longer share one transaction: a ChatRoom
+    /// post with a client id did that on every frame (its dedup lookup), so the ChatRoom keeps
+    /// the ids of its queued posts in memory and reads storage with this.
+    pub fn first_written<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
+        let rows: Vec<R> = sql::rows(&self.state.storage().sql(), query, binds.into_iter().map(sql_value).collect())?;
+        Ok(rows.into_iter().next())
+    }
     /// With var `DEBUG_WAKE=1`, log a lifecycle line (the e2e suite looks for some).
     pub fn log_debug(&self, line: &str) {
         kit::log_debug(self.env, line);
