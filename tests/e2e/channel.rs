@@ -13,6 +13,7 @@ pub fn tests() -> Vec<Trial> {
     vec![
         trial("channel::http_and_ws_posts_share_one_sequence", http_and_ws),
         trial("channel::duplicate_client_id_stored_once", duplicate_id),
+        trial("channel::duplicate_ids_sent_together_stored_once", duplicate_ids_together),
         trial("channel::history_pages_in_sequence_order", history),
         trial("channel::participants_join_and_leave", participants),
         trial("channel::participants_above_100_are_deltas_back_at_100_the_list", || async {
@@ -106,6 +107,40 @@ async fn duplicate_id() -> TestResult {
     ensure_eq!(seqs, vec![1, 2, 3]);
     // exactly one broadcast per stored message: read up to the last one (the HTTP answers came
     // back, so every broadcast is queued), then the sentinel shows nothing follows it.
+    let mut broadcast = Vec::new();
+    while broadcast.last() != Some(&json!(3)) {
+        broadcast.push(next_message(&mut watcher).await?["sequence"].clone());
+        ensure!(broadcast.len() <= 3, "more broadcasts than messages: {broadcast:?}");
+    }
+    ensure_eq!(broadcast, vec![json!(1), json!(2), json!(3)]);
+    watcher.expect_next_is_pong().await?;
+    a.close().await?;
+    watcher.close().await
+}
+
+/// Frames written together are queued and stored in one transaction (kit::coalesce): a repeat
+/// must be found among the posts still queued, and an older id in storage, with the queue
+/// unwritten until the burst's own flush.
+async fn duplicate_ids_together() -> TestResult {
+    let alice = unique("alice");
+    let c = unique("chduptogether");
+    let (mut watcher, _) = connect(&c, &unique("watcher"), "").await?;
+    let (mut a, _) = connect(&c, &alice, "").await?;
+    ensure_eq!(post(&c, &alice, json!({"content":"stored","id":"old"})).await?, 1);
+    a.send_json_together(&[
+        json!({"type":"message","content":"new","id":"new"}),
+        json!({"type":"message","content":"new again","id":"new"}),
+        json!({"type":"message","content":"old again","id":"old"}),
+        json!({"type":"message","content":"plain"}),
+        json!({"type":"message","content":"new once more","id":"new"}),
+    ])
+    .await?;
+    for (id, sequence) in [(json!("new"), 2), (json!("new"), 2), (json!("old"), 1), (json!(null), 3), (json!("new"), 2)] {
+        ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":id,"sequence":sequence}));
+    }
+    let stored: Vec<(Value, Value)> =
+        all_history(&c).await?.iter().map(|m| (m["sequence"].clone(), m["content"].clone())).collect();
+    ensure_eq!(stored, vec![(json!(1), json!("stored")), (json!(2), json!("new")), (json!(3), json!("plain"))]);
     let mut broadcast = Vec::new();
     while broadcast.last() != Some(&json!(3)) {
         broadcast.push(next_message(&mut watcher).await?["sequence"].clone());

@@ -390,22 +390,32 @@ async fn duplicate_id() -> TestResult {
 async fn together() -> TestResult {
     let room = unique("together");
     let (alice, mut a, bob, mut b) = pair(&room).await?;
-    // 16 frames: within the rate limit of 20 per 5 s (the in-band error counts too).
+    // 19 frames: within the rate limit of 20 per 5 s (the in-band error counts too). From the
+    // second round on, a retry of the previous round's id, stored by then: found in storage
+    // while this round's frames are still queued.
+    let mut previous: Option<(String, Value)> = None;
     for round in 0..4 {
         let id = format!("t-{round}");
-        a.send_json_together(&[
+        let mut frames = vec![
             json!({"type": "message", "content": format!("one {round}"), "id": id}),
             say(&format!("two {round}")),
             json!({"type": "message", "content": "the retry", "id": id}),
             json!({"type": "message", "content": " "}),
-        ])
-        .await?;
+        ];
+        if let Some((old_id, _)) = &previous {
+            frames.push(json!({"type": "message", "content": "an old retry", "id": old_id}));
+        }
+        a.send_json_together(&frames).await?;
         let seq = 3 + 2 * round;
         let one = message(&mut a).await?;
         check(&one, seq, "user", &alice, &format!("one {round}"))?;
         check(&message(&mut a).await?, seq + 1, "user", &alice, &format!("two {round}"))?;
         ensure_eq!(a.recv().await?, json!({"type": "message", "message": one}));
         ensure_eq!(a.recv().await?, json!({"type": "error", "code": "invalid_content", "message": "content must not be empty"}));
+        if let Some((_, old)) = previous.take() {
+            ensure_eq!(a.recv().await?, json!({"type": "message", "message": old}));
+        }
+        previous = Some((id, one));
         check(&message(&mut b).await?, seq, "user", &alice, &format!("one {round}"))?;
         check(&message(&mut b).await?, seq + 1, "user", &alice, &format!("two {round}"))?;
     }
