@@ -2,6 +2,8 @@
 //! `core::counter` decides. State lives in SQLite and is cached in memory; every mutation is
 //! one synchronous hook (dedup read → core → store → broadcast), so none is ever lost.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use edge_realtime_core::counter::{self, CounterApi, CounterError, CounterState, OpKind, Operation, PRUNE_TIMER};
@@ -24,6 +26,10 @@ pub struct CounterObject {
     current: Option<(CounterState, i64)>,
     /// Whether the `prune` timer is set (so a mutation never reads the schedule).
     prune_armed: bool,
+    /// The sequences of the mutations with a client id since the kit's write queue was last
+    /// empty: the dedup lookup checks here first and reads storage without writing the queue
+    /// (`Ctx::first_written`, as the ChatRoom).
+    queued_ids: HashMap<(String, String), i64>,
 }
 
 /// A socket's part of the attachment: the event types it subscribed to (`?ops=`, its tags).
@@ -96,7 +102,7 @@ impl RealtimeObject for CounterObject {
             .ok()
             .flatten()
             .is_some();
-        Self { current, prune_armed }
+        Self { current, prune_armed, queued_ids: HashMap::new() }
     }
 
     fn name(&self) -> Option<String> {
@@ -201,17 +207,27 @@ impl CounterObject {
         user_id: &str,
         client_id: Option<&str>,
     ) -> Result<Mutation, CounterError> {
+        if !ctx.has_queued_writes() {
+            self.queued_ids.clear();
+        }
         if let Some(id) = client_id {
-            let seen: Option<SeqRow> = ctx
-                .first("SELECT seq FROM operations WHERE user_id = ? AND client_id = ?", vec![user_id.into(), id.into()])
-                .map_err(|_| CounterError::Storage)?;
-            if let Some(seen) = seen {
-                return Ok(Mutation::Duplicate { seq: seen.seq });
+            let seen = match self.queued_ids.get(&(user_id.to_owned(), id.to_owned())) {
+                Some(seq) => Some(*seq),
+                None => ctx
+                    .first_written::<SeqRow>("SELECT seq FROM operations WHERE user_id = ? AND client_id = ?", vec![user_id.into(), id.into()])
+                    .map_err(|_| CounterError::Storage)?
+                    .map(|row| row.seq),
+            };
+            if let Some(seq) = seen {
+                return Ok(Mutation::Duplicate { seq });
             }
         }
         let Some((current, _)) = self.current.as_mut() else { return Err(CounterError::Storage) };
         let (next, event, seq, effects) = counter::mutate(current, op, user_id, client_id, ctx.now)?;
         *current = next;
+        if let Some(id) = client_id {
+            self.queued_ids.insert((user_id.to_owned(), id.to_owned()), seq);
+        }
         Ok(Mutation::Applied { event, seq, effects })
     }
 

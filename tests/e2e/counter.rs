@@ -173,6 +173,18 @@ async fn duplicate_id() -> TestResult {
     // Another user's identical id is a different operation.
     let r = http().post(&format!("/api/counter/{name}/increment"), &server().token(&unique("bob")), r#"{"id":"same"}"#).await?.ok()?;
     ensure_eq!(r.body["seq"], json!(2));
+    // Frames written together are queued and stored in one transaction: the repeat is found
+    // among the queued mutations, the older id in storage.
+    a.send_json_together(&[
+        json!({"type":"increment","amount":5,"id":"burst"}),
+        json!({"type":"increment","amount":5,"id":"burst"}),
+        json!({"type":"increment","amount":1,"id":"same"}),
+    ])
+    .await?;
+    for (id, seq) in [("burst", 3), ("burst", 3), ("same", 1)] {
+        ensure_eq!(a.recv_type("ack").await?, json!({"type":"ack","id":id,"seq":seq}));
+    }
+    ensure_eq!(value_of(&name).await?, json!(7));
     a.close().await
 }
 
