@@ -105,15 +105,7 @@ async fn duplicate_id() -> TestResult {
     ensure_eq!(post(&c, &bob, json!({"content":"bob","id":"same"})).await?, 3);
     let seqs: Vec<i64> = all_history(&c).await?.iter().filter_map(|m| m["sequence"].as_i64()).collect();
     ensure_eq!(seqs, vec![1, 2, 3]);
-    // exactly one broadcast per stored message: read up to the last one (the HTTP answers came
-    // back, so every broadcast is queued), then the sentinel shows nothing follows it.
-    let mut broadcast = Vec::new();
-    while broadcast.last() != Some(&json!(3)) {
-        broadcast.push(next_message(&mut watcher).await?["sequence"].clone());
-        ensure!(broadcast.len() <= 3, "more broadcasts than messages: {broadcast:?}");
-    }
-    ensure_eq!(broadcast, vec![json!(1), json!(2), json!(3)]);
-    watcher.expect_next_is_pong().await?;
+    one_broadcast_each(&mut watcher, 3).await?;
     a.close().await?;
     watcher.close().await
 }
@@ -141,15 +133,22 @@ async fn duplicate_ids_together() -> TestResult {
     let stored: Vec<(Value, Value)> =
         all_history(&c).await?.iter().map(|m| (m["sequence"].clone(), m["content"].clone())).collect();
     ensure_eq!(stored, vec![(json!(1), json!("stored")), (json!(2), json!("new")), (json!(3), json!("plain"))]);
-    let mut broadcast = Vec::new();
-    while broadcast.last() != Some(&json!(3)) {
-        broadcast.push(next_message(&mut watcher).await?["sequence"].clone());
-        ensure!(broadcast.len() <= 3, "more broadcasts than messages: {broadcast:?}");
-    }
-    ensure_eq!(broadcast, vec![json!(1), json!(2), json!(3)]);
-    watcher.expect_next_is_pong().await?;
+    one_broadcast_each(&mut watcher, 3).await?;
     a.close().await?;
     watcher.close().await
+}
+
+/// Exactly one broadcast per stored message, sequences 1..=`last`: read up to the last one
+/// (the answers came back, so every broadcast is queued), then the sentinel shows nothing
+/// follows it.
+async fn one_broadcast_each(watcher: &mut Ws, last: i64) -> TestResult {
+    let mut broadcast = Vec::new();
+    while broadcast.last() != Some(&json!(last)) {
+        broadcast.push(next_message(watcher).await?["sequence"].clone());
+        ensure!(broadcast.len() <= usize::try_from(last)?, "more broadcasts than messages: {broadcast:?}");
+    }
+    ensure_eq!(broadcast, (1..=last).map(|s| json!(s)).collect::<Vec<_>>());
+    watcher.expect_next_is_pong().await
 }
 
 async fn history() -> TestResult {
