@@ -16,10 +16,13 @@
 //! [`Host`]: crate::kit::object::Host
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use worker::WebSocket;
 
 use edge_realtime_core::effects::{Effects, Statement};
+
+use super::object::Ctx;
 
 /// One queued frame: its origin socket, its statements (until written) and its effects.
 pub struct Queued {
@@ -103,5 +106,40 @@ impl Coalesced {
     /// The flush timer fired.
     pub fn timer_fired(&self) {
         self.timer_set.set(false);
+    }
+}
+
+/// The client ids of the frames an object queued since the kit's queue was last empty, each
+/// with what a repeat is answered with (the original message, its sequence). A `clientId`
+/// dedup lookup checks these first and then reads storage with [`Ctx::first_written`], which
+/// does not write the queue: through [`Ctx::first`] it would commit the queued frames in this
+/// frame's turn, and frames that arrived together would no longer share a transaction.
+/// (ChatRoom, Channel and Counter; docs/custom-object.md.)
+pub struct QueuedIds<V> {
+    ids: HashMap<(String, String), V>,
+}
+
+impl<V> Default for QueuedIds<V> {
+    fn default() -> Self {
+        Self { ids: HashMap::new() }
+    }
+}
+
+impl<V: Clone> QueuedIds<V> {
+    /// What `user`'s earlier frame with client id `id` was answered with: from the queued
+    /// frames, else from `stored` (a read through [`Ctx::first_written`]).
+    pub fn seen<E>(&mut self, ctx: &Ctx<'_>, user: &str, id: &str, stored: impl FnOnce() -> Result<Option<V>, E>) -> Result<Option<V>, E> {
+        if !ctx.has_queued_writes() {
+            self.ids.clear();
+        }
+        match self.ids.get(&(user.to_owned(), id.to_owned())) {
+            Some(answer) => Ok(Some(answer.clone())),
+            None => stored(),
+        }
+    }
+
+    /// Remember a frame just sequenced, whose write may now be queued.
+    pub fn remember(&mut self, user: &str, id: &str, answer: V) {
+        self.ids.insert((user.to_owned(), id.to_owned()), answer);
     }
 }

@@ -187,9 +187,9 @@ impl Ctx<'_> {
     }
     /// [`Self::first`] without writing the queued frames first, for a read the object knows no
     /// queued write can change. Writing them inside this frame's event commits them in its
-    /// turn, and the frames that arrived together no longer share one transaction: a ChatRoom
-    /// post with a client id did that on every frame (its dedup lookup), so the ChatRoom keeps
-    /// the ids of its queued posts in memory and reads storage with this.
+    /// turn, and the frames that arrived together no longer share one transaction: a post with
+    /// a client id did that on every frame (its dedup lookup), so the objects keep the ids of
+    /// their queued frames in memory (`kit::coalesce::QueuedIds`) and read storage with this.
     pub fn first_written<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
         let rows: Vec<R> = sql::rows(&self.state.storage().sql(), query, binds.into_iter().map(sql_value).collect())?;
         Ok(rows.into_iter().next())

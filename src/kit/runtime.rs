@@ -51,6 +51,10 @@ export function log_soon(state, line, ms) {
   }
   lines.push(line);
 }
+export function log_now(state) {
+  const lines = pendingLines.get(state);
+  if (lines !== undefined) writeLines(state, lines);
+}
 export function live_users(state, except) {
   const users = new Set();
   for (const ws of state.getWebSockets()) {
@@ -59,10 +63,6 @@ export function live_users(state, except) {
     if (typeof first === "string" && first.startsWith("u:")) users.add(first.slice(2));
   }
   return Array.from(users);
-}
-export function log_now(state) {
-  const lines = pendingLines.get(state);
-  if (lines !== undefined) writeLines(state, lines);
 }
 export function next_turn(callback) {
   setTimeout(callback, 0);
@@ -85,7 +85,7 @@ extern "C" {
     pub fn broadcast_text(state: &RawState, frame: &str, tag: Option<String>, except: Option<&JsValue>) -> Result<u32, JsValue>;
 
     /// Queue `line` for `console.log`: the object's queued lines are written together, in order,
-    /// by one timer `ms` after the first of them (see `kit::Logs`).
+    /// by one timer `ms` after the first of them (see `kit::log_soon`).
     pub fn log_soon(state: &RawState, line: &str, ms: u32);
 
     /// The distinct users (first tag `u:<id>`) of the object's open sockets, without `except`:

@@ -14,7 +14,7 @@
 //! A reaction is read (the message's tallies, this user's row), decided and stored in one
 //! synchronous hook of the primary, so concurrent toggles count exactly; a shard forwards it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,7 @@ use edge_realtime_core::reactions::{self, Current, React, ReactionCounts};
 use edge_realtime_core::replay::{self, Replay};
 use edge_realtime_core::schedule::Schedule;
 
+use crate::kit::coalesce::QueuedIds;
 use crate::kit::object::{self, Connection, Ctx, Incoming, RealtimeObject, Reply};
 use crate::kit::Identity;
 use crate::objects::sharding;
@@ -48,10 +49,9 @@ pub struct ChannelRoom {
     feed: Feed,
     /// Shard: users announced to the primary whose sockets were gone at the last wake.
     ghosts: BTreeSet<String>,
-    /// Primary: the sequences of the posts with a client id since the kit's write queue was
-    /// last empty. Their rows may not be written yet, so the dedup lookup checks here first
-    /// and reads storage without writing the queue (`Ctx::first_written`, as the ChatRoom).
-    queued_posts: HashMap<(String, String), i64>,
+    /// Primary: the sequences of the posts with a client id whose rows may still be queued
+    /// (the dedup lookup).
+    queued_posts: QueuedIds<i64>,
 }
 
 #[derive(Deserialize)]
@@ -173,7 +173,7 @@ impl RealtimeObject for ChannelRoom {
         );
         let by_user = sharding::load_members(ctx);
         let feed: Option<FeedRow> = ctx.first("SELECT delivered FROM shard_feed WHERE id = 1", vec![]).ok().flatten();
-        Self { name: row.map(|r| r.name), core, members: by_user, feed: Feed::restore(feed.map_or(0, |f| f.delivered)), ghosts: BTreeSet::new(), queued_posts: HashMap::new() }
+        Self { name: row.map(|r| r.name), core, members: by_user, feed: Feed::restore(feed.map_or(0, |f| f.delivered)), ghosts: BTreeSet::new(), queued_posts: QueuedIds::default() }
     }
 
     fn name(&self) -> Option<String> {
@@ -603,27 +603,20 @@ impl ChannelRoom {
 
     /// Dedup, sequence, store: the sequence and the effects (none for a repeated client id).
     fn post(&mut self, ctx: &Ctx<'_>, user_id: &str, post: Post) -> Result<(i64, Effects), ApiError> {
-        if !ctx.has_queued_writes() {
-            self.queued_posts.clear();
-        }
-        let key = post.client_id.as_ref().map(|id| (user_id.to_owned(), id.clone()));
-        if let Some(key) = &key {
-            let seen = match self.queued_posts.get(key) {
-                Some(sequence) => Some(*sequence),
-                None => ctx
-                    .first_written::<SeqRow>(
-                        "SELECT sequence FROM messages WHERE user_id = ? AND client_id = ?",
-                        vec![key.0.as_str().into(), key.1.as_str().into()],
-                    )?
-                    .map(|row| row.sequence),
-            };
+        let client_id = post.client_id.clone();
+        if let Some(id) = client_id.as_deref() {
+            let seen = self.queued_posts.seen(ctx, user_id, id, || {
+                let row: Option<SeqRow> =
+                    ctx.first_written("SELECT sequence FROM messages WHERE user_id = ? AND client_id = ?", vec![user_id.into(), id.into()])?;
+                Ok::<_, ApiError>(row.map(|r| r.sequence))
+            })?;
             if let Some(sequence) = seen {
                 return Ok((sequence, Effects::none()));
             }
         }
         let message = self.core.prepare(user_id, post, ctx.now).map_err(|e| e.to_api())?;
-        if let Some(key) = key {
-            self.queued_posts.insert(key, message.sequence);
+        if let Some(id) = client_id.as_deref() {
+            self.queued_posts.remember(user_id, id, message.sequence);
         }
         let effects = self.core.post_effects(&message, ctx.now, retention(ctx));
         Ok((message.sequence, effects))

@@ -8,7 +8,7 @@
 //! message path is the benchmarked hot path: one statement (no transaction), one broadcast
 //! call, no schedule read (`prune_armed`), attachments from the kit's memory cache.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Deserialize;
 
@@ -19,6 +19,7 @@ use edge_realtime_core::frame::Reject;
 use edge_realtime_core::query::parse_seq;
 use edge_realtime_core::replay::{self, Replay};
 
+use crate::kit::coalesce::QueuedIds;
 use crate::kit::object::{Connection, Ctx, Incoming, RealtimeObject, Reply};
 use crate::kit::{self, Identity};
 
@@ -40,10 +41,8 @@ pub struct Room {
     prune_armed: bool,
     /// Ids of messages the client did not name.
     ids: kit::UniqueIds,
-    /// The posts with a client id since the kit's write queue was last empty: their rows may
-    /// not be written yet, so the dedup lookup checks them here first and reads storage
-    /// without writing the queue (`Ctx::first_written`).
-    queued_posts: HashMap<(String, String), ChatMessage>,
+    /// The posts with a client id whose rows may still be queued (the dedup lookup).
+    queued_posts: QueuedIds<ChatMessage>,
 }
 
 #[derive(Deserialize)]
@@ -89,7 +88,7 @@ impl RealtimeObject for Room {
         };
         // The user count and "left" messages derive from the sockets' attachments, never from
         // storage: after a crash or a deploy there is nothing to reconcile.
-        Self { name, cfg, log, prune_armed, ids: kit::UniqueIds::default(), queued_posts: HashMap::new() }
+        Self { name, cfg, log, prune_armed, ids: kit::UniqueIds::default(), queued_posts: QueuedIds::default() }
     }
 
     fn name(&self) -> Option<String> {
@@ -194,27 +193,23 @@ impl RealtimeObject for Room {
 impl Room {
     fn post(&mut self, ctx: &Ctx<'_>, conn: &ChatConn, post: Post) -> Result<Effects, Reject> {
         let storage = |_| Reject::close(edge_realtime_core::error::close::INTERNAL, "storage error");
-        if !ctx.has_queued_writes() {
-            self.queued_posts.clear();
-        }
         if let Some(client_id) = &post.client_id {
-            let key = (conn.user_id.clone(), client_id.clone());
-            let original = match self.queued_posts.get(&key) {
-                Some(queued) => Some(queued.clone()),
-                None => ctx
-                    .first_written::<ChatMessage>(
+            let original = self
+                .queued_posts
+                .seen(ctx, &conn.user_id, client_id, || {
+                    ctx.first_written::<ChatMessage>(
                         "SELECT seq, id, client_id, kind, user_id, user_name, content, timestamp FROM messages WHERE user_id = ? AND client_id = ?",
                         vec![conn.user_id.as_str().into(), client_id.as_str().into()],
                     )
-                    .map_err(storage)?,
-            };
+                })
+                .map_err(storage)?;
             if let Some(original) = original {
                 return Ok(Effects::none().to_self(chat::duplicate_frame(&original)));
             }
         }
         let m = self.log.post(conn, post, self.ids.next_id(), ctx.now);
         if let Some(client_id) = &m.client_id {
-            self.queued_posts.insert((m.user_id.clone(), client_id.clone()), m.clone());
+            self.queued_posts.remember(&m.user_id, client_id, m.clone());
         }
         // No `room` write per message: the newest row always survives pruning
         // (CHAT_MAX_MESSAGES ≥ 1), so `MAX(seq)` is the latest seq after a wake.

@@ -2,8 +2,6 @@
 //! `core::counter` decides. State lives in SQLite and is cached in memory; every mutation is
 //! one synchronous hook (dedup read → core → store → broadcast), so none is ever lost.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use edge_realtime_core::counter::{self, CounterApi, CounterError, CounterState, OpKind, Operation, PRUNE_TIMER};
@@ -13,6 +11,7 @@ use edge_realtime_core::frame::Reject;
 use edge_realtime_core::query::{parse_limit, parse_seq};
 use edge_realtime_core::replay::{self, Replay};
 
+use crate::kit::coalesce::QueuedIds;
 use crate::kit::object::{Connection, Ctx, Incoming, RealtimeObject, Reply};
 use crate::kit::{http, Identity};
 
@@ -26,10 +25,9 @@ pub struct CounterObject {
     current: Option<(CounterState, i64)>,
     /// Whether the `prune` timer is set (so a mutation never reads the schedule).
     prune_armed: bool,
-    /// The sequences of the mutations with a client id since the kit's write queue was last
-    /// empty: the dedup lookup checks here first and reads storage without writing the queue
-    /// (`Ctx::first_written`, as the ChatRoom).
-    queued_ids: HashMap<(String, String), i64>,
+    /// The sequences of the mutations with a client id whose rows may still be queued (the
+    /// dedup lookup).
+    queued_ids: QueuedIds<i64>,
 }
 
 /// A socket's part of the attachment: the event types it subscribed to (`?ops=`, its tags).
@@ -102,7 +100,7 @@ impl RealtimeObject for CounterObject {
             .ok()
             .flatten()
             .is_some();
-        Self { current, prune_armed, queued_ids: HashMap::new() }
+        Self { current, prune_armed, queued_ids: QueuedIds::default() }
     }
 
     fn name(&self) -> Option<String> {
@@ -207,17 +205,13 @@ impl CounterObject {
         user_id: &str,
         client_id: Option<&str>,
     ) -> Result<Mutation, CounterError> {
-        if !ctx.has_queued_writes() {
-            self.queued_ids.clear();
-        }
         if let Some(id) = client_id {
-            let seen = match self.queued_ids.get(&(user_id.to_owned(), id.to_owned())) {
-                Some(seq) => Some(*seq),
-                None => ctx
-                    .first_written::<SeqRow>("SELECT seq FROM operations WHERE user_id = ? AND client_id = ?", vec![user_id.into(), id.into()])
-                    .map_err(|_| CounterError::Storage)?
-                    .map(|row| row.seq),
-            };
+            let seen = self.queued_ids.seen(ctx, user_id, id, || {
+                let row: Option<SeqRow> = ctx
+                    .first_written("SELECT seq FROM operations WHERE user_id = ? AND client_id = ?", vec![user_id.into(), id.into()])
+                    .map_err(|_| CounterError::Storage)?;
+                Ok(row.map(|r| r.seq))
+            })?;
             if let Some(seq) = seen {
                 return Ok(Mutation::Duplicate { seq });
             }
@@ -226,7 +220,7 @@ impl CounterObject {
         let (next, event, seq, effects) = counter::mutate(current, op, user_id, client_id, ctx.now)?;
         *current = next;
         if let Some(id) = client_id {
-            self.queued_ids.insert((user_id.to_owned(), id.to_owned()), seq);
+            self.queued_ids.remember(user_id, id, seq);
         }
         Ok(Mutation::Applied { event, seq, effects })
     }
