@@ -19,7 +19,8 @@
 //!   thin synchronous `Adapter<T>` implements for every `RealtimeObject`; `durable_object!`
 //!   declares the class, its handlers forwarding to `Host` (docs/custom-object.md).
 //!   `kit::coalesce` queues the frames that only store and send, so the frames of one turn share
-//!   a SQLite transaction. The rest are the primitives it uses.
+//!   a SQLite transaction (`QueuedIds`: a `clientId` dedup that keeps it so). The rest are the
+//!   primitives it uses.
 //! - [`objects`]: one file per Durable Object class, each read top to bottom as its protocol:
 //!   a `RealtimeObject` over its core (Counter, UserSession, ChatRoom, Waddle, Channel,
 //!   RateLimiter, GameServer, VoiceChannel); the revocation op shared by all lives in
