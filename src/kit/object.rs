@@ -638,6 +638,7 @@ impl Host {
             worker::console_error!("{class}: unreadable _kit_stats row, counting from zero: {e}");
         }
         kit::install_auto_response(&state);
+        kit::live_forget(&state);
         let heartbeat_ms = kit::liveness::timeout_ms(&env);
         let flush_ms = env
             .var("STATS_FLUSH_INTERVAL_MS")
@@ -983,6 +984,7 @@ impl Host {
         let effects = self.object.on_gone(&ctx, ws, &mut |user| {
             self.count(|s| s.socket_closed(code));
             self.log_socket("socket_close", user, Some(code));
+            kit::live_gone(&self.state, ws, user);
             kit::open_peers(&self.state, Some(&format!("u:{user}")), ws).len()
         });
         if let Some(effects) = effects {

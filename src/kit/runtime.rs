@@ -55,14 +55,56 @@ export function log_now(state) {
   const lines = pendingLines.get(state);
   if (lines !== undefined) writeLines(state, lines);
 }
-export function live_users(state, except) {
-  const users = new Set();
-  for (const ws of state.getWebSockets()) {
-    if (ws === except || ws.readyState !== 1) continue;
-    const first = state.getTags(ws)[0];
-    if (typeof first === "string" && first.startsWith("u:")) users.add(first.slice(2));
+// Per object: user -> the sockets of theirs this instance counts as live. Built by one scan
+// of the runtime's sockets at the first question after a wake, then kept by live_add (accept)
+// and live_remove (the kit's gone announcement), so a join or a leave costs O(users), not
+// O(sockets) tag reads. readyState is still checked when asked: a socket closing but not yet
+// announced gone is not live, as with the scan.
+const liveIndex = new WeakMap();
+function liveIndexOf(state) {
+  let index = liveIndex.get(state);
+  if (index === undefined) {
+    index = new Map();
+    for (const ws of state.getWebSockets()) {
+      if (ws.readyState !== 1) continue;
+      const first = state.getTags(ws)[0];
+      if (typeof first === "string" && first.startsWith("u:")) liveAdd(index, first.slice(2), ws);
+    }
+    liveIndex.set(state, index);
   }
-  return Array.from(users);
+  return index;
+}
+function liveAdd(index, user, ws) {
+  const sockets = index.get(user);
+  if (sockets === undefined) index.set(user, new Set([ws]));
+  else sockets.add(ws);
+}
+export function live_users(state, except) {
+  const index = liveIndexOf(state);
+  const users = [];
+  for (const [user, sockets] of index) {
+    for (const ws of sockets) {
+      if (ws.readyState === 3) { sockets.delete(ws); continue; }
+      if (ws !== except && ws.readyState === 1) { users.push(user); break; }
+    }
+    if (sockets.size === 0) index.delete(user);
+  }
+  return users;
+}
+export function live_add(state, ws, user) {
+  // Not built yet: the first question's scan will find this socket.
+  const index = liveIndex.get(state);
+  if (index !== undefined) liveAdd(index, user, ws);
+}
+export function live_remove(state, ws, user) {
+  const index = liveIndex.get(state);
+  const sockets = index === undefined ? undefined : index.get(user);
+  if (sockets === undefined) return;
+  sockets.delete(ws);
+  if (sockets.size === 0) index.delete(user);
+}
+export function live_forget(state) {
+  liveIndex.delete(state);
 }
 export function next_turn(callback) {
   setTimeout(callback, 0);
@@ -88,10 +130,19 @@ extern "C" {
     /// by one timer `ms` after the first of them (see `kit::log_soon`).
     pub fn log_soon(state: &RawState, line: &str, ms: u32);
 
-    /// The distinct users (first tag `u:<id>`) of the object's open sockets, without `except`:
-    /// one crossing for the whole scan (see `kit::live_users`).
+    /// The distinct users (first tag `u:<id>`) of the object's open sockets, without `except`,
+    /// from the object's live index (see `kit::live_users`).
     #[wasm_bindgen(catch)]
     pub fn live_users(state: &RawState, except: Option<&JsValue>) -> Result<js_sys::Array, JsValue>;
+
+    /// Count `ws`, just accepted for `user`, in the live index (if it is built).
+    pub fn live_add(state: &RawState, ws: &JsValue, user: &str);
+
+    /// `ws` of `user` was announced gone: out of the live index.
+    pub fn live_remove(state: &RawState, ws: &JsValue, user: &str);
+
+    /// Drop the live index (a new instance builds its own from the runtime's sockets).
+    pub fn live_forget(state: &RawState);
 
     /// Write the object's queued lines now (before the object resets itself).
     pub fn log_now(state: &RawState);
