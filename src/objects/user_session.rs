@@ -30,6 +30,9 @@ crate::kit::object::durable_object!(
 pub struct Session {
     /// `None` until the first request names the user.
     current: Option<SessionState>,
+    /// The registry rows this instance wrote lately (a check within the refresh window writes
+    /// nothing).
+    registered: revocation::Registered,
 }
 
 #[derive(Deserialize)]
@@ -55,7 +58,7 @@ impl RealtimeObject for Session {
 
     fn restore(ctx: &Ctx<'_>) -> Self {
         let row: Option<SessionRow> = ctx.first("SELECT state FROM session WHERE id = 1", vec![]).ok().flatten();
-        Self { current: row.and_then(|r| serde_json::from_str(&r.state).ok()) }
+        Self { current: row.and_then(|r| serde_json::from_str(&r.state).ok()), registered: revocation::Registered::default() }
     }
 
     fn name(&self) -> Option<String> {
@@ -177,7 +180,10 @@ impl Session {
             *conn = next;
         }
         match logout {
-            Some(LogoutAll { at }) => effects.and(self.fan_out(ctx, at)),
+            Some(LogoutAll { at }) => {
+                self.registered.forget();
+                effects.and(self.fan_out(ctx, at))
+            }
             None => effects,
         }
     }
@@ -193,7 +199,8 @@ impl Session {
     }
 
     /// Internal `check?class=&name=` from the entry Worker: 401 if the caller's token was
-    /// revoked, else remember that the user is connecting to that object.
+    /// revoked, else remember that the user is connecting to that object (one write per object
+/// and [`revocation::REFRESH_MS`]).
     fn check(&mut self, ctx: &Ctx<'_>, req: &Incoming) -> Result<Reply, ApiError> {
         let identity = req.identity()?;
         if let Some(s) = &self.current {
@@ -206,7 +213,7 @@ impl Session {
         let (Some(class), Some(name)) = (class, name) else {
             return Err(ApiError::bad_request("invalid_check", "class and name required"));
         };
-        Ok(Reply::json(200, &serde_json::json!({"ok": true})).with(revocation::register(class, name, ctx.now)))
+        Ok(Reply::json(200, &serde_json::json!({"ok": true})).with(self.registered.register(class, name, ctx.now)))
     }
 }
 

@@ -282,8 +282,17 @@ async fn logout_all() -> TestResult {
     ensure_eq!(count_sock.recv().await?["type"], json!("snapshot"));
     phone.send_text(r#"{"type":"sync_state"}"#).await?;
     ensure_eq!(phone.recv().await?["type"], json!("state"));
-    phone.close().await?;
-    count_sock.close().await?;
+    // A second socket to the same counter within the registry's refresh window writes no row
+    // (revocation::REFRESH_MS); a second logout_all still reaches both.
+    let mut count_again = ws(&format!("/ws/counter/{counter}"), &fresh).await?;
+    ensure_eq!(count_again.recv().await?["type"], json!("snapshot"));
+    phone.send_json(&json!({"type":"logout_all"})).await?;
+    for sock in [&mut phone, &mut count_sock, &mut count_again] {
+        ensure_eq!(sock.recv_type("logged_out").await?, json!({"type":"logged_out"}));
+        ensure_eq!(sock.expect_close().await?.code, 4001);
+    }
+    bystander.send_text(r#"{"type":"ping"}"#).await?;
+    ensure_eq!(bystander.recv().await?, json!({"type":"pong"}));
     bystander.close().await
 }
 

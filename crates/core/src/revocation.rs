@@ -6,6 +6,8 @@
 //! `revoke?userId=&before=` to every registered object, and each closes the user's sockets
 //! opened with a token issued at or before `before` (the kit's built-in `revoke` op).
 
+use std::collections::HashMap;
+
 use crate::effects::Effects;
 use crate::error::close;
 use crate::route::DoClass;
@@ -37,6 +39,46 @@ pub fn register(class: DoClass, name: &str, now: Millis) -> Effects {
             "DELETE FROM registry WHERE rowid NOT IN (SELECT rowid FROM registry ORDER BY seen_at DESC LIMIT ?)",
             vec![MAX_REGISTRY.into()],
         )
+}
+
+/// How long a registration this instance wrote stands without a rewrite: a connect to the
+/// same object sooner writes nothing (no row, no commit before the check's answer).
+pub const REFRESH_MS: Millis = 60_000;
+
+/// The registrations this instance wrote, so the checks of a reconnect storm (every device
+/// of a user back at once, after a deploy) cost one write per object and minute, not two
+/// statements and a commit each.
+///
+/// Skipping is safe because a row's `seen_at` only gets older: `logout_all` still reaches
+/// it (`seen_at <= at`). It must not be pruned meanwhile: every newer row was written by this
+/// instance and is remembered, so while fewer than [`MAX_REGISTRY`] are remembered a
+/// remembered row is among the newest kept. The memory is cleared at that size, and by
+/// [`Registered::forget`] when `logout_all` deletes the rows.
+#[derive(Debug, Default)]
+pub struct Registered {
+    written_at: HashMap<(DoClass, String), Millis>,
+}
+
+impl Registered {
+    /// [`register`], unless this instance wrote the same row less than [`REFRESH_MS`] ago.
+    pub fn register(&mut self, class: DoClass, name: &str, now: Millis) -> Effects {
+        let key = (class, name.to_owned());
+        if let Some(at) = self.written_at.get(&key) {
+            if (*at..at.saturating_add(REFRESH_MS)).contains(&now) {
+                return Effects::none();
+            }
+        }
+        if self.written_at.len() >= usize::try_from(MAX_REGISTRY).unwrap_or(usize::MAX) {
+            self.written_at.clear();
+        }
+        self.written_at.insert(key, now);
+        register(class, name, now)
+    }
+
+    /// The rows were deleted (`logout_all`): the next connect to any object writes again.
+    pub fn forget(&mut self) {
+        self.written_at.clear();
+    }
 }
 
 /// `logout_all` of `user` at `at`: every registered object (`(class, name)` rows seen at or
@@ -75,5 +117,38 @@ mod tests {
         assert!(e.release);
         assert_eq!(e.store.len(), 1);
         assert_eq!(register(DoClass::Waddle, "w1", 1).store.len(), 2);
+    }
+
+    #[test]
+    fn a_registration_is_written_once_per_refresh_window() {
+        let mut registered = Registered::default();
+        assert_eq!(registered.register(DoClass::Channel, "c1", 1_000).store.len(), 2);
+        assert!(registered.register(DoClass::Channel, "c1", 1_000).store.is_empty());
+        assert!(registered.register(DoClass::Channel, "c1", 1_000 + REFRESH_MS - 1).store.is_empty());
+        // Another object, or the same name in another class, is its own row.
+        assert_eq!(registered.register(DoClass::Waddle, "c1", 2_000).store.len(), 2);
+        assert_eq!(registered.register(DoClass::Channel, "c2", 2_000).store.len(), 2);
+        // Due again: written, and the window restarts from there.
+        let again = registered.register(DoClass::Channel, "c1", 1_000 + REFRESH_MS);
+        assert_eq!(again.store.first().map(|s| s.binds.get(2).cloned()), Some(Some((1_000 + REFRESH_MS).into())));
+        assert!(registered.register(DoClass::Channel, "c1", 2 * REFRESH_MS).store.is_empty());
+        // A clock that went back never skips.
+        assert_eq!(registered.register(DoClass::Channel, "c1", 500).store.len(), 2);
+    }
+
+    #[test]
+    fn logout_all_and_a_full_memory_make_every_object_write_again() {
+        let mut registered = Registered::default();
+        registered.register(DoClass::Channel, "c1", 0);
+        registered.forget();
+        assert_eq!(registered.register(DoClass::Channel, "c1", 1).store.len(), 2);
+        // MAX_REGISTRY remembered rows: the next new one clears the memory, so no remembered row
+        // can be one the prune deleted.
+        for i in 0..MAX_REGISTRY - 1 {
+            registered.register(DoClass::ChatRoom, &format!("r{i}"), 2);
+        }
+        assert!(registered.register(DoClass::Channel, "c1", 3).store.is_empty());
+        assert_eq!(registered.register(DoClass::Channel, "new", 3).store.len(), 2);
+        assert_eq!(registered.register(DoClass::Channel, "c1", 4).store.len(), 2);
     }
 }
