@@ -144,11 +144,33 @@ struct Outcome {
     errors: Vec<String>,
 }
 
+/// Post message `n` with the client id `storm-<n>`. Under the storm's load `wrangler dev`'s proxy
+/// now and then loses its connection to the runtime and answers a POST 503 ("Your worker
+/// restarted mid-request") or drops it; the post is then retried with the same id, as a client
+/// would, and the object's id dedup answers the stored sequence if the first try was stored.
+/// Each retry is printed; a post that fails [`POST_TRIES`] times fails the run.
 async fn post(http: &reqwest::Client, url: &str, token: &str, n: u64) -> Res<u64> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match post_once(http, url, token, n).await {
+            Ok(sequence) => return Ok(sequence),
+            Err(e) if tries < POST_TRIES => {
+                eprintln!("storm: post {n} failed ({e}); retrying with the same id");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+const POST_TRIES: u32 = 5;
+
+async fn post_once(http: &reqwest::Client, url: &str, token: &str, n: u64) -> Res<u64> {
     let body: Value = http
         .post(url)
         .bearer_auth(token)
-        .json(&json!({"content": format!("storm {n}")}))
+        .json(&json!({"content": format!("storm {n}"), "id": format!("storm-{n}")}))
         .send()
         .await?
         .error_for_status()?
