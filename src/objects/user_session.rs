@@ -200,7 +200,7 @@ impl Session {
 
     /// Internal `check?class=&name=` from the entry Worker: 401 if the caller's token was
     /// revoked, else remember that the user is connecting to that object (one write per object
-/// and [`revocation::REFRESH_MS`]).
+    /// and [`revocation::REFRESH_MS`]).
     fn check(&mut self, ctx: &Ctx<'_>, req: &Incoming) -> Result<Reply, ApiError> {
         let identity = req.identity()?;
         if let Some(s) = &self.current {
