@@ -299,25 +299,23 @@ pub fn load_schedule(sql: &worker::SqlStorage) -> Schedule {
     Schedule::from_entries(rows.into_iter().map(|r| (r.name, r.at)))
 }
 
-/// Persist the timer table and point the alarm at its earliest deadline. `stored` is the table as
-/// read at the start of the event (the caller has it: no second read); only the rows that
-/// changed from it are written — a heartbeat sweep that moves its timer is one upsert, not a
-/// rewrite of the table (rows written are what an object is billed for). The alarm is always
-/// pointed again (it may have fired since the table was read).
-pub async fn save_schedule(state: &State, stored: &Schedule, schedule: &Schedule) -> Result<(), ApiError> {
-    let sql = state.storage().sql();
+/// Persist the timer table: only the rows that changed from `stored` (the table as read at the
+/// start of the event) are written — a heartbeat sweep that moves its timer is one upsert, not a
+/// rewrite of the table (rows written are what an object is billed for). The caller then points
+/// the alarm ([`sync_alarm`]): always, since it may have fired since the table was read.
+pub fn write_schedule(sql: &worker::SqlStorage, stored: &Schedule, schedule: &Schedule) -> Result<(), ApiError> {
     let changes = schedule.changes_from(stored);
     for name in &changes.removed {
-        sql::exec(&sql, "DELETE FROM _schedule WHERE name = ?", vec![name.as_str().into()])?;
+        sql::exec(sql, "DELETE FROM _schedule WHERE name = ?", vec![name.as_str().into()])?;
     }
     for (name, at) in &changes.written {
         sql::exec(
-            &sql,
+            sql,
             "INSERT INTO _schedule (name, at) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET at = excluded.at",
             vec![name.as_str().into(), sql::int(*at)],
         )?;
     }
-    sync_alarm(state, schedule.next_deadline()).await
+    Ok(())
 }
 
 /// Point the single alarm at `deadline` (absolute ms) or clear it.

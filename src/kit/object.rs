@@ -47,6 +47,7 @@ use edge_realtime_core::error::{close, ApiError};
 use edge_realtime_core::frame::Reject;
 use edge_realtime_core::ops::{self, AlarmLine, SocketLine, StatsBody, Tracker, WakeLine};
 use edge_realtime_core::schedule::liveness::{self, HEARTBEAT_TIMER};
+use edge_realtime_core::schedule::Schedule;
 use edge_realtime_core::time::Millis;
 
 use crate::kit::coalesce::Coalesced;
@@ -165,6 +166,8 @@ pub struct Ctx<'a> {
     /// The host's coalesced writes: a read writes them first.
     queued: Option<&'a Coalesced>,
     class: &'static str,
+    /// The host's copy of the timer table.
+    schedule: &'a RefCell<Option<Schedule>>,
 }
 
 impl Ctx<'_> {
@@ -180,6 +183,11 @@ impl Ctx<'_> {
     }
     pub fn first<R: DeserializeOwned>(&self, query: &str, binds: Vec<effects::Value>) -> Result<Option<R>, ApiError> {
         Ok(self.rows(query, binds)?.into_iter().next())
+    }
+    /// When the timer `name` is due (absolute ms), if it is set: from the kit's copy of the
+    /// timer table, with no read.
+    pub fn timer_at(&self, name: &str) -> Option<Millis> {
+        stored_schedule(self.state, self.schedule).get(name)
     }
     /// Whether earlier frames' writes are still queued, not yet run (kit::coalesce).
     pub fn has_queued_writes(&self) -> bool {
@@ -359,6 +367,10 @@ pub struct Host {
     coalesced: Coalesced,
     /// This host, for the coalesced writes' flush timer (set by [`Host::create`]).
     me: RefCell<std::rc::Weak<Host>>,
+    /// The `_schedule` table as this instance last read or wrote it: only the kit writes it, so
+    /// a connect's heartbeat check and a restore's timers need no `SELECT` (`None`: read it on
+    /// next use, e.g. after a failed write).
+    schedule: RefCell<Option<Schedule>>,
 }
 
 /// What [`Host`] asks of an object: [`RealtimeObject`] with its types erased (`Op`, `Conn`, the
@@ -561,12 +573,35 @@ impl<T: RealtimeObject> Hosted for Adapter<T> {
     }
 }
 
-/// What the constructor reads in one query: the schema version and the kit's counters row.
+/// What the constructor reads in one query: the schema version, the kit's counters row and the
+/// timer table (`[[name, at], ...]`).
 #[derive(Deserialize)]
 struct Boot {
     version: String,
     stats: Option<String>,
+    timers: Option<String>,
 }
+
+/// The kit's copy of the timer table in `copy`, or the table read (and kept) when there is none.
+fn stored_schedule(state: &State, copy: &RefCell<Option<Schedule>>) -> Schedule {
+    if let Some(schedule) = copy.try_borrow().ok().and_then(|c| c.clone()) {
+        return schedule;
+    }
+    let schedule = kit::load_schedule(&state.storage().sql());
+    if let Ok(mut copy) = copy.try_borrow_mut() {
+        *copy = Some(schedule.clone());
+    }
+    schedule
+}
+
+/// The boot query's `timers` column; `None` (read the table on first use) if unreadable.
+fn parse_timers(json: &str) -> Option<Schedule> {
+    serde_json::from_str::<Vec<(String, Millis)>>(json).ok().map(Schedule::from_entries)
+}
+
+/// The boot query. It fails before the first run (no `_schema`).
+const BOOT_QUERY: &str = "SELECT version, (SELECT json FROM _kit_stats WHERE id = 1) AS stats, \
+     (SELECT json_group_array(json_array(name, at)) FROM _schedule) AS timers FROM _schema WHERE id = 1";
 
 /// Ordered calls ([`effects::Call::order`]): a lane is busy while its key is present; callers
 /// that find it busy wait their turn in a FIFO queue, handed over one by one.
@@ -621,18 +656,17 @@ impl Host {
         let class = object.class();
         let sql = state.storage().sql();
         let statements = statements(object.schema());
-        // One read on every wake: the schema version and the counters. It fails before the
-        // first run (no `_schema`); then `sqlite_master` tells a name never touched, which gets
-        // no tables until its first real event (the stats op must not create state).
-        let boot = sql
-            .exec("SELECT version, (SELECT json FROM _kit_stats WHERE id = 1) AS stats FROM _schema WHERE id = 1", None)
-            .and_then(|c| c.to_array::<Boot>())
-            .ok()
-            .and_then(|rows| rows.into_iter().next());
+        // One read on every wake: the schema version, the counters and the timers. It fails
+        // before the first run (no `_schema`); then `sqlite_master` tells a name never touched,
+        // which gets no tables until its first real event (the stats op must not create state).
+        let boot = sql.exec(BOOT_QUERY, None).and_then(|c| c.to_array::<Boot>()).ok().and_then(|rows| rows.into_iter().next());
         let has_state = boot.is_some() || sql::has_tables(&sql);
-        if has_state && boot.as_ref().map(|b| b.version.as_str()) != Some(sql::schema_version(&statements).as_str()) {
+        let current = boot.as_ref().map(|b| b.version.as_str()) == Some(sql::schema_version(&statements).as_str());
+        if has_state && !current {
             sql::apply_schema(&sql, &statements);
         }
+        // Only from a current schema's read; otherwise (or unreadable) the first use reads it.
+        let schedule = boot.as_ref().filter(|_| current).and_then(|b| b.timers.as_deref()).and_then(parse_timers);
         let (stats, unreadable) = Tracker::restore(boot.as_ref().and_then(|b| b.stats.as_deref()));
         if let Some(e) = unreadable {
             worker::console_error!("{class}: unreadable _kit_stats row, counting from zero: {e}");
@@ -660,6 +694,7 @@ impl Host {
             name: RefCell::new(None),
             coalesced: Coalesced::default(),
             me: RefCell::new(std::rc::Weak::new()),
+            schedule: RefCell::new(schedule),
         };
         if has_state {
             host.boot();
@@ -698,6 +733,23 @@ impl Host {
 
     fn object_name(&self) -> Option<String> {
         self.name.try_borrow().ok().and_then(|n| n.clone())
+    }
+
+    /// The timer table: the kit's copy, read once when there is none.
+    fn stored_schedule(&self) -> Schedule {
+        stored_schedule(&self.state, &self.schedule)
+    }
+
+    /// Write the timer table's changes from `stored` and point the alarm. The copy is updated
+    /// before the alarm's `await`, so an event that runs meanwhile starts from these rows; a
+    /// failed write drops it (the next use reads the table again).
+    async fn save_schedule(&self, stored: &Schedule, schedule: &Schedule) -> Result<(), ApiError> {
+        let written = kit::write_schedule(&self.state.storage().sql(), stored, schedule);
+        if let Ok(mut copy) = self.schedule.try_borrow_mut() {
+            *copy = written.is_ok().then(|| schedule.clone());
+        }
+        written?;
+        kit::sync_alarm(&self.state, schedule.next_deadline()).await
     }
 
     /// Count something (never fails: a busy counter just misses it).
@@ -786,7 +838,15 @@ impl Host {
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { now: kit::now(), state: &self.state, env: &self.env, this: None, queued: Some(&self.coalesced), class: self.class }
+        Ctx {
+            now: kit::now(),
+            state: &self.state,
+            env: &self.env,
+            this: None,
+            queued: Some(&self.coalesced),
+            class: self.class,
+            schedule: &self.schedule,
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -1017,22 +1077,22 @@ impl Host {
         self.flush_coalesced();
         let now = kit::now();
         self.count(|s| s.alarm(now));
-        let stored = kit::load_schedule(&self.state.storage().sql());
+        let stored = self.stored_schedule();
         let (mut schedule, due) = liveness::fire(&stored, now);
         let name = self.object_name();
         kit::log_soon(&self.state, &AlarmLine { event: "alarm", class: self.class, object: name.as_deref(), timers: &due });
         let sweeping = due.iter().any(|n| n == HEARTBEAT_TIMER);
         self.apply_timers(&mut schedule, &[]);
-        if let Err(e) = kit::save_schedule(&self.state, &stored, &schedule).await {
+        if let Err(e) = self.save_schedule(&stored, &schedule).await {
             worker::console_error!("{} alarm: saving the schedule failed: {e}", self.class);
         }
         if sweeping {
             let next = self.sweep().await;
             // Reloaded: departures during the sweep may have set timers of their own.
-            let stored = kit::load_schedule(&self.state.storage().sql());
+            let stored = self.stored_schedule();
             let mut schedule = stored.clone();
             liveness::rearm(&mut schedule, next);
-            if let Err(e) = kit::save_schedule(&self.state, &stored, &schedule).await {
+            if let Err(e) = self.save_schedule(&stored, &schedule).await {
                 worker::console_error!("{} alarm: re-arming the heartbeat failed: {e}", self.class);
             }
         }
@@ -1087,14 +1147,14 @@ impl Host {
         }
         let pending = self.pending_timers.try_borrow().map(|p| !p.is_empty()).unwrap_or(false);
         if !effects.timers.is_empty() || heartbeat || pending {
-            let stored = kit::load_schedule(&self.state.storage().sql());
+            let stored = self.stored_schedule();
             let mut schedule = stored.clone();
             let mut changed = self.apply_timers(&mut schedule, &effects.timers);
             if heartbeat {
                 changed |= liveness::arm_on_connect(&mut schedule, kit::now(), self.heartbeat_ms);
             }
             if changed {
-                if let Err(e) = kit::save_schedule(&self.state, &stored, &schedule).await {
+                if let Err(e) = self.save_schedule(&stored, &schedule).await {
                     worker::console_error!("{} schedule failed: {e}", self.class);
                 }
             }
@@ -1420,3 +1480,21 @@ macro_rules! durable_object {
 }
 
 pub use crate::durable_object;
+
+#[cfg(test)]
+mod tests {
+    use super::parse_timers;
+    use edge_realtime_core::schedule::Schedule;
+
+    #[test]
+    fn the_boot_query_timers_are_the_table() {
+        assert_eq!(parse_timers("[]"), Some(Schedule::default()));
+        let timers = parse_timers(r#"[["heartbeat",1700000000123],["prune",5]]"#);
+        assert_eq!(timers.as_ref().and_then(|t| t.get("heartbeat")), Some(1_700_000_000_123));
+        assert_eq!(timers.as_ref().and_then(|t| t.get("prune")), Some(5));
+        assert_eq!(timers.as_ref().map(|t| t.entries().count()), Some(2));
+        // Unreadable: no copy, so the first use reads the table itself.
+        assert_eq!(parse_timers(r#"[["heartbeat","soon"]]"#), None);
+        assert_eq!(parse_timers("not json"), None);
+    }
+}

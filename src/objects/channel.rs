@@ -125,12 +125,6 @@ struct TypingRow {
 }
 
 #[derive(Deserialize)]
-struct TimerRow {
-    name: String,
-    at: i64,
-}
-
-#[derive(Deserialize)]
 struct SeqRow {
     sequence: i64,
 }
@@ -161,15 +155,15 @@ impl RealtimeObject for ChannelRoom {
             ctx.first("SELECT name, latest_seq, pruned_through FROM channel WHERE id = 1", vec![]).ok().flatten();
         let typing: Vec<TypingRow> = ctx.rows("SELECT user_id, expires_at FROM typing", vec![]).unwrap_or_default();
         // The core's own timers (the kit keeps its heartbeat apart).
-        let timers: Vec<TimerRow> = ctx
-            .rows("SELECT name, at FROM _schedule WHERE name IN (?, ?)", vec![channel::TYPING_TIMER.into(), channel::PRUNE_TIMER.into()])
-            .unwrap_or_default();
+        let timers = [channel::TYPING_TIMER, channel::PRUNE_TIMER]
+            .into_iter()
+            .filter_map(|name| Some((name.to_owned(), ctx.timer_at(name)?)));
         let (latest_seq, pruned_through) = row.as_ref().map_or((0, 0), |r| (r.latest_seq, r.pruned_through));
         let core = Core::restore(
             latest_seq,
             pruned_through,
             typing.into_iter().map(|t| (t.user_id, t.expires_at)).collect(),
-            Schedule::from_entries(timers.into_iter().map(|t| (t.name, t.at))),
+            Schedule::from_entries(timers),
         );
         let by_user = sharding::load_members(ctx);
         let feed: Option<FeedRow> = ctx.first("SELECT delivered FROM shard_feed WHERE id = 1", vec![]).ok().flatten();

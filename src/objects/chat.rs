@@ -52,12 +52,6 @@ struct RoomRow {
     pruned_through: i64,
 }
 
-#[derive(Deserialize)]
-struct TimerRow {
-    #[allow(dead_code)]
-    at: i64,
-}
-
 fn user_tag(user_id: &str) -> String {
     format!("u:{user_id}")
 }
@@ -77,11 +71,7 @@ impl RealtimeObject for Room {
             )
             .ok()
             .flatten();
-        let prune_armed = ctx
-            .first::<TimerRow>("SELECT at FROM _schedule WHERE name = ?", vec![chat::PRUNE_TIMER.into()])
-            .ok()
-            .flatten()
-            .is_some();
+        let prune_armed = ctx.timer_at(chat::PRUNE_TIMER).is_some();
         let (name, log) = match row {
             Some(r) => (Some(r.name), ChatLog { latest_seq: r.latest_seq, pruned_through: r.pruned_through }),
             None => (None, ChatLog::default()),

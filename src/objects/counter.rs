@@ -95,11 +95,7 @@ impl RealtimeObject for CounterObject {
             };
             (state, r.pruned_through)
         });
-        let prune_armed = ctx
-            .first::<SeqRow>("SELECT at AS seq FROM _schedule WHERE name = ?", vec![PRUNE_TIMER.into()])
-            .ok()
-            .flatten()
-            .is_some();
+        let prune_armed = ctx.timer_at(PRUNE_TIMER).is_some();
         Self { current, prune_armed, queued_ids: QueuedIds::default() }
     }
 

@@ -52,11 +52,7 @@ impl RealtimeObject for Limiter {
 
     fn restore(ctx: &Ctx<'_>) -> Self {
         let name = ctx.first::<NameRow>("SELECT name FROM meta WHERE id = 1", vec![]).ok().flatten().map(|r| r.name);
-        let forget_at = ctx
-            .first::<AtRow>("SELECT at FROM _schedule WHERE name = ?", vec![FORGET_TIMER.into()])
-            .ok()
-            .flatten()
-            .and_then(|r| r.at);
+        let forget_at = ctx.timer_at(FORGET_TIMER);
         Self { name, forget_at }
     }
 
