@@ -631,7 +631,12 @@ fn shard_message(ctx: &Ctx<'_>, conn: &Connection<()>, text: &str, primary: &str
         }
         Handled::Post(post) => {
             let client_id = serde_json::to_string(&post.client_id).unwrap_or_else(|_| "null".into());
-            let body = serde_json::json!({"userId": conn.user_id, "content": post.content, "id": post.client_id}).to_string();
+            // No client id: no `id` at all (the route refuses `null`, as it would from a client).
+            let mut body = serde_json::json!({"userId": conn.user_id, "content": post.content});
+            if let (Some(id), Some(fields)) = (&post.client_id, body.as_object_mut()) {
+                fields.insert("id".to_owned(), id.as_str().into());
+            }
+            let body = body.to_string();
             let call = Call::new(BINDING, primary, ChannelOp::ShardPost.path())
                 .body(body)
                 .tries(shard::CALL_TRIES)

@@ -28,6 +28,7 @@ pub fn tests() -> Vec<Trial> {
         trial("sharding::channel_participants_and_typing_across_shards", channel_presence),
         trial("sharding::channel_close_and_reconnect_at_once_stays_a_member", reconnect_at_once),
         trial("sharding::channel_reactions_across_shards", channel_reactions),
+        trial("sharding::channel_post_without_id_across_shards", post_without_id),
         trial("sharding::channel_participants_above_100_are_deltas_across_shards", channel_large_room),
         trial("sharding::waddle_presence_typing_broadcast_across_shards", waddle_presence),
         trial("sharding::restart_mid_run_loses_nothing_acknowledged", restart_mid_run),
@@ -418,6 +419,41 @@ async fn reconnect_at_once() -> TestResult {
     let mut both = vec![a.clone(), b.clone()];
     both.sort();
     ensure_eq!(last, Some(both));
+    sb.close().await?;
+    sa.close().await
+}
+
+/// A socket post without a client `id` (optional, §6.5) from a socket on a shard other than the
+/// primary's: stored once, acked with `id: null`, delivered to the other shard's socket, and the
+/// sender's socket stays open (it used to be forwarded as `"id":null`, refused, and closed 1011).
+async fn post_without_id() -> TestResult {
+    let s = sharded().await?;
+    let c = unique("shnoid");
+    let (a, b) = (user_in("nia", 1), user_in("nib", 2));
+    let (mut sa, _) = join(&s, &c, &a, "").await?;
+    let (mut sb, _) = join(&s, &c, &b, "").await?;
+    sb.send_json(&json!({"type":"message","content":"no id"})).await?;
+    let mut seen = Vec::new();
+    let acked = loop {
+        let v = sb.recv().await?;
+        match v["type"].as_str() {
+            Some("ack") => {
+                ensure_eq!(v["id"], Value::Null);
+                break v["sequence"].as_i64().ok_or("no ack sequence")?;
+            }
+            Some("message") => seen.push(v),
+            _ => ensure!(is_presence(&v), "unexpected frame {v}"),
+        }
+    };
+    read_through(&mut sb, acked, &mut seen).await?;
+    let mut heard = Vec::new();
+    read_through(&mut sa, acked, &mut heard).await?;
+    ensure_eq!(sequences(&heard), vec![acked]);
+    ensure_eq!(heard.first().map(|m| m["content"].clone()), Some(json!("no id")));
+    // The sender's socket is still open and in order: its sentinel ping is answered.
+    no_message_before_pong(&mut sb).await?;
+    let stored = history(&s.base, &c).await?;
+    ensure_eq!(stored.iter().map(|m| m["content"].clone()).collect::<Vec<_>>(), vec![json!("no id")]);
     sb.close().await?;
     sa.close().await
 }
