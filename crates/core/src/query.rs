@@ -6,10 +6,14 @@ use crate::error::ApiError;
 pub fn parse_limit(raw: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
     match raw {
         None => Ok(default),
-        Some(s) => match s.trim().parse::<u64>() {
-            Ok(0) | Err(_) => Err(ApiError::bad_request("invalid_limit", "limit must be a positive integer")),
-            Ok(n) => Ok(u32::try_from(n.min(u64::from(max))).unwrap_or(max)),
-        },
+        Some(s) => {
+            let digits = s.trim();
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.bytes().all(|b| b == b'0') {
+                return Err(ApiError::bad_request("invalid_limit", "limit must be a positive integer"));
+            }
+            // A positive integer too long for u64 is still just "over the maximum": clamped.
+            Ok(digits.parse::<u64>().map_or(max, |n| u32::try_from(n.min(u64::from(max))).unwrap_or(max)))
+        }
     }
 }
 
@@ -36,8 +40,10 @@ mod tests {
         assert_eq!(parse_limit(None, 50, 100), Ok(50));
         assert_eq!(parse_limit(Some("7"), 50, 100), Ok(7));
         assert_eq!(parse_limit(Some("100000"), 50, 100), Ok(100));
-        assert_eq!(parse_limit(Some("99999999999999999999999"), 50, 100).map_err(|e| e.status), Err(400));
-        for bad in ["0", "-1", "abc", "", "1.5"] {
+        // Over the maximum is clamped, however many digits (docs/protocol.md §5).
+        assert_eq!(parse_limit(Some("99999999999999999999999"), 50, 100), Ok(100));
+        assert_eq!(parse_limit(Some(" 0100 "), 50, 1000), Ok(100));
+        for bad in ["0", "000", "-1", "+5", "abc", "", " ", "1.5", "1e3", "00000000000000000000000"] {
             assert_eq!(parse_limit(Some(bad), 50, 100).map_err(|e| e.status), Err(400), "{bad}");
         }
     }
