@@ -116,6 +116,15 @@ fn name(raw: &str, what: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A chat room's name: a Name, and never `messages` (`/api/chat/messages` is the global room's
+/// history, so no room can be called that).
+fn room(raw: &str) -> Result<String, ApiError> {
+    if raw == "messages" {
+        return Err(ApiError::bad_request("invalid_name", "no room is named \"messages\" (/api/chat/messages is the history of room global)"));
+    }
+    name(raw, "room")
+}
+
 fn object(class: DoClass, name: String, op: &'static str, websocket: bool, access: Access) -> Endpoint {
     Endpoint::Object { class, name, op, websocket, access }
 }
@@ -204,8 +213,8 @@ pub fn resolve<'q>(method: &str, path: &str, query: impl Fn(&str) -> Option<&'q 
         }
         ["api", "chat"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, "global".into(), ChatOp::Socket, Access::User)))),
         ["api", "chat", "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, "global".into(), ChatOp::Messages, Access::User)))),
-        ["api", "chat", room] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, name(room, "room")?, ChatOp::Socket, Access::User)))),
-        ["api", "chat", room, "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, name(room, "room")?, ChatOp::Messages, Access::User)))),
+        ["api", "chat", r] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, room(r)?, ChatOp::Socket, Access::User)))),
+        ["api", "chat", r, "messages"] => ("GET", Box::new(|| Ok(endpoint(DoClass::ChatRoom, room(r)?, ChatOp::Messages, Access::User)))),
         ["ws", "waddle", id] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Socket, Access::User)))),
         ["api", "waddle", id, "presence"] => ("GET", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Presence, Access::User)))),
         ["api", "waddle", id, "broadcast"] => ("POST", Box::new(|| Ok(endpoint(DoClass::Waddle, name(id, "waddle id")?, WaddleOp::Broadcast, Access::Admin)))),
@@ -317,6 +326,9 @@ mod tests {
             r("GET", "/api/chat/lobby/messages"),
             Ok(object(DoClass::ChatRoom, "lobby".into(), "messages", false, Access::User))
         );
+        // No room is named `messages`: its history path would be the global room's + /messages.
+        let refused = r("GET", "/api/chat/messages/messages").map_err(|e| (e.status, e.code));
+        assert_eq!(refused, Err((400, "invalid_name")));
     }
 
     #[test]
