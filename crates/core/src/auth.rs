@@ -20,7 +20,9 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: i64,
+    #[serde(deserialize_with = "numeric_date")]
     pub iat: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -39,6 +41,16 @@ impl Claims {
             _ => &self.sub,
         }
     }
+}
+
+/// A JWT NumericDate (RFC 7519 §2): seconds since the epoch, which may have a fraction
+/// (`Date.now() / 1000`, Python's `time.time()`); kept as whole seconds, rounded down.
+fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let secs = f64::deserialize(d)?;
+    if !secs.is_finite() || secs.abs() > crate::MAX_SAFE_INTEGER as f64 {
+        return Err(serde::de::Error::custom("not a NumericDate"));
+    }
+    Ok(secs.floor() as i64)
 }
 
 fn roles_from_string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -279,6 +291,25 @@ mod tests {
             mac.update(format!("{header}.{p}").as_bytes());
             let s = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
             assert_eq!(verify(&format!("{header}.{p}.{s}"), SECRET, 0), Err(AuthError::Malformed), "{payload}");
+        }
+    }
+
+    #[test]
+    fn times_are_numeric_dates_fractions_included() {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let signed = |payload: &str| {
+            let p = URL_SAFE_NO_PAD.encode(payload);
+            let mut mac = HmacSha256::new_from_slice(SECRET).unwrap();
+            mac.update(format!("{header}.{p}").as_bytes());
+            format!("{header}.{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        };
+        // `Date.now() / 1000`: rounded down to whole seconds.
+        let c = verify(&signed(r#"{"sub":"a","iat":1700000000.987,"exp":1700003600.5}"#), SECRET, 1_700_000_100).unwrap();
+        assert_eq!((c.iat, c.exp), (1_700_000_000, 1_700_003_600));
+        assert_eq!(verify(&signed(r#"{"sub":"a","iat":1,"exp":200.9}"#), SECRET, 200), Err(AuthError::Expired));
+        for bad in [r#""1""#, "null", "true", "1e300", "[1]"] {
+            let payload = format!(r#"{{"sub":"a","iat":{bad},"exp":9999999999}}"#);
+            assert_eq!(verify(&signed(&payload), SECRET, 0), Err(AuthError::Malformed), "{payload}");
         }
     }
 
