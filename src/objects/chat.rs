@@ -43,6 +43,8 @@ pub struct Room {
     ids: kit::UniqueIds,
     /// The posts with a client id whose rows may still be queued (the dedup lookup).
     queued_posts: QueuedIds<ChatMessage>,
+    /// The `members` rows as `restore` read them, for `on_wake`'s reconciliation.
+    members: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +52,8 @@ struct RoomRow {
     name: String,
     latest_seq: i64,
     pruned_through: i64,
+    /// `[[user id, name], ...]` (the same read: no statement of its own on a wake).
+    members: Option<String>,
 }
 
 fn user_tag(user_id: &str) -> String {
@@ -66,19 +70,50 @@ impl RealtimeObject for Room {
         let cfg = ChatConfig::from_vars(|k| ctx.var(k));
         let row: Option<RoomRow> = ctx
             .first(
-                "SELECT name, MAX(latest_seq, COALESCE((SELECT MAX(seq) FROM messages), 0)) AS latest_seq, pruned_through FROM room WHERE id = 1",
+                "SELECT name, MAX(latest_seq, COALESCE((SELECT MAX(seq) FROM messages), 0)) AS latest_seq, pruned_through, \
+                 (SELECT json_group_array(json_array(user_id, user_name)) FROM members) AS members FROM room WHERE id = 1",
                 vec![],
             )
             .ok()
             .flatten();
         let prune_armed = ctx.timer_at(chat::PRUNE_TIMER).is_some();
-        let (name, log) = match row {
-            Some(r) => (Some(r.name), ChatLog { latest_seq: r.latest_seq, pruned_through: r.pruned_through }),
-            None => (None, ChatLog::default()),
+        let (name, log, members) = match row {
+            Some(r) => {
+                let members = r.members.as_deref().and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+                (Some(r.name), ChatLog { latest_seq: r.latest_seq, pruned_through: r.pruned_through }, members)
+            }
+            None => (None, ChatLog::default(), Vec::new()),
         };
-        // The user count and "left" messages derive from the sockets' attachments, never from
-        // storage: after a crash or a deploy there is nothing to reconcile.
-        Self { name, cfg, log, prune_armed, ids: kit::UniqueIds::default(), queued_posts: QueuedIds::default() }
+        // The user count derives from the sockets' attachments; the `members` rows only tell
+        // `on_wake` whom a crash or a deploy took without a close event.
+        Self { name, cfg, log, prune_armed, ids: kit::UniqueIds::default(), queued_posts: QueuedIds::default(), members }
+    }
+
+    /// "<name> left" (stored, then broadcast) for each announced member no socket is left for,
+    /// then the user count. Nothing after a plain hibernation: every member still has a socket.
+    fn on_wake(&mut self, ctx: &Ctx<'_>) -> Effects {
+        let members = std::mem::take(&mut self.members);
+        if members.is_empty() {
+            return Effects::none();
+        }
+        let live = ctx.live_users();
+        // A member whose socket is closing gets its "left" from that socket's close event.
+        let mut present = live.clone();
+        for (user_id, _) in &members {
+            if !present.contains(user_id) && ctx.socket_count(Some(&user_tag(user_id))) > 0 {
+                present.insert(user_id.clone());
+            }
+        }
+        let ids = &self.ids;
+        let left = self.log.reconcile(&members, &present, || ids.next_id(), ctx.now);
+        if left.is_empty() {
+            return Effects::none();
+        }
+        ctx.log_debug(&format!("reconcile ChatRoom: {} ghost(s) left", left.len()));
+        let effects = left.iter().fold(Effects::none(), |e, m| {
+            e.and(store_message(m)).store(chat::MEMBER_LEFT, vec![m.user_id.as_str().into()]).to_all(chat::message_frame(m))
+        });
+        effects.to_all(chat::user_count_frame(live.len())).and(self.maybe_prune(ctx))
     }
 
     fn name(&self) -> Option<String> {
@@ -128,7 +163,10 @@ impl RealtimeObject for Room {
         let live = ctx.connections::<ChatConn>(None);
         let others = live.iter().filter(|c| c.user_id == who.user_id).count();
         if let Some(m) = self.log.join(&conn, others, self.ids.next_id(), ctx.now) {
-            effects = effects.and(store_message(&m)).to_all(chat::message_frame(&m));
+            effects = effects
+                .and(store_message(&m))
+                .store(chat::MEMBER_JOINED, vec![m.user_id.as_str().into(), m.user_name.as_str().into()])
+                .to_all(chat::message_frame(&m));
         }
         let mut users: HashSet<&str> = live.iter().map(|c| c.user_id.as_str()).collect();
         users.insert(&who.user_id);
@@ -157,7 +195,10 @@ impl RealtimeObject for Room {
         let live = ctx.connections::<ChatConn>(Some(&user_tag(&conn.user_id)));
         let mut effects = Effects::none();
         if let Some(m) = self.log.leave(&conn.conn, live.len(), self.ids.next_id(), ctx.now) {
-            effects = effects.and(store_message(&m)).to_others(chat::message_frame(&m));
+            effects = effects
+                .and(store_message(&m))
+                .store(chat::MEMBER_LEFT, vec![m.user_id.as_str().into()])
+                .to_others(chat::message_frame(&m));
         }
         let users: HashSet<String> = ctx.connections::<ChatConn>(None).into_iter().map(|c| c.user_id).collect();
         effects.to_others(chat::user_count_frame(users.len())).and(self.maybe_prune(ctx))

@@ -193,6 +193,28 @@ async fn crash_chat() -> TestResult {
     drop(a);
     let mut b = ws(&format!("/api/chat/{room}"), &s.token(&bob)).await?;
     ensure_eq!(b.recv_type("userCount").await?, json!({"type":"userCount","count":1}));
+    // The crash took alice's socket without a close event: the wake stored her "left" once,
+    // before bob's "joined" (§2: presence is reconciled on wake; §6.3: left is persisted).
+    let system = |body: &Value| -> Vec<String> {
+        let mut lines: Vec<String> = body["messages"]
+            .as_array()
+            .map(|m| m.iter().filter(|m| m["kind"] == "system").filter_map(|m| m["content"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        lines.reverse();
+        lines
+    };
+    let history = http().get(&format!("/api/chat/{room}/messages?limit=100"), &s.token(&bob)).await?;
+    ensure_eq!(history.status, 200);
+    ensure_eq!(system(&history.body), vec![format!("{alice} joined"), format!("{alice} left"), format!("{bob} joined")]);
+    // Alice comes back: one more "joined", and her old socket is not announced again.
+    let mut c = ws(&format!("/api/chat/{room}"), &s.token(&alice)).await?;
+    ensure_eq!(c.recv_type("userCount").await?, json!({"type":"userCount","count":2}));
+    let history = http().get(&format!("/api/chat/{room}/messages?limit=100"), &s.token(&alice)).await?;
+    ensure_eq!(
+        system(&history.body),
+        vec![format!("{alice} joined"), format!("{alice} left"), format!("{bob} joined"), format!("{alice} joined")]
+    );
+    c.close().await?;
     b.close().await
 }
 

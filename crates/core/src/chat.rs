@@ -63,7 +63,14 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, client_id TEXT, kind TEXT NOT NULL, \
      user_id TEXT NOT NULL, user_name TEXT NOT NULL, content TEXT NOT NULL, timestamp INTEGER NOT NULL)",
     "CREATE UNIQUE INDEX IF NOT EXISTS messages_client ON messages (user_id, client_id) WHERE client_id IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS members (user_id TEXT PRIMARY KEY, user_name TEXT NOT NULL)",
 ];
+
+/// Written with a user's "joined" (their first socket), deleted with their "left" (their last):
+/// who the room last announced as present, so a wake can announce the users whose sockets a
+/// crash or deploy dropped without close events ([`ChatLog::reconcile`]).
+pub const MEMBER_JOINED: &str = "INSERT OR REPLACE INTO members (user_id, user_name) VALUES (?, ?)";
+pub const MEMBER_LEFT: &str = "DELETE FROM members WHERE user_id = ?";
 
 /// The [`Schedule`] timer that prunes history.
 pub const PRUNE_TIMER: &str = "prune";
@@ -410,6 +417,28 @@ impl ChatLog {
             content: format!("{} {verb}", conn.user_name),
             timestamp: now,
         }
+    }
+
+    /// On wake: `"<name> left"` for every announced member (`(user id, name)`, as
+    /// [`MEMBER_JOINED`] stored them) with no live socket, in user-id order. Presence never
+    /// lies: a crash or a deploy drops sockets without close events, and the room says so once.
+    pub fn reconcile(
+        &mut self,
+        members: &[(String, String)],
+        live: &std::collections::BTreeSet<String>,
+        mut server_id: impl FnMut() -> String,
+        now: Millis,
+    ) -> Vec<ChatMessage> {
+        let mut ghosts: Vec<&(String, String)> = members.iter().filter(|(id, _)| !live.contains(id)).collect();
+        ghosts.sort();
+        ghosts.dedup_by(|a, b| a.0 == b.0);
+        ghosts
+            .into_iter()
+            .map(|(user_id, user_name)| {
+                let conn = ChatConn { user_id: user_id.clone(), user_name: user_name.clone(), window_start: 0, window_count: 0, violations: 0 };
+                self.system(&conn, "left", server_id(), now)
+            })
+            .collect()
     }
 
     /// What a socket connecting with `?since=` gets before live traffic (docs/protocol.md §6).
@@ -848,6 +877,29 @@ mod tests {
         assert_eq!(duplicate_frame(&m), message_frame(&m));
         assert_eq!(json_of(&duplicate_frame(&m))["message"]["seq"], 1);
         assert_eq!(json_of(&duplicate_frame(&m))["message"]["timestamp"], "2025-11-22T08:26:40.000Z");
+    }
+
+    #[test]
+    fn a_wake_announces_each_member_without_a_socket_once() {
+        let mut log = ChatLog { latest_seq: 7, pruned_through: 0 };
+        let members = vec![
+            ("carol".to_owned(), "Carol".to_owned()),
+            ("alice".to_owned(), "Alice A.".to_owned()),
+            ("bob".to_owned(), "bob".to_owned()),
+        ];
+        let live: std::collections::BTreeSet<String> = ["bob".to_owned()].into();
+        let mut n = 0;
+        let left = log.reconcile(&members, &live, || { n += 1; format!("s{n}") }, T0);
+        let seen: Vec<(i64, &str, &str, &str)> =
+            left.iter().map(|m| (m.seq, m.user_id.as_str(), m.content.as_str(), m.id.as_str())).collect();
+        assert_eq!(seen, vec![(8, "alice", "Alice A. left", "s1"), (9, "carol", "Carol left", "s2")]);
+        assert!(left.iter().all(|m| m.kind == MessageKind::System && m.timestamp == T0 && m.client_id.is_none()));
+        assert_eq!(log.latest_seq, 9);
+        // Everyone live (a plain hibernation): nothing to say, no seq used.
+        let all: std::collections::BTreeSet<String> = members.iter().map(|(id, _)| id.clone()).collect();
+        assert!(log.reconcile(&members, &all, || "x".into(), T0).is_empty());
+        assert!(log.reconcile(&[], &live, || "x".into(), T0).is_empty());
+        assert_eq!(log.latest_seq, 9);
     }
 
     #[test]
