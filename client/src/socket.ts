@@ -53,6 +53,8 @@ export const TERMINAL_CLOSE_CODES: readonly number[] = [4001, 4003, 1008, 1007];
 
 /** The exact heartbeat frame the server's auto-response answers without waking the object. */
 export const PING_FRAME = '{"type":"ping"}';
+/** The runtime's auto-response to [`PING_FRAME`]. */
+export const PONG_FRAME = '{"type":"pong"}';
 
 export class QueueFullError extends Error {
   constructor(readonly limit: number) {
@@ -276,14 +278,20 @@ export class ReconnectingSocket {
       const pending = this.queue;
       this.queue = [];
       for (const text of pending) ws.send(text);
+      // A first frame right away. Under workerd, until a client has sent anything on a
+      // hibernatable socket, a close the server makes from another event (logout_all's 4001,
+      // the heartbeat sweep) delivers its Close frame but leaves the TCP open until the object
+      // is evicted (~10 s): `close` would fire that late (docs/protocol.md §2 "Closing").
+      if (pending.length === 0 && (this.opts.heartbeatMs ?? 25_000) > 0) ws.send(PING_FRAME);
       this.armHeartbeat(gen);
       this.emit("open");
     };
     ws.onmessage = (event: { data: unknown }) => {
       if (gen !== this.generation) return;
-      if (!greeted) {
+      if (!greeted && event.data !== PONG_FRAME) {
         // The server greets every accepted socket; only then is the backoff reset, so a
-        // server that accepts and immediately closes doesn't get hammered.
+        // server that accepts and immediately closes doesn't get hammered. (The runtime's
+        // answer to the opening ping is not a greeting.)
         greeted = true;
         this.attempt = 0;
       }

@@ -58,6 +58,33 @@ test("heartbeat sends exactly {\"type\":\"ping\"}, and pong is not passed to the
   assert.deepEqual(frames, []);
 });
 
+test("the first ping goes out as soon as the socket opens, not a heartbeat later", async () => {
+  const received: string[] = [];
+  const { url } = await localServer((ws) => {
+    ws.on("message", (d) => received.push(d.toString()));
+  });
+  // A heartbeat an hour away: only the opening ping can arrive.
+  const s = new ReconnectingSocket({ url, WebSocket: NodeWebSocket, heartbeatMs: 3_600_000 });
+  await waitFor(() => received.length >= 1, "the opening ping");
+  s.close();
+  assert.deepEqual(received, [PING_FRAME]);
+});
+
+test("with frames queued before open, those go first and no extra ping is sent", async () => {
+  const received: string[] = [];
+  const { url } = await localServer((ws) => {
+    ws.on("message", (d) => received.push(d.toString()));
+  });
+  const s = new ReconnectingSocket({ url, WebSocket: NodeWebSocket, heartbeatMs: 3_600_000 });
+  s.send({ type: "hello" });
+  await waitFor(() => received.length >= 1, "the queued frame");
+  // The sentinel: a frame sent after the first one arrives after it, so nothing came between.
+  s.send({ type: "sentinel" });
+  await waitFor(() => received.length >= 2, "the sentinel");
+  s.close();
+  assert.deepEqual(received, ['{"type":"hello"}', '{"type":"sentinel"}']);
+});
+
 test("a socket that keeps receiving frames still pings every heartbeatMs (the server counts only pings)", async () => {
   let pings = 0;
   const { url } = await localServer((ws) => {
