@@ -100,6 +100,10 @@ async fn ws_mutation() -> TestResult {
     ensure_eq!(b.recv().await?, ev);
     a.send_json(&json!({"type":"setValue","value":100,"id":"m2"})).await?;
     ensure_eq!(b.recv().await?["value"], json!(100));
+    // §6.2 "likewise setValue": the new value named `amount` is read the same way.
+    a.send_json(&json!({"type":"setValue","amount":7,"id":"m2b"})).await?;
+    let ev = b.recv().await?;
+    ensure_eq!((ev["type"].clone(), ev["value"].clone(), ev["previousValue"].clone()), (json!("setValue"), json!(7), json!(100)));
     a.send_json(&json!({"type":"reset","id":"m3"})).await?;
     ensure_eq!(b.recv().await?["type"], json!("reset"));
     ensure_eq!(value_of(&name).await?, json!(0));

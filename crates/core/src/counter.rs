@@ -362,6 +362,11 @@ pub fn parse_op(kind: OpKind, body: Option<&Value>) -> Result<CounterOp, Counter
     Ok(match kind {
         OpKind::Increment => CounterOp::Increment(integer_field(obj, "amount", Some(1))?),
         OpKind::Decrement => CounterOp::Decrement(integer_field(obj, "amount", Some(1))?),
+        // `value`; a frame that names the new value `amount`, like the other mutations, is
+        // read the same way (`value` wins when both are there).
+        OpKind::SetValue if !obj.contains_key("value") && obj.contains_key("amount") => {
+            CounterOp::SetValue(integer_field(obj, "amount", None)?)
+        }
         OpKind::SetValue => CounterOp::SetValue(integer_field(obj, "value", None)?),
         OpKind::Reset => CounterOp::Reset,
     })
@@ -480,6 +485,10 @@ mod tests {
         assert_eq!(parse_op(OpKind::Increment, Some(&json!({"amount": "3"}))), Err(CounterError::WrongType("amount")));
         assert_eq!(parse_op(OpKind::SetValue, Some(&json!({}))), Err(CounterError::WrongType("value")));
         assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": -4}))), Ok(CounterOp::SetValue(-4)));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"amount": 7}))), Ok(CounterOp::SetValue(7)));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"value": 3, "amount": 7}))), Ok(CounterOp::SetValue(3)));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"amount": null}))), Err(CounterError::Null("amount")));
+        assert_eq!(parse_op(OpKind::SetValue, Some(&json!({"amount": "7"}))), Err(CounterError::WrongType("amount")));
         assert_eq!(parse_op(OpKind::Reset, Some(&json!({"anything": 1}))), Ok(CounterOp::Reset));
         assert_eq!(parse_op(OpKind::Reset, Some(&json!([1]))), Err(CounterError::BadBody));
     }
