@@ -71,7 +71,8 @@ impl RealtimeObject for Room {
         let row: Option<RoomRow> = ctx
             .first(
                 "SELECT name, MAX(latest_seq, COALESCE((SELECT MAX(seq) FROM messages), 0)) AS latest_seq, pruned_through, \
-                 (SELECT json_group_array(json_array(user_id, user_name)) FROM members) AS members FROM room WHERE id = 1",
+                 (SELECT json_group_array(json_array(user_id, user_name)) FROM (SELECT * FROM members ORDER BY user_id)) AS members \
+                 FROM room WHERE id = 1",
                 vec![],
             )
             .ok()

@@ -420,8 +420,9 @@ impl ChatLog {
     }
 
     /// On wake: `"<name> left"` for every announced member (`(user id, name)`, as
-    /// [`MEMBER_JOINED`] stored them) with no live socket, in user-id order. Presence never
-    /// lies: a crash or a deploy drops sockets without close events, and the room says so once.
+    /// [`MEMBER_JOINED`] stored them, one row per user) with no live socket, in the order given.
+    /// Presence never lies: a crash or a deploy drops sockets without close events, and the
+    /// room says so once.
     pub fn reconcile(
         &mut self,
         members: &[(String, String)],
@@ -429,11 +430,9 @@ impl ChatLog {
         mut server_id: impl FnMut() -> String,
         now: Millis,
     ) -> Vec<ChatMessage> {
-        let mut ghosts: Vec<&(String, String)> = members.iter().filter(|(id, _)| !live.contains(id)).collect();
-        ghosts.sort();
-        ghosts.dedup_by(|a, b| a.0 == b.0);
-        ghosts
-            .into_iter()
+        members
+            .iter()
+            .filter(|(id, _)| !live.contains(id))
             .map(|(user_id, user_name)| {
                 let conn = ChatConn { user_id: user_id.clone(), user_name: user_name.clone(), window_start: 0, window_count: 0, violations: 0 };
                 self.system(&conn, "left", server_id(), now)
@@ -883,9 +882,9 @@ mod tests {
     fn a_wake_announces_each_member_without_a_socket_once() {
         let mut log = ChatLog { latest_seq: 7, pruned_through: 0 };
         let members = vec![
-            ("carol".to_owned(), "Carol".to_owned()),
             ("alice".to_owned(), "Alice A.".to_owned()),
             ("bob".to_owned(), "bob".to_owned()),
+            ("carol".to_owned(), "Carol".to_owned()),
         ];
         let live: std::collections::BTreeSet<String> = ["bob".to_owned()].into();
         let mut n = 0;
