@@ -26,7 +26,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use crate::effects::Effects;
-use crate::error::close;
 use crate::frame::{self, Reject};
 use crate::replay::{self, Replay};
 use crate::route::DoClass;
@@ -245,10 +244,8 @@ impl Game {
     }
 
     fn play(&mut self, user_id: &str, mv: Value, id: Option<String>, now: Millis) -> Result<Effects, Reject> {
+        // Any JSON value is a move, `null` included; a missing `move` never gets here (1007).
         frame::check_client_id(id.as_deref())?;
-        if mv.is_null() {
-            return Err(Reject::close(close::INVALID_DATA, "move must be a JSON value other than null"));
-        }
         if let Some(seq) = id.as_ref().and_then(|id| self.seen.get(&(user_id.to_owned(), id.clone()))) {
             return Ok(Effects::none().to_self(ack_frame(id.as_deref(), *seq)));
         }
@@ -309,6 +306,7 @@ pub fn membership_op(game_id: &str, action: &str) -> String {
 mod tests {
     use super::*;
     use crate::effects::To;
+    use crate::error::close;
 
     const T0: Millis = 1_700_000_000_000;
 
@@ -468,7 +466,6 @@ mod tests {
         let mut g = joined(&["a", "b"]);
         for bad in [
             json!({"type":"move"}),
-            json!({"type":"move","move":null}),
             json!({"type":"move","move":1,"id":null}),
             json!({"type":"move","move":1,"id":5}),
         ] {
@@ -477,6 +474,9 @@ mod tests {
         assert_eq!(close_code(send(&mut g, "a", json!({"type":"dance"}))), close::POLICY);
         assert_eq!(in_band(send(&mut g, "a", json!({"type":"move","move":1,"id":""}))), "invalid_id");
         assert_eq!(g.seq, 0);
+        // "any JSON value": null is a move like any other.
+        let e = send(&mut g, "a", json!({"type":"move","move":null})).unwrap();
+        assert_eq!(frames(&e, &To::All), vec![json!({"type":"moved","userId":"a","move":null,"seq":1,"turn":"b"})]);
     }
 
     #[test]
