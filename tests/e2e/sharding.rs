@@ -157,6 +157,19 @@ async fn no_message_before_pong(sock: &mut Ws) -> TestResult {
     }
 }
 
+/// The sender's `ack`; the `message` frames read before it go to `seen` (the ack and the
+/// broadcast come in either order, §6.5), presence frames are skipped, anything else fails.
+async fn ack_of(sock: &mut Ws, seen: &mut Vec<Value>) -> Res<Value> {
+    loop {
+        let v = sock.recv().await?;
+        match v["type"].as_str() {
+            Some("ack") => return Ok(v),
+            Some("message") => seen.push(v),
+            _ => ensure!(is_presence(&v), "unexpected frame {v}"),
+        }
+    }
+}
+
 fn sequences(view: &[Value]) -> Vec<i64> {
     view.iter().filter_map(|m| m["sequence"].as_i64()).collect()
 }
@@ -392,14 +405,7 @@ async fn reconnect_at_once() -> TestResult {
     sb.send_json(&json!({"type":"message","content":"back","id":"rb-1"})).await?;
     // The ack and the broadcast come in either order (§6.5): keep the messages read meanwhile.
     let mut seen = Vec::new();
-    let acked = loop {
-        let v = sb.recv().await?;
-        match v["type"].as_str() {
-            Some("ack") => break v["sequence"].as_i64().ok_or("no ack sequence")?,
-            Some("message") => seen.push(v),
-            _ => ensure!(is_presence(&v), "unexpected frame {v}"),
-        }
-    };
+    let acked = ack_of(&mut sb, &mut seen).await?["sequence"].as_i64().ok_or("no ack sequence")?;
     let sequence = post(&s.base, &c, &a, "for b", "ra-1").await?;
     ensure!(sequence > acked, "sequence {sequence} after {acked}");
     read_through(&mut sb, sequence, &mut seen).await?;
@@ -434,17 +440,9 @@ async fn post_without_id() -> TestResult {
     let (mut sb, _) = join(&s, &c, &b, "").await?;
     sb.send_json(&json!({"type":"message","content":"no id"})).await?;
     let mut seen = Vec::new();
-    let acked = loop {
-        let v = sb.recv().await?;
-        match v["type"].as_str() {
-            Some("ack") => {
-                ensure_eq!(v["id"], Value::Null);
-                break v["sequence"].as_i64().ok_or("no ack sequence")?;
-            }
-            Some("message") => seen.push(v),
-            _ => ensure!(is_presence(&v), "unexpected frame {v}"),
-        }
-    };
+    let ack = ack_of(&mut sb, &mut seen).await?;
+    ensure_eq!(ack["id"], Value::Null);
+    let acked = ack["sequence"].as_i64().ok_or("no ack sequence")?;
     read_through(&mut sb, acked, &mut seen).await?;
     let mut heard = Vec::new();
     read_through(&mut sa, acked, &mut heard).await?;
