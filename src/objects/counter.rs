@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use edge_realtime_core::counter::{self, CounterApi, CounterError, CounterState, OpKind, Operation, PRUNE_TIMER};
+use edge_realtime_core::counter::{self, CounterApi, CounterError, CounterState, OpKind, Operation, WsFrame, PRUNE_TIMER};
 use edge_realtime_core::effects::Effects;
-use edge_realtime_core::error::{close, ApiError};
+use edge_realtime_core::error::ApiError;
 use edge_realtime_core::frame::Reject;
 use edge_realtime_core::query::{parse_limit, parse_seq};
 use edge_realtime_core::replay::{self, Replay};
@@ -144,14 +144,10 @@ impl RealtimeObject for CounterObject {
 
     /// A mutation frame: broadcast to its type's subscribers, then `ack` to the sender.
     fn on_message(&mut self, ctx: &Ctx<'_>, conn: &mut Connection<CounterConn>, text: &str) -> Result<Effects, Reject> {
-        let frame: serde_json::Value = edge_realtime_core::frame::decode(text, &counter::WS_TYPES)?;
-        let kind = frame
-            .get("type")
-            .and_then(|t| t.as_str())
-            .and_then(OpKind::parse)
-            .ok_or_else(|| Reject::close(close::POLICY, "unknown message type"))?;
-        let client_id = counter::client_id(&frame)?;
-        let op = counter::parse_op(kind, Some(&frame)).map_err(|e| e.to_reject())?;
+        let (op, client_id) = match counter::ws_frame(text)? {
+            WsFrame::Ping => return Ok(Effects::none().to_self(counter::PONG_FRAME.to_owned())),
+            WsFrame::Mutation { op, client_id } => (op, client_id),
+        };
         let (seq, effects) = match self.mutate(ctx, op, &conn.user_id, client_id.as_deref()).map_err(|e| e.to_reject())? {
             Mutation::Applied { seq, effects, .. } => (seq, effects),
             Mutation::Duplicate { seq } => (seq, Effects::none()),

@@ -396,6 +396,33 @@ pub fn parse_ops_filter(raw: Option<&str>) -> Result<Vec<OpKind>, ApiError> {
 
 /// A WebSocket mutation frame's `type`.
 pub const WS_TYPES: [&str; 4] = ["increment", "decrement", "setValue", "reset"];
+/// What a Counter socket may send: the mutations, and a `ping` that is not byte-exact (it
+/// misses the runtime's auto-response and reaches the object, which answers it the same way).
+pub const CLIENT_TYPES: [&str; 5] = ["increment", "decrement", "setValue", "reset", "ping"];
+
+/// A Counter socket's frame, decoded ([`ws_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsFrame {
+    /// Answer `{"type":"pong"}`; nothing changes.
+    Ping,
+    Mutation { op: CounterOp, client_id: Option<String> },
+}
+
+/// Decode a Counter socket frame (docs/protocol.md §5 codes, then the op and its client id).
+pub fn ws_frame(text: &str) -> Result<WsFrame, Reject> {
+    let frame: Value = crate::frame::decode(text, &CLIENT_TYPES)?;
+    let kind = frame.get("type").and_then(Value::as_str);
+    if kind == Some("ping") {
+        return Ok(WsFrame::Ping);
+    }
+    let kind = kind.and_then(OpKind::parse).ok_or_else(|| Reject::close(crate::error::close::POLICY, "unknown message type"))?;
+    let client_id = client_id(&frame)?;
+    let op = parse_op(kind, Some(&frame)).map_err(|e| e.to_reject())?;
+    Ok(WsFrame::Mutation { op, client_id })
+}
+
+/// `{"type":"pong"}`
+pub const PONG_FRAME: &str = r#"{"type":"pong"}"#;
 
 /// The `ack` frame for a WebSocket mutation.
 pub fn ack_frame(id: Option<&str>, seq: i64) -> String {
@@ -592,5 +619,18 @@ mod tests {
         assert_eq!(CounterApi::Set.mutation(), Some(OpKind::SetValue));
         assert_eq!(parse_max_history(Some("0")), DEFAULT_MAX_HISTORY);
         assert_eq!(parse_max_history(Some("5")), 5);
+    }
+
+    #[test]
+    fn a_ping_that_missed_the_auto_response_is_answered_not_refused() {
+        for ping in [r#"{"type": "ping"}"#, r#"{ "type":"ping" }"#, r#"{"type":"ping","t":1}"#] {
+            assert_eq!(ws_frame(ping), Ok(WsFrame::Ping), "{ping}");
+        }
+        assert_eq!(
+            ws_frame(r#"{"type": "increment", "id": "a"}"#),
+            Ok(WsFrame::Mutation { op: CounterOp::Increment(1), client_id: Some("a".into()) })
+        );
+        let unknown = ws_frame(r#"{"type":"pong"}"#);
+        assert!(matches!(unknown, Err(Reject::Close { code: crate::error::close::POLICY, .. })), "{unknown:?}");
     }
 }
