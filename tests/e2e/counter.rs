@@ -4,7 +4,9 @@
 use libtest_mimic::Trial;
 use serde_json::{json, Value};
 
-use crate::support::{http, server, unique, ws, Hibernation, TestResult};
+use std::time::Duration;
+
+use crate::support::{http, server, unique, ws, ws_at, ExtraServer, Hibernation, TestResult, Ws};
 use crate::{ensure, ensure_eq, restart_trial, trial};
 
 pub fn tests() -> Vec<Trial> {
@@ -24,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         restart_trial("counter::survives_wrangler_restart", restart),
         trial("counter::present_null_or_non_integer_amount_rejected_value_unchanged", null_amounts),
         trial("counter::empty_ops_filter_is_400_not_every_event", empty_ops),
+        trial("counter::history_pruned_by_the_alarm_then_since_resyncs", pruning),
     ]
 }
 
@@ -461,4 +464,71 @@ async fn empty_ops() -> TestResult {
     all.send_json(&json!({"type":"increment","id":"e1"})).await?;
     ensure_eq!(all.recv_type("increment").await?["value"], json!(1));
     all.close().await
+}
+
+/// `COUNTER_MAX_HISTORY` on the pruning server, and how long the prune may take: its timer is
+/// armed a minute (`counter::PRUNE_INTERVAL_MS`) after the first event over the limit, and an
+/// alarm may run late on a loaded machine.
+const PRUNE_KEEP: i64 = 5;
+const PRUNED_WITHIN: Duration = Duration::from_secs(240);
+
+/// The snapshot, then every frame before the sentinel pong.
+async fn frames_after_snapshot(sock: &mut Ws) -> Result<Vec<Value>, Box<dyn std::error::Error + Send + Sync>> {
+    ensure_eq!(sock.recv().await?["type"], json!("snapshot"));
+    sock.send_text(r#"{"type":"ping"}"#).await?;
+    let mut frames = Vec::new();
+    loop {
+        let v = sock.recv().await?;
+        if v == json!({"type":"pong"}) {
+            return Ok(frames);
+        }
+        frames.push(v);
+    }
+}
+
+/// §6.3 (counters likewise): history keeps the newest `COUNTER_MAX_HISTORY` events, pruned by
+/// the alarm (never per event); a `?since=` older than what is kept gets `resync_required`, one
+/// inside it the exact events after it. The value and the sequence are untouched.
+async fn pruning() -> TestResult {
+    let extra = tokio::task::spawn_blocking(|| ExtraServer::start("counter-prune", &["COUNTER_MAX_HISTORY:5"])).await??;
+    let base = extra.ws_base();
+    let t = server().token(&unique("alice"));
+    let name = unique("prune");
+    let path = format!("/ws/counter/{name}");
+    let mut a = ws_at(&base, &path, &t).await?;
+    a.recv().await?;
+    for i in 1..=12 {
+        a.send_json(&json!({"type":"increment","id":format!("p{i}")})).await?;
+        ensure_eq!(a.recv_type("ack").await?["seq"], json!(i));
+    }
+    // Until the alarm prunes, `since=3` replays 4..=12; afterwards it must resync.
+    let deadline = tokio::time::Instant::now() + PRUNED_WITHIN;
+    loop {
+        let mut probe = ws_at(&base, &format!("{path}?since=3"), &t).await?;
+        let frames = frames_after_snapshot(&mut probe).await?;
+        probe.close().await?;
+        if frames == vec![json!({"type":"resync_required","latestSeq":12})] {
+            break;
+        }
+        let seqs: Vec<i64> = frames.iter().filter_map(|f| f["seq"].as_i64()).collect();
+        ensure_eq!(seqs, (4..=12).collect::<Vec<i64>>());
+        ensure!(tokio::time::Instant::now() < deadline, "history not pruned within {PRUNED_WITHIN:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // What is kept: exactly the newest PRUNE_KEEP events, in order.
+    let kept_from = 12 - PRUNE_KEEP;
+    let mut inside = ws_at(&base, &format!("{path}?since={kept_from}"), &t).await?;
+    let frames = frames_after_snapshot(&mut inside).await?;
+    let seqs: Vec<i64> = frames.iter().filter_map(|f| f["seq"].as_i64()).collect();
+    ensure_eq!(seqs, ((kept_from + 1)..=12).collect::<Vec<i64>>());
+    ensure!(frames.iter().all(|f| f["type"] == "increment"), "only the kept events: {frames:?}");
+    // The counter itself is untouched, and the next event continues the sequence.
+    a.send_json(&json!({"type":"increment","id":"p13"})).await?;
+    ensure_eq!(a.recv_type("ack").await?["seq"], json!(13));
+    let ev = inside.recv_type("increment").await?;
+    ensure_eq!((ev["value"].clone(), ev["seq"].clone()), (json!(13), json!(13)));
+    inside.close().await?;
+    a.close().await?;
+    drop(extra);
+    Ok(())
 }
